@@ -1,0 +1,206 @@
+"""Options: one table of what the guard accepts, read from keywords and the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime_guard._sizes import SIZE_FORM, parse_size
+
+__all__ = ["ENV_PREFIX", "Config", "ConfigError", "env_name"]
+
+ENV_PREFIX = "RUNTIME_GUARD_"
+"""Every option ``name`` is also read from the variable ``RUNTIME_GUARD_<NAME>``."""
+
+
+class ConfigError(ValueError):
+    """A bad option: the message names the option (or variable), the value and the form."""
+
+
+def env_name(option: str) -> str:
+    """Return the environment variable that carries ``option``."""
+    return ENV_PREFIX + option.upper()
+
+
+# Parsers take a keyword value (any type) or an environment string and return the value,
+# raising ValueError with the accepted form; ``from_options`` adds the option's name.
+Parser = Callable[[Any], Any]
+
+
+def _size_or_none(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    size = parse_size(value)
+    if size == 0:
+        raise ValueError(f"expected {SIZE_FORM} greater than 0, got {value!r}")
+    return size
+
+
+def _positive_float(value: Any) -> float:
+    number = _float(value)
+    if not number > 0 or math.isinf(number):
+        raise ValueError(f"expected a number of seconds greater than 0, e.g. 1.0, got {value!r}")
+    return number
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if math.isnan(number):
+        raise ValueError(f"expected a number, got {value!r}")
+    return number
+
+
+def _fraction(value: Any) -> float:
+    number = _float(value)
+    if not 0 < number < 1:
+        raise ValueError(
+            f"expected a fraction of the memory limit between 0 and 1, e.g. 0.85, got {value!r}"
+        )
+    return number
+
+
+def _margin(value: Any) -> float:
+    number = _float(value)
+    if not 0 <= number < 0.5:
+        raise ValueError(f"expected a fraction from 0 up to 0.5, e.g. 0.05, got {value!r}")
+    return number
+
+
+def _count(minimum: int) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"expected a whole number of at least {minimum}, got {value!r}")
+        return value
+
+    return parse
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected true or false (1/0, yes/no, on/off), got {value!r}")
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    return parse
+
+
+def _path_or_none(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError(f"expected a directory path, got {value!r}")
+    return value
+
+
+def _opt(default: Any, parse: Parser, doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The guard's validated options; build it with :meth:`from_options`."""
+
+    memory_limit: int | None = _opt(
+        None,
+        _size_or_none,
+        "Limit that usage is measured against. Default: the tightest cgroup limit, "
+        "else RLIMIT_AS, else physical RAM.",
+    )
+    process_limit: int | None = _opt(
+        None, _size_or_none, "Budget for this process's own RSS (several workers in one container)."
+    )
+    interval: float = _opt(1.0, _positive_float, "Seconds between samples.")
+    elevated: float = _opt(0.70, _fraction, "Fraction of the limit for ELEVATED.")
+    high: float = _opt(0.85, _fraction, "Fraction of the limit for HIGH.")
+    critical: float = _opt(0.95, _fraction, "Fraction of the limit for CRITICAL.")
+    hysteresis: float = _opt(
+        0.05, _margin, "How far below a threshold usage must fall before the level drops."
+    )
+    history_size: int = _opt(
+        3600, _count(2), "Samples kept in the history ring buffer (an hour at 1 s)."
+    )
+    emergency: bool = _opt(False, _bool, "Start with every sheddable feature shed.")
+    report_dir: str | None = _opt(None, _path_or_none, "Directory where reports are written.")
+    track_clients: bool = _opt(True, _bool, "Track known client classes (redis, httpx, ...).")
+    tracemalloc: str = _opt(
+        "on-demand", _choice("off", "on-demand", "always"), "When tracemalloc may run."
+    )
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> Config:
+        """Validate ``options`` over ``environ`` (``os.environ`` by default); keywords win.
+
+        Raises :class:`ConfigError` naming the option or variable, the value and the form.
+        """
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown option {unknown[0]!r}; accepted options: {', '.join(sorted(fields))}"
+            )
+        values: dict[str, Any] = {}
+        for name, spec in fields.items():
+            parse: Parser = spec.metadata["parse"]
+            if name in options:
+                raw, where = options[name], name
+            elif env_name(name) in environ:
+                raw, where = environ[env_name(name)], env_name(name)
+            else:
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
+                raise ConfigError(f"{where}={shown} is not accepted: {exc}") from None
+        config = cls(**values)
+        config._check_order()
+        return config
+
+    def _check_order(self) -> None:
+        if not self.elevated < self.high < self.critical:
+            raise ConfigError(
+                "thresholds out of order: expected elevated < high < critical, got "
+                f"elevated={self.elevated}, high={self.high}, critical={self.critical}"
+            )
+        if self.hysteresis >= self.elevated:
+            raise ConfigError(
+                f"hysteresis={self.hysteresis} is not accepted: it must be below "
+                f"elevated={self.elevated}"
+            )
+
+    def threshold(self, level_name: str) -> float:
+        """Return the fraction for ``"elevated"``, ``"high"`` or ``"critical"``."""
+        return float(getattr(self, level_name))
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """Return ``(option, default, doc)`` rows, for the README and ``--help``."""
+        return [(f.name, repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(cls)]

@@ -1,0 +1,338 @@
+"""The process-wide guard: the sampler thread, pressure levels, health, install/uninstall."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from runtime_guard import signals
+from runtime_guard._component import Component
+from runtime_guard._dispatch import Dispatcher
+from runtime_guard._gcstats import GcStats
+from runtime_guard.config import Config
+from runtime_guard.history import History
+from runtime_guard.pressure import Pressure, PressureTracker
+from runtime_guard.probes import MemoryProbe, Reading
+from runtime_guard.sample import Sample
+
+__all__ = ["Guard", "get_guard", "install", "uninstall"]
+
+_log = logging.getLogger("runtime_guard")
+
+# Cgroup limits can be raised while a container runs; re-reading them costs a few file
+# reads, so it is done on this period rather than on every sample.
+_REDISCOVER_SECONDS = 10.0
+
+
+class Probe(Protocol):
+    """What the guard needs from a memory source (see :class:`MemoryProbe`)."""
+
+    limit: int
+
+    @property
+    def sources(self) -> dict[str, str]: ...
+
+    def read(self) -> Reading: ...
+
+    def discover(self) -> None: ...
+
+    def reopen(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Guard:
+    """Watches this process's memory and acts through its components and signals.
+
+    Use :func:`install` for the process-wide guard; constructing one directly (with
+    ``start=False``) gives a guard whose samples are taken only by calling :meth:`sample`,
+    which is what deterministic tests and the pytest plugin do.
+    """
+
+    def __init__(self, config: Config | None = None, *, probe: Probe | None = None) -> None:
+        self.config = config if config is not None else Config.from_options({})
+        """The validated options."""
+        self._probe: Probe = probe or MemoryProbe(
+            memory_limit=self.config.memory_limit, process_limit=self.config.process_limit
+        )
+        self._tracker = PressureTracker(
+            self.config.elevated, self.config.high, self.config.critical, self.config.hysteresis
+        )
+        self.history = History(self.config.history_size)
+        """Recent samples, oldest first; bounded by ``history_size``."""
+        self._gc = GcStats()
+        self._gc.install()
+        self._dispatcher = Dispatcher(self)
+        self._components: list[Component] = []
+        self._failed_components: set[str] = set()
+        self._init_runtime_state()
+
+    def _init_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+        self._discovered = self._started
+        self._sample_failures = 0
+        self._closed = False
+
+    # -- components -------------------------------------------------------------------
+
+    def add_component(self, component: Component) -> None:
+        """Attach a part that the sampler drives (internal: used by the guard's own modules)."""
+        self._components.append(component)
+
+    def component(self, name: str) -> Component | None:
+        """Return the attached component called ``name``, if any."""
+        for component in self._components:
+            if component.name == name:
+                return component
+        return None
+
+    def _call(self, component: Component, hook: str, *args: Any) -> Any:
+        try:
+            return getattr(component, hook)(self, *args)
+        except Exception:
+            if component.name not in self._failed_components:
+                self._failed_components.add(component.name)
+                _log.exception(
+                    "runtime_guard: component %r failed in %s; it is switched off",
+                    component.name,
+                    hook,
+                )
+            if component in self._components:
+                self._components.remove(component)
+            return None
+
+    # -- sampling ---------------------------------------------------------------------
+
+    @property
+    def pressure(self) -> Pressure:
+        """The current pressure level."""
+        return self._tracker.level
+
+    @property
+    def limit(self) -> int:
+        """The memory limit in bytes that usage is measured against."""
+        return self._probe.limit
+
+    def sample(self) -> Sample:
+        """Take one reading now, record it, run the components and queue the signals."""
+        reading = self._probe.read()
+        now = time.monotonic()
+        with self._lock:
+            old = self._tracker.level
+            new = self._tracker.update(reading.fraction)
+            sample = Sample(
+                monotonic=now,
+                wall=time.time(),
+                rss=reading.rss,
+                usage=reading.usage,
+                limit=reading.limit,
+                usage_fraction=reading.fraction,
+                heap_blocks=sys.getallocatedblocks(),
+                gc_counts=gc.get_count(),
+                gc_collections=self._gc.collections(),
+                gc_pause=self._gc.pause,
+                threads=threading.active_count(),
+                pressure=new,
+            )
+            self.history.append(sample)
+        for component in list(self._components):
+            self._call(component, "on_sample", sample)
+        if new != old:
+            _log.info("runtime_guard: pressure %s -> %s (%s)", old.name, new.name, sample)
+            for component in list(self._components):
+                self._call(component, "on_pressure", old, new, sample)
+        self._dispatcher.send(signals.sample_taken, sample=sample)
+        if new != old:
+            self._dispatcher.send(signals.pressure_changed, old=old, new=new, sample=sample)
+        return sample
+
+    def send(self, signal: Any, **payload: Any) -> None:
+        """Queue ``signal`` for delivery with this guard as sender (never raises)."""
+        self._dispatcher.send(signal, **payload)
+
+    def flush_signals(self, timeout: float = 5.0) -> bool:
+        """Wait until queued signals are delivered; for tests and orderly shutdown."""
+        self._dispatcher.start()
+        return self._dispatcher.flush(timeout)
+
+    def _run(self) -> None:
+        interval = self.config.interval
+        next_at = time.monotonic()
+        while not self._stop_event.is_set():
+            try:
+                if time.monotonic() - self._discovered >= _REDISCOVER_SECONDS:
+                    self._discovered = time.monotonic()
+                    self._probe.discover()
+                self._gc.ensure_installed()
+                self.sample()
+                self._sample_failures = 0
+            except Exception:
+                self._sample_failures += 1
+                if self._sample_failures == 1:
+                    _log.exception("runtime_guard: sample failed; retrying every interval")
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # fell behind (suspended, slow host): skip, never catch up in a burst
+                next_at = time.monotonic()
+                delay = interval
+            self._stop_event.wait(delay)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sampler and signal threads (idempotent)."""
+        self._dispatcher.start()
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop_event.clear()
+        self._thread = threading.Thread(target=self._run, name="runtime-guard", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the threads and undo what the guard and its components did (idempotent)."""
+        self._stop_event.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        self._dispatcher.stop(timeout)
+        if self._closed:
+            return
+        self._closed = True
+        for component in reversed(list(self._components)):
+            self._call(component, "close")
+        self._components.clear()
+        self._gc.uninstall()
+        self._probe.close()
+
+    def _after_fork_in_child(self) -> None:
+        was_running = self._thread is not None
+        self._init_runtime_state()
+        self._dispatcher.after_fork()
+        self.history.clear()
+        self._tracker.level = Pressure.OK
+        self._probe.reopen()
+        for component in list(self._components):
+            self._call(component, "after_fork")
+        if was_running:
+            self.start()
+
+    # -- reporting --------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Return a JSON-ready summary shaped for a ``/health`` endpoint."""
+        latest = self.history.latest() or self.sample()
+        level = self._tracker.level
+        data: dict[str, Any] = {
+            "status": "ok",
+            "pressure": level.name.lower(),
+            "usage_bytes": latest.usage,
+            "limit_bytes": latest.limit,
+            "usage_fraction": round(latest.usage_fraction, 4),
+            "rss_bytes": latest.rss,
+            "process_limit_bytes": self.config.process_limit,
+            "sources": dict(self._probe.sources),
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "samples": len(self.history),
+            "heap_blocks": latest.heap_blocks,
+            "threads": latest.threads,
+            "gc": {
+                "collections": latest.gc_collections,
+                "pause_seconds": round(latest.gc_pause, 6),
+            },
+            "shed_features": [],
+            "suspected_leaks": [],
+            "unreleased_objects": {},
+        }
+        for component in list(self._components):
+            extra = self._call(component, "health")
+            if isinstance(extra, Mapping):
+                data.update(extra)
+        if level >= Pressure.CRITICAL:
+            data["status"] = "critical"
+        elif level >= Pressure.HIGH or data["shed_features"] or data["suspected_leaks"]:
+            data["status"] = "degraded"
+        return data
+
+    def __repr__(self) -> str:
+        state = "running" if self._thread is not None else "stopped"
+        return f"<Guard {state} pressure={self.pressure.name} limit={self.limit}>"
+
+
+_guard: Guard | None = None
+_install_lock = threading.Lock()
+
+
+def install(**options: Any) -> Guard:
+    """Install the process-wide guard and start its sampler; returns the existing one if any.
+
+    Options are validated first (keywords over ``RUNTIME_GUARD_*`` variables); a bad one
+    raises :class:`~runtime_guard.ConfigError`. Calling again with other options keeps the
+    running guard and logs that the new options were ignored.
+    """
+    global _guard
+    config = Config.from_options(options)
+    with _install_lock:
+        if _guard is not None:
+            if options and config != _guard.config:
+                _log.warning(
+                    "runtime_guard: already installed; options %s ignored (uninstall() first)",
+                    sorted(options),
+                )
+            return _guard
+        guard = Guard(config)
+        from runtime_guard._setup import attach_components
+
+        try:
+            attach_components(guard)
+            guard.start()
+        except BaseException:
+            guard.stop()
+            raise
+        _guard = guard
+        return guard
+
+
+def uninstall() -> None:
+    """Stop the process-wide guard and undo everything it did; safe to call when none is."""
+    global _guard
+    with _install_lock:
+        guard, _guard = _guard, None
+    if guard is not None:
+        guard.stop()
+
+
+def get_guard() -> Guard | None:
+    """Return the process-wide guard, or ``None`` before :func:`install`."""
+    return _guard
+
+
+def _after_fork_in_child() -> None:
+    global _install_lock
+    _install_lock = threading.Lock()
+    if _guard is not None:
+        _guard._after_fork_in_child()
+
+
+def _at_exit() -> None:
+    # Stopping before interpreter finalisation means the sampler never runs while modules
+    # are being torn down.
+    guard = _guard
+    if guard is not None:
+        guard._stop_event.set()
+        guard._dispatcher.stop(0.5)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

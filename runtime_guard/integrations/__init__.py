@@ -1,0 +1,1 @@
+"""Integrations with servers and frameworks; each module imports only its own framework."""
