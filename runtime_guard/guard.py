@@ -156,6 +156,25 @@ class Guard:
             self._dispatcher.send(signals.pressure_changed, old=old, new=new, sample=sample)
         return sample
 
+    # -- actions that components provide ---------------------------------------------
+
+    def check_leaks(self) -> Any:
+        """Judge the recent history for a growth leak now; a ``LeakReport`` or ``None``."""
+        component = self.component("leaks")
+        return None if component is None else self._call(component, "check")
+
+    def relieve(self) -> Any:
+        """Run relief now (full GC, then ``malloc_trim`` on glibc); returns a ``ReliefResult``."""
+        from runtime_guard.relief import relieve
+
+        return relieve(self)
+
+    def set_emergency(self, on: bool) -> None:
+        """Shed (or restore) every sheddable feature at once, as an operator's switch."""
+        from runtime_guard.shedding import set_emergency
+
+        set_emergency(self, on)
+
     def send(self, signal: Any, **payload: Any) -> None:
         """Queue ``signal`` for delivery with this guard as sender (never raises)."""
         self._dispatcher.send(signal, **payload)
