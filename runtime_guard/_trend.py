@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from statistics import median
 
@@ -9,7 +10,7 @@ __all__ = ["sustained_growth", "theil_sen", "window_minima"]
 
 
 def theil_sen(points: Sequence[tuple[float, float]]) -> float:
-    """Return the Theil–Sen slope of ``(x, y)`` points: the median of pairwise slopes.
+    """Return the Theil-Sen slope of ``(x, y)`` points: the median of pairwise slopes.
 
     Robust to a third of the points being outliers (a burst, a one-off spike), unlike a
     least-squares fit. Quadratic in the number of points, so callers pass window baselines
@@ -55,4 +56,4 @@ def sustained_growth(values: Sequence[float], n: int, min_step: float = 0.0) -> 
     if n < 1 or len(values) < n + 1:
         return False
     tail = values[-(n + 1) :]
-    return all(b - a > min_step for a, b in zip(tail, tail[1:], strict=False))
+    return all(b - a > min_step for a, b in itertools.pairwise(tail))
