@@ -9,3 +9,6 @@ __all__ = ["attach_components"]
 
 def attach_components(guard: Guard) -> None:
     """Attach the guard's standard components according to ``guard.config``."""
+    from runtime_guard.timeline import Timeline
+
+    guard.add_component(Timeline(guard))
