@@ -1,0 +1,213 @@
+"""Tests of the on-demand diagnosis tools, on real allocations of this process."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from runtime_guard import diagnosis
+from runtime_guard.diagnosis import (
+    AllocationSite,
+    TracemallocSession,
+    census_diff,
+    diff_snapshots,
+    find_instance,
+    format_chain,
+    referrer_chain,
+    type_census,
+)
+
+
+class Session:
+    """A stand-in for an application object that leaks."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+_REGISTRY: dict[str, list[object]] = {"sessions": []}
+
+
+class _Holder:
+    def __init__(self) -> None:
+        self.by_id: dict[int, object] = {}
+
+
+_HOLDER = _Holder()
+
+
+def _line_of(marker: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.rstrip().endswith(marker) and "_line_of" not in line:
+                return number
+    raise AssertionError(marker)
+
+
+def _leak_buffers(store: list[bytes], rounds: int) -> None:
+    for i in range(rounds):
+        store.append(bytes(1000 + i % 7))  # leak-line
+
+
+@pytest.fixture
+def tracing() -> Iterator[TracemallocSession]:
+    session = TracemallocSession()
+    session.start()
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def test_diff_reports_the_allocating_line_first(tracing: TracemallocSession) -> None:
+    """The biggest growth between two snapshots is attributed to the line that allocated it."""
+    store: list[bytes] = []
+    before = tracing.snapshot()
+    _leak_buffers(store, 2000)
+    after = tracing.snapshot()
+    sites = diff_snapshots(before, after, limit=5)
+    top = sites[0]
+    assert (top.filename, top.lineno) == (__file__, _line_of("# leak-line"))
+    assert top.function == "_leak_buffers"
+    assert top.size_diff >= 2000 * 1000
+    assert top.count_diff >= 2000
+    assert "store.append" in top.traceback[0]
+    assert len(sites) <= 5
+
+
+def test_diff_drops_excluded_files(tracing: TracemallocSession) -> None:
+    """Files matched by ``exclude`` never appear in the sites or their tracebacks."""
+    store: list[bytes] = []
+    before = tracing.snapshot()
+    _leak_buffers(store, 500)
+    after = tracing.snapshot()
+    sites = diff_snapshots(before, after, exclude=["*test_diagnosis.py"])
+    assert all("test_diagnosis" not in frame for site in sites for frame in site.traceback)
+
+
+def test_diff_never_reports_the_guards_own_frames(tracing: TracemallocSession) -> None:
+    """Allocations made by runtime_guard itself (here: a census) are not reported as sites."""
+    before = tracing.snapshot()
+    kept = type_census()
+    after = tracing.snapshot()
+    sites = diff_snapshots(before, after, limit=50)
+    assert kept
+    assert not any("runtime_guard" in site.filename for site in sites)
+
+
+def test_allocation_site_is_json_ready() -> None:
+    """An AllocationSite serialises to JSON and reads as file:line, function and growth."""
+    site = AllocationSite("app.py", 12, "handler", 2048, 3, ["app.py:12: x.append(y)"])
+    assert json.loads(json.dumps(site.to_dict()))["lineno"] == 12
+    assert str(site) == "app.py:12 in handler: +2.0 KiB in +3 blocks"
+
+
+def test_session_starts_and_stops_tracemalloc_it_owns() -> None:
+    """A session started with tracemalloc off turns it on, then off again, and counts time."""
+    assert not tracemalloc.is_tracing()
+    with TracemallocSession(frames=3) as session:
+        assert tracemalloc.is_tracing()
+        assert tracemalloc.get_traceback_limit() == 3
+        assert session.owned
+    assert not tracemalloc.is_tracing()
+    assert session.seconds_on > 0
+
+
+def test_session_leaves_the_hosts_tracemalloc_running() -> None:
+    """When the host already traces, the session uses it and never stops it."""
+    tracemalloc.start(2)
+    try:
+        with TracemallocSession() as session:
+            assert not session.owned
+            assert session.snapshot().traceback_limit == 2
+        assert tracemalloc.is_tracing()
+        assert session.seconds_on == 0
+    finally:
+        tracemalloc.stop()
+
+
+def test_census_counts_new_instances() -> None:
+    """A census diff shows the type whose instances were created, with exact growth."""
+    before = type_census()
+    made = [Session(i) for i in range(300)]
+    after = type_census()
+    growth = {g.type_name: g for g in census_diff(before, after, limit=50)}
+    name = f"{__name__}.Session"
+    assert growth[name].growth == 300
+    assert growth[name].after == before[name] + 300
+    assert made
+
+
+def test_census_diff_orders_and_limits() -> None:
+    """census_diff lists only grown types, biggest growth first, at most ``limit``."""
+    before = Counter({"a": 5, "b": 1, "c": 9})
+    after = Counter({"a": 6, "b": 50, "c": 2, "d": 3})
+    result = census_diff(before, after, limit=2)
+    assert [(g.type_name, g.growth) for g in result] == [("b", 49), ("d", 3)]
+    assert result[0].to_dict() == {"type_name": "b", "before": 1, "after": 50, "growth": 49}
+
+
+def test_chain_from_module_dict_through_list() -> None:
+    """The chain names the module global, the dict key and the leaked instance's type."""
+    _REGISTRY["sessions"].append(Session(1))
+    try:
+        links = referrer_chain(_REGISTRY["sessions"][-1])
+    finally:
+        _REGISTRY["sessions"].clear()
+    assert links is not None
+    assert links[0] == f"{__name__}._REGISTRY (dict)"
+    assert links[1] == "['sessions'] list"
+    assert links[-1] == f"{__name__}.Session"
+    assert format_chain(links) == " -> ".join(links)
+
+
+def test_chain_through_instance_attribute() -> None:
+    """An object held in an attribute of a global instance is shown as ``.attr``."""
+    _HOLDER.by_id[7] = Session(7)
+    try:
+        links = referrer_chain(_HOLDER.by_id[7])
+    finally:
+        _HOLDER.by_id.clear()
+    assert links == [
+        f"{__name__}._HOLDER ({__name__}._Holder)",
+        ".by_id dict",
+        f"[7] {__name__}.Session",
+    ]
+
+
+def test_chain_none_for_an_object_only_a_local_holds() -> None:
+    """An object reachable only from a frame has no chain to a module global."""
+    local = Session(3)
+    assert referrer_chain(local) is None
+
+
+def test_chain_respects_depth() -> None:
+    """A chain longer than ``max_depth`` is not followed."""
+    _REGISTRY["deep"] = [[[[Session(4)]]]]
+    try:
+        deep = _REGISTRY["deep"][0][0][0][0]  # type: ignore[index]
+        assert referrer_chain(deep, max_depth=2) is None
+        assert referrer_chain(deep, max_depth=8) is not None
+    finally:
+        del _REGISTRY["deep"]
+
+
+def test_find_instance_prefers_the_allocating_site(tracing: TracemallocSession) -> None:
+    """With a site, find_instance returns an instance allocated on that line."""
+    old = [Session(i) for i in range(50)]
+    gc.collect()
+    new = Session(99)  # instance-line
+    found = find_instance(f"{__name__}.Session", site=(__file__, _line_of("# instance-line")))
+    assert found is new
+    assert old
+
+
+def test_find_instance_none_for_unknown_type() -> None:
+    """No instance of an unknown type name is found."""
+    assert find_instance("no.such.Type") is None
+    assert diagnosis.type_name(Session) == f"{__name__}.Session"
