@@ -1,0 +1,61 @@
+"""Signal delivery on the dispatcher thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from runtime_guard import signals
+from runtime_guard._dispatch import Dispatcher
+
+
+def test_signals_arrive_in_order() -> None:
+    """Queued signals are delivered in the order they were sent."""
+    got: list[int] = []
+
+    def receiver(sender: Any, **kw: Any) -> None:
+        got.append(kw["reason"])
+
+    signals.restart_requested.connect(receiver)
+    dispatcher = Dispatcher(sender=None)
+    dispatcher.start()
+    try:
+        for i in range(100):
+            dispatcher.send(signals.restart_requested, reason=i)
+        assert dispatcher.flush()
+    finally:
+        dispatcher.stop()
+        signals.restart_requested.disconnect(receiver)
+    assert got == list(range(100))
+
+
+def test_queue_is_bounded_when_receivers_fall_behind() -> None:
+    """A stuck receiver makes old signals drop, never unbounded growth."""
+    release = threading.Event()
+    got: list[int] = []
+
+    def stuck(sender: Any, **kw: Any) -> None:
+        release.wait(5)
+        got.append(kw["reason"])
+
+    signals.restart_requested.connect(stuck)
+    dispatcher = Dispatcher(sender=None, maxlen=10)
+    dispatcher.start()
+    try:
+        for i in range(100):
+            dispatcher.send(signals.restart_requested, reason=i)
+        assert len(dispatcher._queue) <= 10
+        release.set()
+        assert dispatcher.flush()
+    finally:
+        dispatcher.stop()
+        signals.restart_requested.disconnect(stuck)
+    assert dispatcher.dropped >= 80
+    assert got[-1] == 99
+
+
+def test_send_without_receivers_queues_nothing() -> None:
+    """With nobody connected, send() does not even queue."""
+    dispatcher = Dispatcher(sender=None)
+    dispatcher.send(signals.overlap_skipped, task="x")
+    assert len(dispatcher._queue) == 0

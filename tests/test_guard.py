@@ -1,0 +1,354 @@
+"""The guard on the real process: readings, pressure signals, threads, fork, install cycles."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import runtime_guard
+from runtime_guard import Guard, Pressure, signals
+from runtime_guard.config import Config
+from runtime_guard.probes import RssReader
+from runtime_guard.testing import FakeProbe, make_guard
+
+MB = 10**6
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def touched(size: int) -> bytearray:
+    block = bytearray(size)
+    for i in range(0, size, PAGE):
+        block[i] = 1
+    return block
+
+
+class Recorder:
+    """Keeps what a signal delivered; connected strongly, disconnected by the test."""
+
+    def __init__(self, signal: Any) -> None:
+        self.signal = signal
+        self.calls: list[dict[str, Any]] = []
+        signal.connect(self)
+
+    def __call__(self, sender: Any, **payload: Any) -> None:
+        self.calls.append(payload)
+
+    def close(self) -> None:
+        self.signal.disconnect(self)
+
+
+@pytest.fixture
+def pressure_changes() -> Any:
+    recorder = Recorder(signals.pressure_changed)
+    yield recorder
+    recorder.close()
+
+
+def test_real_pressure_rises_in_order_and_falls_with_hysteresis(pressure_changes: Recorder) -> None:
+    """Allocating past each threshold of a limit set from measured RSS signals every level in
+    order, and freeing step by step lowers it only once usage is the margin below."""
+    gc.collect()
+    baseline = RssReader().read()
+    limit = 2 * baseline + 300 * MB
+    guard = Guard(Config.from_options({"memory_limit": limit}, environ={}))
+    guard.start()  # the dispatcher delivers; the sampler's own samples only add readings
+    blocks: list[bytearray] = []
+    try:
+        while guard.sample().pressure < Pressure.CRITICAL:
+            assert len(blocks) < 200, "never reached CRITICAL"
+            blocks.append(touched(10 * MB))
+        while blocks:
+            blocks.pop()
+            guard.sample()
+        guard.sample()
+        assert guard.flush_signals()
+    finally:
+        guard.stop()
+    ups = [(c["old"], c["new"]) for c in pressure_changes.calls if c["new"] > c["old"]]
+    assert ups == [
+        (Pressure.OK, Pressure.ELEVATED),
+        (Pressure.ELEVATED, Pressure.HIGH),
+        (Pressure.HIGH, Pressure.CRITICAL),
+    ]
+    downs = [c for c in pressure_changes.calls if c["new"] < c["old"]]
+    assert downs, "never came back down"
+    assert downs[-1]["new"] == Pressure.OK
+    thresholds = {Pressure.ELEVATED: 0.70, Pressure.HIGH: 0.85, Pressure.CRITICAL: 0.95}
+    for change in downs:
+        assert change["sample"].usage_fraction < thresholds[change["old"]] - 0.05
+
+
+def test_installed_sampler_samples_and_signals_on_its_own() -> None:
+    """After install() the daemon thread takes samples at the interval and sends them."""
+    taken = Recorder(signals.sample_taken)
+    try:
+        guard = runtime_guard.install(interval=0.02)
+        deadline = time.monotonic() + 10
+        while len(taken.calls) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        taken.close()
+    assert len(taken.calls) >= 5
+    assert len(guard.history) >= 5
+    sample = taken.calls[-1]["sample"]
+    assert sample.rss > 0 and sample.limit > 0 and sample.heap_blocks > 0
+
+
+def test_install_is_idempotent_and_get_guard_returns_it() -> None:
+    """A second install() returns the same guard; uninstall() clears get_guard()."""
+    assert runtime_guard.get_guard() is None
+    first = runtime_guard.install(interval=0.5)
+    assert runtime_guard.install() is first
+    assert runtime_guard.get_guard() is first
+    runtime_guard.uninstall()
+    assert runtime_guard.get_guard() is None
+    runtime_guard.uninstall()  # nothing installed: still fine
+
+
+def test_install_rejects_bad_options_before_starting_anything() -> None:
+    """A bad option raises ConfigError at install() and leaves no guard or thread behind."""
+    threads = threading.active_count()
+    with pytest.raises(runtime_guard.ConfigError, match="memory_limit='lots'"):
+        runtime_guard.install(memory_limit="lots")
+    assert runtime_guard.get_guard() is None
+    assert threading.active_count() == threads
+
+
+def test_install_uninstall_cycles_leave_no_threads_or_callbacks() -> None:
+    """Fifty install/uninstall cycles leave the thread count and gc.callbacks as they were."""
+    threads = {t.name for t in threading.enumerate()}
+    callbacks = list(gc.callbacks)
+    for _ in range(50):
+        guard = runtime_guard.install(interval=0.01)
+        guard.sample()
+        runtime_guard.uninstall()
+    time.sleep(0.05)
+    assert {t.name for t in threading.enumerate()} == threads
+    assert gc.callbacks == callbacks
+
+
+def test_raising_receiver_is_isolated_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A receiver that raises never reaches the caller, others still run, and it is logged once."""
+    seen: list[int] = []
+
+    def bad(sender: Any, **payload: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    def good(sender: Any, **payload: Any) -> None:
+        seen.append(1)
+
+    signals.sample_taken.connect(bad)
+    signals.sample_taken.connect(good)
+    guard = make_guard(FakeProbe())
+    try:
+        with caplog.at_level(logging.ERROR, logger="runtime_guard"):
+            for _ in range(5):
+                guard.sample()
+            assert guard.flush_signals()
+    finally:
+        signals.sample_taken.disconnect(bad)
+        signals.sample_taken.disconnect(good)
+        guard.stop()
+    assert len(seen) == 5
+    assert len([r for r in caplog.records if "receiver bug" in (r.exc_text or "")]) == 1
+
+
+def test_receiver_connecting_another_while_called() -> None:
+    """A receiver connecting another during delivery breaks nothing; the new one runs later."""
+    late: list[int] = []
+
+    def late_receiver(sender: Any, **payload: Any) -> None:
+        late.append(1)
+
+    def connecting(sender: Any, **payload: Any) -> None:
+        signals.sample_taken.connect(late_receiver)
+
+    signals.sample_taken.connect(connecting)
+    guard = make_guard(FakeProbe())
+    try:
+        guard.sample()
+        guard.sample()
+        assert guard.flush_signals()
+    finally:
+        signals.sample_taken.disconnect(connecting)
+        signals.sample_taken.disconnect(late_receiver)
+        guard.stop()
+    assert late  # connected during the first delivery, called in the second
+
+
+def test_receiver_uninstalling_from_inside_a_signal() -> None:
+    """A receiver may call uninstall() on the dispatcher thread without a deadlock."""
+    done = threading.Event()
+
+    def uninstalling(sender: Any, **payload: Any) -> None:
+        runtime_guard.uninstall()
+        done.set()
+
+    signals.sample_taken.connect(uninstalling)
+    try:
+        runtime_guard.install(interval=0.02)
+        assert done.wait(10)
+    finally:
+        signals.sample_taken.disconnect(uninstalling)
+    assert runtime_guard.get_guard() is None
+
+
+def test_slow_receiver_does_not_delay_sampling() -> None:
+    """A receiver blocking for a second delays only signals: samples keep their interval."""
+    release = threading.Event()
+
+    def slow(sender: Any, **payload: Any) -> None:
+        release.wait(1.0)
+
+    signals.sample_taken.connect(slow)
+    try:
+        guard = runtime_guard.install(interval=0.02)
+        time.sleep(0.5)
+        assert len(guard.history) >= 8
+    finally:
+        release.set()
+        signals.sample_taken.disconnect(slow)
+
+
+def test_32_threads_sampling_at_once() -> None:
+    """Thirty-two threads calling sample() together each get a sample, and history has all."""
+    guard = Guard(Config.from_options({}, environ={}))
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(32)
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            for _ in range(10):
+                guard.sample()
+        except BaseException as exc:  # the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    guard.stop()
+    assert errors == []
+    assert len(guard.history) == 320
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_gets_its_own_sampler_and_fresh_history() -> None:
+    """After fork() the child samples on its own new thread with a fresh history; the parent
+    keeps its own."""
+    guard = runtime_guard.install(interval=0.02)
+    time.sleep(0.2)
+    parent_samples = len(guard.history)
+    assert parent_samples > 0
+    read_end, write_end = os.pipe()
+    forked_at = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # child: report through the pipe and leave without running pytest's atexit
+        try:
+            time.sleep(0.3)
+            fresh = all(s.monotonic >= forked_at for s in guard.history)
+            alive = guard._thread is not None and guard._thread.is_alive()
+            report = {
+                "fresh": fresh,
+                "alive": alive,
+                "samples": len(guard.history),
+                "pid_ok": True,
+            }
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    report = json.loads(os.read(read_end, 4096))
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report["fresh"] and report["alive"] and report["samples"] >= 3
+    assert len(guard.history) >= parent_samples
+    assert guard._thread is not None and guard._thread.is_alive()
+
+
+def test_health_is_json_ready_with_sources_and_later_keys() -> None:
+    """health() is JSON-serialisable and names status, figures, sources and feature keys."""
+    guard = runtime_guard.install(interval=0.5)
+    health = guard.health()
+    json.dumps(health)
+    assert health["status"] == "ok"
+    assert health["pressure"] == "ok"
+    assert health["limit_bytes"] > health["usage_bytes"] > 0
+    assert set(health["sources"]) >= {"rss", "usage", "limit"}
+    for key in ("shed_features", "suspected_leaks", "unreleased_objects", "uptime_seconds", "gc"):
+        assert key in health
+
+
+@pytest.mark.parametrize(
+    ("fraction", "status"), [(0.1, "ok"), (0.75, "ok"), (0.9, "degraded"), (0.97, "critical")]
+)
+def test_health_status_follows_pressure(fraction: float, status: str) -> None:
+    """Status is ok below HIGH, degraded at HIGH and critical at CRITICAL."""
+    probe = FakeProbe()
+    probe.set_fraction(fraction)
+    guard = Guard(Config.from_options({}, environ={}), probe=probe)
+    guard.sample()
+    assert guard.health()["status"] == status
+    guard.stop()
+
+
+def test_nothing_is_printed(capfd: pytest.CaptureFixture[str]) -> None:
+    """The guard logs through logging only; it never writes to stdout or stderr itself."""
+    guard = runtime_guard.install(interval=0.01)
+    time.sleep(0.1)
+    guard.health()
+    runtime_guard.uninstall()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_auto_import_installs_from_environment() -> None:
+    """`import runtime_guard.auto` installs a guard configured from RUNTIME_GUARD_* only."""
+    result = run_python(
+        "import runtime_guard.auto, runtime_guard as rg;"
+        "g = rg.get_guard(); print(g.config.interval, g.limit)",
+        RUNTIME_GUARD_INTERVAL="0.25",
+        RUNTIME_GUARD_MEMORY_LIMIT="1GiB",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.25", str(2**30)]
+
+
+def test_auto_import_with_bad_variable_names_it() -> None:
+    """A bad variable fails the import with a ConfigError naming the variable."""
+    result = run_python("import runtime_guard.auto", RUNTIME_GUARD_HIGH="1.7")
+    assert result.returncode != 0
+    assert "ConfigError: RUNTIME_GUARD_HIGH='1.7'" in result.stderr
+
+
+def test_sampler_never_blocks_interpreter_exit() -> None:
+    """A process with a fast sampler exits at once, cleanly, without stopping it first."""
+    start = time.monotonic()
+    result = run_python(
+        "import runtime_guard, time; runtime_guard.install(interval=0.001); time.sleep(0.2)"
+    )
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert time.monotonic() - start < 30

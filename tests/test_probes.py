@@ -1,0 +1,169 @@
+"""Memory readings: fixture /proc and cgroup trees, and the real machine."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runtime_guard.probes import MemoryProbe, RssReader, find_cgroup_memory, physical_memory
+
+ROOTS = Path(__file__).parent / "fixtures" / "roots"
+RAM = 16 * 2**30
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MiB = 2**20
+
+
+def probe(root: str, **kwargs: object) -> MemoryProbe:
+    kwargs.setdefault("rlimit", lambda: None)
+    return MemoryProbe(str(ROOTS / root), **kwargs)  # type: ignore[arg-type]
+
+
+def test_v2_container_limit_and_working_set() -> None:
+    """In a v2 container the limit is memory.max and usage is current minus inactive_file."""
+    p = probe("cgroup_v2")
+    reading = p.read()
+    assert reading.limit == 512 * MiB
+    assert reading.usage == 300 * MiB - 50 * MiB
+    assert reading.rss == 25600 * PAGE
+    assert reading.fraction == pytest.approx(250 / 512)
+    assert p.sources["limit"].startswith("cgroup v2")
+    assert "working set" in p.sources["usage"]
+
+
+def test_v2_nested_takes_the_tightest_ancestor() -> None:
+    """The tightest limit on the path wins, and usage is read from that same cgroup."""
+    p = probe("cgroup_v2_nested")
+    reading = p.read()
+    assert reading.limit == 1024 * MiB
+    assert reading.usage == 600 * MiB - 50 * MiB
+    assert "kubepods/pod1" in p.sources["limit"]
+    assert not p.sources["limit"].endswith("ctr limit")
+
+
+def test_v2_without_limit_measures_rss_against_ram() -> None:
+    """Where no cgroup on the path has a limit, usage is the process RSS against RAM."""
+    p = probe("cgroup_v2_unlimited")
+    reading = p.read()
+    assert reading.limit == RAM
+    assert reading.usage == reading.rss == 25600 * PAGE
+    assert p.sources["limit"] == "physical RAM"
+    assert p.sources["usage"].startswith("process RSS")
+
+
+def test_v1_container_limit_and_hierarchical_inactive_file() -> None:
+    """cgroup v1 uses limit_in_bytes, usage_in_bytes and total_inactive_file."""
+    p = probe("cgroup_v1")
+    reading = p.read()
+    assert reading.limit == 256 * MiB
+    assert reading.usage == 160 * MiB - 30 * MiB
+    assert p.sources["limit"].startswith("cgroup v1")
+
+
+def test_v1_near_2_63_means_unlimited() -> None:
+    """The v1 'unlimited' value is no limit: RLIMIT_AS, then RAM, is the denominator."""
+    assert find_cgroup_memory(str(ROOTS / "cgroup_v1_unlimited"), RAM) is None
+    p = probe("cgroup_v1_unlimited", rlimit=lambda: 3 * 2**30)
+    assert p.read().limit == 3 * 2**30
+    assert p.sources["limit"] == "RLIMIT_AS"
+
+
+def test_cgroup_limit_above_ram_is_no_limit() -> None:
+    """A container limit larger than the machine is not what kills the process."""
+    p = probe("cgroup_v2_above_ram")
+    assert p.read().limit == RAM
+    assert p.sources["limit"] == "physical RAM"
+
+
+def test_memory_limit_replaces_the_denominator_only() -> None:
+    """memory_limit= changes the limit; usage still follows the cgroup rule."""
+    p = probe("cgroup_v2", memory_limit=1000 * MiB)
+    reading = p.read()
+    assert reading.limit == 1000 * MiB
+    assert reading.usage == 250 * MiB
+    assert p.sources["limit"] == "memory_limit option"
+
+
+def test_process_limit_takes_the_higher_fraction() -> None:
+    """With process_limit the process's RSS against its budget counts when it is higher."""
+    rss = 25600 * PAGE
+    p = probe("cgroup_v2", process_limit=rss * 2)
+    assert p.read().fraction == pytest.approx(0.5)
+    p = probe("cgroup_v2", process_limit=rss * 100)
+    assert p.read().fraction == pytest.approx(250 / 512)
+
+
+def test_unreadable_sources_fall_back_and_say_so() -> None:
+    """Garbage cgroup and statm files fall back to psutil and physical RAM."""
+    p = probe("unreadable")
+    reading = p.read()
+    assert p.sources["rss"] == "psutil"
+    assert reading.rss == pytest.approx(psutil.Process().memory_info().rss, rel=0.5)
+    assert reading.limit == RAM
+
+
+def test_cgroup_usage_vanishing_falls_back_to_rss(tmp_path: Path) -> None:
+    """If the cgroup's files disappear mid-run, usage becomes RSS instead of an error."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(ROOTS / "cgroup_v2", root)
+    p = MemoryProbe(str(root), rlimit=lambda: None)
+    assert p.read().usage == 250 * MiB
+    p._cgroup._usage.close()  # type: ignore[union-attr]
+    reading = p.read()
+    assert reading.usage == reading.rss
+    assert p.sources["usage"].startswith("process RSS")
+
+
+def test_limit_change_is_noticed_on_rediscovery(tmp_path: Path) -> None:
+    """A container limit raised at run time is picked up by discover()."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(ROOTS / "cgroup_v2", root)
+    p = MemoryProbe(str(root), rlimit=lambda: None)
+    assert p.limit == 512 * MiB
+    (root / "sys/fs/cgroup/memory.max").write_text("1073741824\n")
+    p.discover()
+    assert p.read().limit == 1024 * MiB
+
+
+def test_physical_memory_from_meminfo() -> None:
+    """MemTotal is read in kB and returned in bytes."""
+    assert physical_memory(str(ROOTS / "cgroup_v2")) == RAM
+
+
+def test_real_rss_matches_psutil() -> None:
+    """On this machine the statm reading agrees with psutil's RSS."""
+    reader = RssReader()
+    assert reader.source == "/proc/self/statm"
+    assert reader.read() == pytest.approx(psutil.Process().memory_info().rss, rel=0.05)
+
+
+def test_real_usage_rises_with_200mb_and_falls_after_free() -> None:
+    """Allocating and touching 200 MB raises RSS and usage by about that; freeing lowers it."""
+    p = MemoryProbe()
+    gc.collect()
+    before = p.read()
+    block = bytearray(200 * 10**6)
+    for i in range(0, len(block), PAGE):
+        block[i] = 1
+    during = p.read()
+    assert during.rss - before.rss == pytest.approx(200 * 10**6, rel=0.1)
+    assert during.usage - before.usage == pytest.approx(200 * 10**6, rel=0.1)
+    del block
+    after = p.read()
+    assert during.rss - after.rss == pytest.approx(200 * 10**6, rel=0.1)
+    p.close()
+
+
+def test_real_machine_sources_are_named() -> None:
+    """The real probe names every source it used, and the limit is positive."""
+    p = MemoryProbe()
+    assert p.limit > 0
+    assert set(p.sources) >= {"rss", "usage", "limit"}
+    p.close()
