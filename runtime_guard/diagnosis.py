@@ -361,11 +361,17 @@ def find_instance(name: str, site: tuple[str, int] | None = None) -> object | No
     """
     fallback: object | None = None
     checked = 0
+    # Naming each object's type costs a Python call; naming each distinct type once does not.
+    matches: dict[type, bool] = {}
     for generation in (0, 1, 2):
-        objects = gc.get_objects(generation)
+        objects: list[object] = gc.get_objects(generation)
         try:
             for obj in reversed(objects):
-                if type_name(type(obj)) != name:
+                cls = type(obj)
+                match = matches.get(cls)
+                if match is None:
+                    match = matches[cls] = type_name(cls) == name
+                if not match:
                     continue
                 if site is None or not tracemalloc.is_tracing():
                     return obj
