@@ -117,6 +117,12 @@ def _path_or_none(value: Any) -> str | None:
     return value
 
 
+def _seconds_or_off(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off")):
+        return None
+    return _positive_float(value)
+
+
 def _opt(default: Any, parse: Parser, doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -149,6 +155,21 @@ class Config:
     track_clients: bool = _opt(True, _bool, "Track known client classes (redis, httpx, ...).")
     tracemalloc: str = _opt(
         "on-demand", _choice("off", "on-demand", "always"), "When tracemalloc may run."
+    )
+    # relief and shedding (runtime_guard.relief, runtime_guard.shedding)
+    relief: bool = _opt(True, _bool, "Run relief (full GC, malloc_trim) automatically.")
+    relief_at: str = _opt(
+        "elevated",
+        _choice("elevated", "high", "critical"),
+        "Lowest pressure level at which automatic relief runs.",
+    )
+    relief_cooldown: float = _opt(
+        30.0, _positive_float, "Seconds between automatic reliefs while pressure stays."
+    )
+    restart_after: float | None = _opt(
+        60.0,
+        _seconds_or_off,
+        "Seconds usage may stay CRITICAL before a restart is requested (off: never).",
     )
 
     @classmethod
