@@ -123,6 +123,13 @@ def _seconds_or_off(value: Any) -> float | None:
     return _positive_float(value)
 
 
+def _non_negative_seconds(value: Any) -> float:
+    number = _float(value)
+    if not number >= 0 or math.isinf(number):
+        raise ValueError(f"expected a number of seconds of at least 0, e.g. 10, got {value!r}")
+    return number
+
+
 def _opt(default: Any, parse: Parser, doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -170,6 +177,15 @@ class Config:
         60.0,
         _seconds_or_off,
         "Seconds usage may stay CRITICAL before a restart is requested (off: never).",
+    )
+    # worker recycling (runtime_guard.integrations: gunicorn, uvicorn, celery)
+    recycle_min_lifetime: float = _opt(
+        60.0, _non_negative_seconds, "Seconds a worker lives at least before it is recycled."
+    )
+    recycle_jitter: float = _opt(
+        10.0,
+        _non_negative_seconds,
+        "Most seconds of random delay before recycling, so workers do not recycle at once.",
     )
 
     @classmethod
