@@ -18,11 +18,16 @@ class GcStats:
         self.last_pause = 0.0
         """Duration of the most recent collection in seconds."""
         self._started = 0.0
+        self.collections = sum(stat["collections"] for stat in gc.get_stats())
+        """Collections run so far in all generations; counted by the callback because
+        ``gc.get_stats()`` builds three dicts per call, a fifth of a whole sample."""
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
-        elif self._started:
+            return
+        self.collections += 1
+        if self._started:
             self.last_pause = time.perf_counter() - self._started
             self.pause += self.last_pause
             self._started = 0.0
@@ -41,7 +46,3 @@ class GcStats:
             return False
         gc.callbacks.append(self._callback)
         return True
-
-    @staticmethod
-    def collections() -> int:
-        return sum(stat["collections"] for stat in gc.get_stats())

@@ -139,7 +139,7 @@ class Guard:
                 usage_fraction=reading.fraction,
                 heap_blocks=sys.getallocatedblocks(),
                 gc_counts=gc.get_count(),
-                gc_collections=self._gc.collections(),
+                gc_collections=self._gc.collections,
                 gc_pause=self._gc.pause,
                 threads=threading.active_count(),
                 pressure=new,
