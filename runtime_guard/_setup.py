@@ -12,3 +12,21 @@ def attach_components(guard: Guard) -> None:
     from runtime_guard.timeline import Timeline
 
     guard.add_component(Timeline(guard))
+    _attach_shedding_and_relief(guard)
+
+
+def _attach_shedding_and_relief(guard: Guard) -> None:
+    # Shedding before relief: what shedding frees (caches, features) is then collected
+    # and trimmed back to the OS by the relief that follows in the same sample.
+    from runtime_guard.pressure import Pressure
+    from runtime_guard.relief import ReliefComponent
+    from runtime_guard.shedding import SheddingComponent, set_emergency
+
+    config = guard.config
+    guard.add_component(SheddingComponent(restart_after=config.restart_after))
+    if config.emergency:
+        set_emergency(guard, True)
+    if config.relief:
+        guard.add_component(
+            ReliefComponent(Pressure.parse(config.relief_at), config.relief_cooldown)
+        )

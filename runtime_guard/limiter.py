@@ -1,0 +1,327 @@
+"""Concurrency gates whose capacity shrinks with memory pressure and grows back after.
+
+One limiter serves threads and asyncio tasks (of any loop) at once: its state sits behind
+a plain ``threading.Lock`` held only for a few comparisons, never across a wait. Waiters
+queue in arrival order and a freed slot is handed to the first of them directly, so a
+capacity change or a release can never be missed by a waiter (no lost wake-up) and a
+newcomer cannot overtake the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from runtime_guard.pressure import Pressure
+
+__all__ = ["DEFAULT_AT", "Limiter", "LimiterTimeout", "all_limiters", "apply_pressure", "limiter"]
+
+
+class LimiterTimeout(TimeoutError):
+    """Waiting for a limiter slot took longer than the timeout."""
+
+    def __init__(self, limiter: Limiter, waited: float) -> None:
+        self.limiter = limiter
+        """The limiter that was full."""
+        self.waited = waited
+        """Seconds waited."""
+        super().__init__(
+            f"limiter {limiter.name!r} is full: waited {waited:.3g} s for a slot "
+            f"(capacity {limiter.capacity} of {limiter.limit}, {limiter.holders} holding, "
+            f"{limiter.waiters} waiting)"
+        )
+
+
+class _ThreadWaiter:
+    __slots__ = ("granted", "lock")
+
+    def __init__(self) -> None:
+        self.granted = False
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+    def wake(self) -> bool:
+        self.granted = True
+        self.lock.release()
+        return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _TaskWaiter:
+    __slots__ = ("future", "granted", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.granted = False
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def wake(self) -> bool:
+        if self.loop.is_closed():
+            return False
+        self.granted = True
+        if asyncio._get_running_loop() is self.loop:
+            _resolve(self.future)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(_resolve, self.future)
+            except RuntimeError:  # the loop closed in between: the slot goes to the next
+                self.granted = False
+                return False
+        return True
+
+
+class Limiter:
+    """A concurrency gate (``with`` and ``async with``) whose capacity follows pressure.
+
+    Capacity is ``limit`` below the first level named in ``at`` and the figure of the
+    highest level reached otherwise. When it shrinks, holders already inside finish
+    undisturbed; newcomers wait until the number of holders is below the new capacity.
+    Build one with :func:`limiter`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        at: Mapping[Pressure, int],
+        timeout: float | None = None,
+    ) -> None:
+        self.name = name
+        """The name shown in ``health()`` and errors."""
+        self.limit = limit
+        """Capacity without pressure."""
+        self.at: dict[Pressure, int] = dict(sorted(at.items()))
+        """Capacity from each level up (the strictest of the levels reached applies)."""
+        self.timeout = timeout
+        """Default seconds to wait for a slot (``None``: wait as long as it takes)."""
+        self._capacity = limit
+        self._held = 0
+        self._lock = threading.Lock()
+        self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """How many may hold a slot now."""
+        return self._capacity
+
+    @property
+    def holders(self) -> int:
+        """How many hold a slot now (may exceed capacity right after it shrank)."""
+        return self._held
+
+    @property
+    def waiters(self) -> int:
+        """How many threads and tasks wait for a slot."""
+        return len(self._waiters)
+
+    def capacity_for(self, level: Pressure) -> int:
+        """Return the capacity at ``level``."""
+        capacity = self.limit
+        for threshold, value in self.at.items():
+            if level >= threshold:
+                capacity = min(capacity, value)
+        return capacity
+
+    @property
+    def tightest(self) -> int:
+        """The smallest capacity any level gives (used in emergency mode)."""
+        return min([self.limit, *self.at.values()])
+
+    def set_capacity(self, capacity: int) -> None:
+        """Change the capacity now; growing it admits waiters at once."""
+        with self._lock:
+            self._capacity = max(capacity, 0)
+            self._grant_locked()
+
+    def _grant_locked(self) -> None:
+        while self._waiters and self._held < self._capacity:
+            waiter = self._waiters.popleft()
+            if waiter.wake():
+                self._held += 1
+
+    def health(self) -> dict[str, Any]:
+        """Return the JSON-ready figures shown in ``Guard.health()``."""
+        return {
+            "limit": self.limit,
+            "capacity": self._capacity,
+            "holders": self._held,
+            "waiters": len(self._waiters),
+        }
+
+    # -- threads ----------------------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Wait for a slot; raises :class:`LimiterTimeout` after ``timeout`` seconds.
+
+        ``timeout=None`` uses the limiter's default (``limiter(..., timeout=)``).
+        """
+        with self._lock:
+            if self._held < self._capacity and not self._waiters:
+                self._held += 1
+                return
+            waiter = _ThreadWaiter()
+            self._waiters.append(waiter)
+        if timeout is None:
+            timeout = self.timeout
+        start = time.monotonic()
+        if waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            return
+        with self._lock:
+            if waiter.granted:  # handed a slot just as the wait ended: keep it
+                return
+            self._waiters.remove(waiter)
+        raise LimiterTimeout(self, time.monotonic() - start)
+
+    def release(self) -> None:
+        """Give a slot back; the first waiter (if capacity allows) gets it."""
+        with self._lock:
+            if self._held <= 0:
+                raise RuntimeError(f"limiter {self.name!r} released more often than acquired")
+            self._held -= 1
+            if self._waiters:
+                self._grant_locked()
+
+    def __enter__(self) -> Limiter:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # -- asyncio ----------------------------------------------------------------------
+
+    async def acquire_async(self, timeout: float | None = None) -> None:
+        """Wait for a slot without blocking the loop; raises :class:`LimiterTimeout`."""
+        with self._lock:
+            if self._held < self._capacity and not self._waiters:
+                self._held += 1
+                return
+            waiter = _TaskWaiter(asyncio.get_running_loop())
+            self._waiters.append(waiter)
+        if timeout is None:
+            timeout = self.timeout
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.future
+        except TimeoutError:
+            with self._lock:
+                if waiter.granted:
+                    return
+                self._waiters.remove(waiter)
+            raise LimiterTimeout(self, time.monotonic() - start) from None
+        except BaseException:  # cancelled: a slot handed over meanwhile goes to the next
+            with self._lock:
+                if waiter.granted:
+                    self._held -= 1
+                    self._grant_locked()
+                else:
+                    self._waiters.remove(waiter)
+            raise
+
+    async def __aenter__(self) -> Limiter:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Limiter {self.name!r} capacity={self._capacity}/{self.limit} "
+            f"holders={self._held} waiters={len(self._waiters)}>"
+        )
+
+
+DEFAULT_AT: Mapping[str, int] = {"high": 3, "critical": 1}
+"""Capacities used when ``limiter()`` is given no ``at``."""
+
+_registry: dict[str, Limiter] = {}
+_registry_lock = threading.Lock()
+_current = Pressure.OK
+_emergency = False
+
+
+def _parse_at(at: Mapping[Any, int]) -> dict[Pressure, int]:
+    parsed: dict[Pressure, int] = {}
+    for key, value in at.items():
+        level = Pressure.parse(key)
+        if level == Pressure.OK:
+            raise ValueError("limiter levels are 'elevated', 'high' or 'critical', not 'ok'")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"limiter capacity at {level.name} must be a whole number >= 0")
+        parsed[level] = value
+    return parsed
+
+
+def limiter(
+    name: str,
+    limit: int,
+    at: Mapping[Any, int] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Limiter:
+    """Declare (or return the already declared) limiter ``name``.
+
+    ``at`` maps levels (``"high"``, ``Pressure.CRITICAL``, ...) to capacities, default
+    ``{"high": 3, "critical": 1}``; a capacity is never above ``limit``. ``timeout`` is the
+    default wait in seconds before :class:`LimiterTimeout` (``None``: no timeout).
+    Declaring the same name again with the same arguments returns the same limiter (module
+    reloads); with other arguments it raises ``ValueError``.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limiter {name!r}: limit must be a whole number >= 1, got {limit!r}")
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"limiter {name!r}: timeout must be seconds >= 0, got {timeout!r}")
+    levels = _parse_at(DEFAULT_AT if at is None else at)
+    with _registry_lock:
+        existing = _registry.get(name)
+        if existing is not None:
+            if (existing.limit, existing.at, existing.timeout) != (
+                limit,
+                dict(sorted(levels.items())),
+                timeout,
+            ):
+                raise ValueError(f"limiter {name!r} is already declared with other arguments")
+            return existing
+        created = Limiter(name, limit, levels, timeout)
+        created.set_capacity(created.tightest if _emergency else created.capacity_for(_current))
+        _registry[name] = created
+        return created
+
+
+def all_limiters() -> list[Limiter]:
+    """Every declared limiter, in declaration order."""
+    with _registry_lock:
+        return list(_registry.values())
+
+
+def apply_pressure(level: Pressure, emergency: bool) -> None:
+    """Set every limiter's capacity for ``level`` (tightest in emergency mode)."""
+    global _current, _emergency
+    with _registry_lock:
+        _current, _emergency = level, emergency
+        limiters = list(_registry.values())
+    for item in limiters:
+        item.set_capacity(item.tightest if emergency else item.capacity_for(level))
