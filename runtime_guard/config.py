@@ -204,6 +204,7 @@ class Config:
                 f"unknown option {unknown[0]!r}; accepted options: {', '.join(sorted(fields))}"
             )
         values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
         for name, spec in fields.items():
             parse: Parser = spec.metadata["parse"]
             if name in options:
@@ -212,25 +213,28 @@ class Config:
                 raw, where = environ[env_name(name)], env_name(name)
             else:
                 continue
+            origins[name] = where
             try:
                 values[name] = parse(raw)
             except ValueError as exc:
                 shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
                 raise ConfigError(f"{where}={shown} is not accepted: {exc}") from None
         config = cls(**values)
-        config._check_order()
+        config._check_order(origins)
         return config
 
-    def _check_order(self) -> None:
+    def _check_order(self, origins: Mapping[str, str]) -> None:
+        def shown(name: str) -> str:
+            return f"{origins.get(name, name)}={getattr(self, name)}"
+
         if not self.elevated < self.high < self.critical:
             raise ConfigError(
                 "thresholds out of order: expected elevated < high < critical, got "
-                f"elevated={self.elevated}, high={self.high}, critical={self.critical}"
+                f"{shown('elevated')}, {shown('high')}, {shown('critical')}"
             )
         if self.hysteresis >= self.elevated:
             raise ConfigError(
-                f"hysteresis={self.hysteresis} is not accepted: it must be below "
-                f"elevated={self.elevated}"
+                f"{shown('hysteresis')} is not accepted: it must be below {shown('elevated')}"
             )
 
     def threshold(self, level_name: str) -> float:

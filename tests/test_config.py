@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
 
-from runtime_guard.config import Config, ConfigError
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime_guard.config import Config, ConfigError, env_name
 
 
 def test_defaults_follow_the_design() -> None:
@@ -65,6 +69,12 @@ def test_thresholds_out_of_order() -> None:
         Config.from_options({"elevated": 0.9}, environ={})
 
 
+def test_order_error_names_the_variable_that_broke_it() -> None:
+    """When a variable puts thresholds out of order, the message names that variable."""
+    with pytest.raises(ConfigError, match=r"RUNTIME_GUARD_ELEVATED=0\.9, high=0\.85"):
+        Config.from_options({}, environ={"RUNTIME_GUARD_ELEVATED": "0.9"})
+
+
 def test_booleans_from_environment() -> None:
     """1/0, yes/no, on/off and true/false are all understood."""
     assert Config.from_options({}, environ={"RUNTIME_GUARD_EMERGENCY": "1"}).emergency
@@ -76,3 +86,38 @@ def test_describe_lists_every_option() -> None:
     rows = Config.describe()
     assert {name for name, _, _ in rows} >= {"memory_limit", "interval", "high", "report_dir"}
     assert all(doc for _, _, doc in rows)
+
+
+_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@given(st.sampled_from([f.name for f in dataclasses.fields(Config)]), _VALUES)
+@settings(max_examples=600, deadline=None)
+def test_any_keyword_value_is_accepted_or_a_config_error_naming_it(
+    name: str, value: object
+) -> None:
+    """Every option, given anything, yields a Config or a ConfigError that names the option."""
+    try:
+        Config.from_options({name: value}, environ={})
+    except ConfigError as exc:
+        assert name in str(exc)
+
+
+@given(st.sampled_from([f.name for f in dataclasses.fields(Config)]), st.text(max_size=30))
+@settings(max_examples=600, deadline=None)
+def test_any_environment_value_is_accepted_or_a_config_error_naming_the_variable(
+    name: str, value: str
+) -> None:
+    """Every RUNTIME_GUARD_* variable, set to any text, is read or names itself in the error."""
+    variable = env_name(name)
+    try:
+        Config.from_options({}, environ={variable: value})
+    except ConfigError as exc:
+        assert variable in str(exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime_guard._sizes import SIZE_FORM, format_size, parse_size
 
@@ -51,3 +53,23 @@ def test_format_size_binary_units() -> None:
     assert format_size(512) == "512 B"
     assert format_size(1.5 * 2**30) == "1.5 GiB"
     assert format_size(-3 * 2**20) == "-3.0 MiB"
+
+
+@given(st.one_of(st.text(max_size=40), st.integers(), st.floats(), st.none(), st.binary()))
+@settings(max_examples=500, deadline=None)
+def test_any_input_is_bytes_or_a_clear_value_error(value: object) -> None:
+    """Whatever it is given, the parser returns bytes >= 0 or raises ValueError saying why."""
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        assert "expected" in str(exc)
+    else:
+        assert isinstance(size, int)
+        assert size >= 0
+
+
+@given(st.integers(min_value=0, max_value=2**50), st.sampled_from(["", "B", "KiB", "MiB", "GiB"]))
+def test_round_trip_of_binary_units(number: int, unit: str) -> None:
+    """An integer with a binary unit parses to that many units of bytes."""
+    factor = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    assert parse_size(f"{number}{unit}") == number * factor
