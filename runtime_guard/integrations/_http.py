@@ -1,0 +1,232 @@
+"""What the WSGI, ASGI and Django middleware share: routes, shedding policy, health bodies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from runtime_guard import guard as _guard_module
+from runtime_guard.config import Config, ConfigError
+from runtime_guard.guard import Guard
+from runtime_guard.pressure import Pressure
+
+__all__ = [
+    "MIDDLEWARE_OPTIONS",
+    "Routes",
+    "health_response",
+    "metrics_response",
+    "missing_extra",
+    "overloaded_body",
+    "public_health",
+    "split_options",
+    "status_page_response",
+]
+
+_log = logging.getLogger("runtime_guard")
+
+MIDDLEWARE_OPTIONS = frozenset(
+    ("health_path", "shed_at", "retry_after", "exempt", "status_path", "metrics_path", "detail")
+)
+"""Keywords the middleware takes; every other keyword of the framework helpers is a guard option."""
+
+_GUARD_OPTIONS = frozenset(f.name for f in dataclasses.fields(Config))
+
+JSON = "application/json"
+HTML = "text/html; charset=utf-8"
+
+
+def missing_extra(integration: str, module: str, extra: str) -> ImportError:
+    """The error raised when an integration's framework is not installed: names the extra."""
+    return ImportError(
+        f"runtime_guard.integrations.{integration} needs {module!r}, which is not installed: "
+        f"pip install runtime-guard[{extra}]"
+    )
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keywords into ``(guard options, middleware options)``; unknown names fail loudly."""
+    guard_options: dict[str, Any] = {}
+    middleware: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in MIDDLEWARE_OPTIONS:
+            middleware[name] = value
+        elif name in _GUARD_OPTIONS:
+            guard_options[name] = value
+        else:
+            accepted = ", ".join(sorted(MIDDLEWARE_OPTIONS | _GUARD_OPTIONS))
+            raise ConfigError(f"unknown option {name!r}; accepted options: {accepted}")
+    return guard_options, middleware
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The middleware's settings: its own routes and who is refused under pressure."""
+
+    health_path: str | None = "/health"
+    """Answered with ``Guard.health()`` as JSON; ``None`` for no health route."""
+    shed_at: Pressure = Pressure.CRITICAL
+    """From this level on, requests outside :attr:`exempt` get 503."""
+    retry_after: int = 10
+    """Seconds sent in ``Retry-After`` with each 503."""
+    exempt: tuple[str, ...] = ()
+    """Path prefixes never refused (each matches itself and everything below it)."""
+    status_path: str | None = None
+    """Live status page (HTML); off unless set."""
+    metrics_path: str | None = None
+    """Prometheus metrics; off unless set (needs the ``prometheus`` extra)."""
+    detail: bool = False
+    """Put source paths, leak reports and creation sites in the health body too."""
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        health_path: str | None = "/health",
+        shed_at: str | int | Pressure = "critical",
+        retry_after: int = 10,
+        exempt: Iterable[str] = (),
+        status_path: str | None = None,
+        metrics_path: str | None = None,
+        detail: bool = False,
+    ) -> Routes:
+        """Validate the middleware keywords; a bad one raises ``ConfigError``."""
+        try:
+            level = Pressure.parse(shed_at)
+        except ValueError as exc:
+            raise ConfigError(f"shed_at={shed_at!r} is not accepted: {exc}") from None
+        if level == Pressure.OK:
+            raise ConfigError("shed_at='ok' is not accepted: it would refuse every request")
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+            raise ConfigError(f"retry_after={retry_after!r} is not accepted: expected seconds >= 0")
+        if isinstance(exempt, str):
+            exempt = (exempt,)
+        paths = {"health_path": health_path, "status_path": status_path}
+        paths["metrics_path"] = metrics_path
+        for name, path in paths.items():
+            if path is not None and not (isinstance(path, str) and path.startswith("/")):
+                raise ConfigError(f"{name}={path!r} is not accepted: expected a path like '/x'")
+        prefixes = tuple(p.rstrip("/") or "/" for p in exempt)
+        for prefix in prefixes:
+            if not prefix.startswith("/"):
+                raise ConfigError(f"exempt={prefix!r} is not accepted: expected paths like '/x'")
+        return cls(
+            health_path, level, retry_after, prefixes, status_path, metrics_path, bool(detail)
+        )
+
+    @property
+    def own_paths(self) -> frozenset[str]:
+        """Paths the middleware answers itself."""
+        return frozenset(p for p in (self.health_path, self.status_path, self.metrics_path) if p)
+
+    def is_exempt(self, path: str) -> bool:
+        """Whether ``path`` is never refused (own routes, and anything under :attr:`exempt`)."""
+        if path in self.own_paths:
+            return True
+        return any(prefix in ("/", path) or path.startswith(prefix + "/") for prefix in self.exempt)
+
+
+def current_guard(guard: Guard | None) -> Guard | None:
+    """The guard a middleware acts on: its own, else the process-wide one (a global read)."""
+    return guard if guard is not None else _guard_module._guard
+
+
+# Health keys that are figures about the process; anything else a component adds (report
+# text, source lines, file paths, object reprs) stays out of the public body.
+_FIGURE_KEYS = (
+    "status",
+    "pressure",
+    "usage_bytes",
+    "limit_bytes",
+    "usage_fraction",
+    "rss_bytes",
+    "process_limit_bytes",
+    "uptime_seconds",
+    "samples",
+    "heap_blocks",
+    "threads",
+    "gc",
+)
+
+
+def _count_of(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Mapping):
+        for key in ("count", "live", "unreleased"):
+            if isinstance(value.get(key), int):
+                return int(value[key])
+        return 0
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return 0
+
+
+def _feature_name(item: Any) -> str:
+    if isinstance(item, Mapping):
+        return str(item.get("name", ""))
+    return str(getattr(item, "name", item))
+
+
+def public_health(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Reduce ``Guard.health()`` to figures: no source paths, report text or object contents."""
+    body = {key: data[key] for key in _FIGURE_KEYS if key in data}
+    body["shed_features"] = [_feature_name(f) for f in data.get("shed_features") or ()]
+    leaks = data.get("suspected_leaks") or ()
+    body["suspected_leaks"] = len(leaks) if isinstance(leaks, (list, tuple, Mapping)) else 0
+    unreleased = data.get("unreleased_objects") or {}
+    if isinstance(unreleased, Mapping):
+        body["unreleased_objects"] = {str(k): _count_of(v) for k, v in unreleased.items()}
+    for key, value in data.items():
+        if key not in body and isinstance(value, (int, float)) and key != "sources":
+            body[key] = value
+    return body
+
+
+def health_response(guard: Guard | None, detail: bool) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for the health route: 503 only when critical."""
+    if guard is None:
+        return 200, b'{"status": "ok", "guard": "not installed"}'
+    try:
+        data = guard.health()
+    except Exception:
+        _log.exception("runtime_guard: health() failed; answering 500")
+        return 500, b'{"status": "error"}'
+    body = data if detail else public_health(data)
+    code = 503 if data.get("status") == "critical" else 200
+    return code, json.dumps(body, default=str).encode()
+
+
+def overloaded_body(retry_after: int) -> bytes:
+    """JSON body of the 503 sent to refused requests."""
+    return json.dumps({"error": "overloaded", "retry_after": retry_after}).encode()
+
+
+def status_page_response(guard: Guard | None) -> tuple[int, str, bytes]:
+    """``(code, content type, body)`` of the live status page, when its module exists."""
+    try:
+        from runtime_guard.statuspage import render_status_page  # type: ignore[import-not-found]
+    except ImportError:
+        return 404, "text/plain", b"status page not available in this version\n"
+    if guard is None:
+        return 503, "text/plain", b"runtime_guard is not installed\n"
+    try:
+        return 200, HTML, str(render_status_page(guard)).encode()
+    except Exception:
+        _log.exception("runtime_guard: status page failed")
+        return 500, "text/plain", b"status page failed\n"
+
+
+def metrics_response(accept: str | None) -> tuple[int, str, bytes]:
+    """``(code, content type, body)`` of the Prometheus metrics route."""
+    try:
+        from runtime_guard.integrations import prometheus
+    except ImportError as exc:
+        return 404, "text/plain", f"{exc}\n".encode()
+    content_type, body = prometheus.render(accept)
+    return 200, content_type, body

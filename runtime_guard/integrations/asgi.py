@@ -1,0 +1,187 @@
+"""ASGI middleware (HTTP, lifespan, websockets) and a lifespan helper for FastAPI/Starlette.
+
+::
+
+    from fastapi import FastAPI
+    from runtime_guard.integrations.asgi import GuardMiddleware, lifespan
+
+    app = FastAPI(lifespan=lifespan(memory_limit="1GiB"))
+    app.add_middleware(GuardMiddleware, exempt=("/admin",))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from runtime_guard.integrations._http import (
+    JSON,
+    Routes,
+    current_guard,
+    health_response,
+    metrics_response,
+    overloaded_body,
+    status_page_response,
+)
+from runtime_guard.pressure import Pressure
+
+if TYPE_CHECKING:
+    from runtime_guard.guard import Guard
+
+__all__ = ["GuardMiddleware", "lifespan", "websockets_enabled"]
+
+_log = logging.getLogger("runtime_guard")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+WEBSOCKETS_FEATURE = "websockets"
+"""The shedding feature that, while shed, makes the middleware refuse new websockets."""
+
+# 1013 "Try Again Later": the websocket close code for a server that is overloaded.
+_TRY_AGAIN_LATER = 1013
+
+
+def websockets_enabled() -> bool:
+    """Whether new websockets are accepted: false only while the ``websockets`` feature is shed."""
+    shedding = sys.modules.get("runtime_guard.shedding")
+    if shedding is None:
+        return True
+    try:
+        return bool(shedding.enabled(WEBSOCKETS_FEATURE))
+    except Exception:
+        return True
+
+
+class GuardMiddleware:
+    """Wraps an ASGI app: answers the guard's routes and refuses requests while critical.
+
+    HTTP requests are treated as in :class:`runtime_guard.integrations.wsgi.GuardMiddleware`;
+    lifespan messages pass through; websockets pass through unless the ``websockets``
+    feature is shed, when new ones are closed with code 1013 (try again later).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        guard: Guard | None = None,
+        health_path: str | None = "/health",
+        shed_at: str | int | Pressure = "critical",
+        retry_after: int = 10,
+        exempt: Iterable[str] = (),
+        status_path: str | None = None,
+        metrics_path: str | None = None,
+        detail: bool = False,
+    ) -> None:
+        self.app = app
+        """The wrapped application."""
+        self.guard = guard
+        """The guard acted on; ``None`` means the process-wide one."""
+        self.routes = Routes.make(
+            health_path=health_path,
+            shed_at=shed_at,
+            retry_after=retry_after,
+            exempt=exempt,
+            status_path=status_path,
+            metrics_path=metrics_path,
+            detail=detail,
+        )
+        """The validated settings."""
+        self._own = self.routes.own_paths
+        self._shed_at = self.routes.shed_at
+        self._refused_body = overloaded_body(self.routes.retry_after)
+        self._refused_headers = [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(self._refused_body)).encode()),
+            (b"retry-after", str(self.routes.retry_after).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if metrics_path is not None:
+            from runtime_guard.integrations.prometheus import install_metrics
+
+            install_metrics()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path in self._own:
+                await self._answer(path, scope, send)
+                return
+            guard = current_guard(self.guard)
+            # The whole per-request cost: one attribute read and one comparison, no lock.
+            if (
+                guard is not None
+                and guard.pressure >= self._shed_at
+                and not self.routes.is_exempt(path)
+            ):
+                level = guard.pressure.name.lower().encode()
+                headers = [*self._refused_headers, (b"x-runtime-guard-pressure", level)]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": self._refused_body})
+                return
+        elif kind == "websocket" and not websockets_enabled():
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": _TRY_AGAIN_LATER})
+            return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, path: str, scope: Scope, send: Send) -> None:
+        guard = current_guard(self.guard)
+        if path == self.routes.health_path:
+            code, body = health_response(guard, self.routes.detail)
+            content_type = JSON
+        elif path == self.routes.metrics_path:
+            accept = None
+            for name, value in scope.get("headers", ()):
+                if name == b"accept":
+                    accept = value.decode("latin-1")
+            code, content_type, body = metrics_response(accept)
+        else:
+            code, content_type, body = status_page_response(guard)
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def lifespan(
+    recycle: bool = True, **options: Any
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """A lifespan for ``FastAPI(lifespan=...)`` / ``Starlette(lifespan=...)``.
+
+    Startup runs in each worker process, so each gets its own guard (``options`` as for
+    :func:`runtime_guard.install`); under uvicorn, ``recycle`` also makes a
+    ``restart_requested`` signal shut the worker down through uvicorn's own graceful path
+    (see :mod:`runtime_guard.integrations.uvicorn`). Shutdown uninstalls the guard.
+    """
+    from runtime_guard.config import Config
+
+    Config.from_options(options)  # fail at import time, not in the first worker
+
+    @contextlib.asynccontextmanager
+    async def guard_lifespan(app: Any) -> AsyncIterator[None]:
+        import runtime_guard
+
+        guard = runtime_guard.install(**options)
+        if recycle and "uvicorn" in sys.modules:
+            from runtime_guard.integrations.uvicorn import enable_recycling
+
+            enable_recycling(guard)
+        try:
+            yield
+        finally:
+            runtime_guard.uninstall()
+
+    return guard_lifespan

@@ -1,0 +1,62 @@
+"""uvicorn: recycle a worker on ``restart_requested`` through uvicorn's own graceful shutdown.
+
+The worker sets ``Server.should_exit``, exactly what ``--limit-max-requests`` does: uvicorn
+stops accepting, finishes in-flight requests, runs the lifespan shutdown and exits. Under
+``uvicorn --workers N`` the supervisor then starts a fresh worker on the same socket; with a
+single process, whatever supervises uvicorn (systemd, Kubernetes) restarts it.
+
+The usual way in is :func:`runtime_guard.integrations.asgi.lifespan`, which calls
+:func:`enable_recycling` in each worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from runtime_guard.guard import Guard
+from runtime_guard.integrations._http import missing_extra
+from runtime_guard.integrations._recycle import Recycler, attach_recycler
+
+try:
+    import uvicorn
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise missing_extra("uvicorn", "uvicorn", "fastapi") from exc
+
+__all__ = ["enable_recycling", "find_server", "shutdown"]
+
+_log = logging.getLogger("runtime_guard")
+
+
+def find_server() -> uvicorn.Server | None:
+    """The running ``uvicorn.Server`` of this process, if uvicorn is serving.
+
+    While it serves, uvicorn owns SIGTERM: its handler is the server's bound ``handle_exit``.
+    """
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    return server if isinstance(server, uvicorn.Server) else None
+
+
+def shutdown(reason: str = "") -> None:
+    """Shut this uvicorn worker down gracefully (the ``--limit-max-requests`` path)."""
+    server = find_server()
+    if server is not None:
+        server.should_exit = True
+        return
+    # Not serving from the main thread (a custom runner): SIGTERM is uvicorn's documented
+    # graceful shutdown too.
+    _log.info("runtime_guard: uvicorn server not found; sending SIGTERM to pid %d", os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def enable_recycling(
+    guard: Guard, *, min_lifetime: float | None = None, jitter: float | None = None
+) -> Recycler:
+    """Recycle this worker gracefully when ``guard`` sends ``restart_requested``.
+
+    ``min_lifetime`` and ``jitter`` default to the guard's ``recycle_min_lifetime`` and
+    ``recycle_jitter`` options.
+    """
+    return attach_recycler(guard, shutdown, "uvicorn", min_lifetime=min_lifetime, jitter=jitter)

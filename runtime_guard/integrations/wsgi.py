@@ -1,0 +1,123 @@
+"""WSGI middleware: a health route, and 503 with ``Retry-After`` while memory is critical.
+
+::
+
+    from runtime_guard.integrations.wsgi import GuardMiddleware
+
+    app = GuardMiddleware(app, health_path="/health", shed_at="critical", exempt=("/admin",))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from runtime_guard.integrations._http import (
+    JSON,
+    Routes,
+    current_guard,
+    health_response,
+    metrics_response,
+    overloaded_body,
+    status_page_response,
+)
+from runtime_guard.pressure import Pressure
+
+if TYPE_CHECKING:
+    from runtime_guard.guard import Guard
+
+__all__ = ["GuardMiddleware"]
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_REASONS = {200: "200 OK", 404: "404 Not Found", 500: "500 Internal Server Error"}
+_REASONS[503] = "503 Service Unavailable"
+
+
+class GuardMiddleware:
+    """Wraps a WSGI app: answers the guard's routes and refuses requests while critical.
+
+    ``guard`` defaults to the process-wide guard at request time, so the middleware can be
+    built before :func:`runtime_guard.install` (for instance in a gunicorn master that
+    installs the guard in each worker after the fork); with no guard installed it only
+    answers its routes.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        guard: Guard | None = None,
+        health_path: str | None = "/health",
+        shed_at: str | int | Pressure = "critical",
+        retry_after: int = 10,
+        exempt: Iterable[str] = (),
+        status_path: str | None = None,
+        metrics_path: str | None = None,
+        detail: bool = False,
+    ) -> None:
+        self.app = app
+        """The wrapped application."""
+        self.guard = guard
+        """The guard acted on; ``None`` means the process-wide one."""
+        self.routes = Routes.make(
+            health_path=health_path,
+            shed_at=shed_at,
+            retry_after=retry_after,
+            exempt=exempt,
+            status_path=status_path,
+            metrics_path=metrics_path,
+            detail=detail,
+        )
+        """The validated settings."""
+        self._own = self.routes.own_paths
+        self._shed_at = self.routes.shed_at
+        self._refused_headers = [
+            ("Content-Type", JSON),
+            ("Retry-After", str(self.routes.retry_after)),
+            ("Cache-Control", "no-store"),
+        ]
+        self._refused_body = overloaded_body(self.routes.retry_after)
+        if metrics_path is not None:
+            from runtime_guard.integrations.prometheus import install_metrics
+
+            install_metrics()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+        if path in self._own:
+            return self._answer(path, environ, start_response)
+        guard = current_guard(self.guard)
+        # The whole per-request cost: one attribute read and one comparison, no lock.
+        if (
+            guard is not None
+            and guard.pressure >= self._shed_at
+            and not self.routes.is_exempt(path)
+        ):
+            headers = [*self._refused_headers]
+            headers.append(("X-Runtime-Guard-Pressure", guard.pressure.name.lower()))
+            start_response(_REASONS[503], headers)
+            return [self._refused_body]
+        return self.app(environ, start_response)
+
+    def _answer(
+        self, path: str, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        guard = current_guard(self.guard)
+        if path == self.routes.health_path:
+            code, body = health_response(guard, self.routes.detail)
+            content_type = JSON
+        elif path == self.routes.metrics_path:
+            code, content_type, body = metrics_response(environ.get("HTTP_ACCEPT"))
+        else:
+            code, content_type, body = status_page_response(guard)
+        start_response(
+            _REASONS.get(code, f"{code} Error"),
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]
