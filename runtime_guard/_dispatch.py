@@ -24,6 +24,9 @@ class Dispatcher:
         self._queue: deque[tuple[NamedSignal, dict[str, Any]]] = deque(maxlen=maxlen)
         self.dropped = 0
         """Signals dropped because receivers fell ``maxlen`` signals behind."""
+        self.suppressed = 0
+        """Signals a receiver caused of the very signal it was receiving, not sent again."""
+        self._delivering: NamedSignal | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -45,6 +48,11 @@ class Dispatcher:
     def send(self, signal: NamedSignal, **payload: Any) -> None:
         """Queue ``signal``; returns at once. Without receivers it costs a dict lookup."""
         if not signal.receivers:
+            return
+        if signal is self._delivering and threading.current_thread() is self._thread:
+            # A receiver of X that causes X (sample() inside sample_taken, relieve() inside
+            # gc_forced) would feed itself forever at full speed.
+            self.suppressed += 1
             return
         with self._cond:
             if len(self._queue) == self._queue.maxlen:
@@ -77,10 +85,13 @@ class Dispatcher:
                     return
                 signal, payload = self._queue.popleft()
                 self._busy = True
+            self._delivering = signal
             try:
                 emit(signal, self._sender, **payload)
             except BaseException:  # pragma: no cover - emit isolates receivers already
                 _log.exception("runtime_guard: signal delivery failed")
+            finally:
+                self._delivering = None
 
     def stop(self, timeout: float = 1.0) -> None:
         """Deliver what is queued (within ``timeout``) and end the thread."""

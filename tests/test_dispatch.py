@@ -59,3 +59,24 @@ def test_send_without_receivers_queues_nothing() -> None:
     dispatcher = Dispatcher(sender=None)
     dispatcher.send(signals.overlap_skipped, task="x")
     assert len(dispatcher._queue) == 0
+
+
+def test_a_receiver_causing_its_own_signal_does_not_loop() -> None:
+    """A receiver that triggers the signal it receives gets it once, not forever."""
+    calls: list[int] = []
+    dispatcher = Dispatcher(sender=None)
+
+    def echo(sender: Any, **kw: Any) -> None:
+        calls.append(1)
+        dispatcher.send(signals.restart_requested, reason="again")
+
+    signals.restart_requested.connect(echo)
+    dispatcher.start()
+    try:
+        dispatcher.send(signals.restart_requested, reason="first")
+        assert dispatcher.flush()
+    finally:
+        dispatcher.stop()
+        signals.restart_requested.disconnect(echo)
+    assert calls == [1]
+    assert dispatcher.suppressed == 1
