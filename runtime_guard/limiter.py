@@ -10,6 +10,7 @@ newcomer cannot overtake the queue.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
@@ -105,6 +106,7 @@ class Limiter:
         """Default seconds to wait for a slot (``None``: wait as long as it takes)."""
         self._capacity = limit
         self._held = 0
+        self._forgiven = 0
         self._lock = threading.Lock()
         self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
 
@@ -186,6 +188,9 @@ class Limiter:
     def release(self) -> None:
         """Give a slot back; the first waiter (if capacity allows) gets it."""
         with self._lock:
+            if self._held <= 0 and self._forgiven > 0:  # a slot taken before fork()
+                self._forgiven -= 1
+                return
             if self._held <= 0:
                 raise RuntimeError(f"limiter {self.name!r} released more often than acquired")
             self._held -= 1
@@ -246,6 +251,13 @@ class Limiter:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread lives on in the child: other holders and waiters are
+        # gone, and the lock may have been held by one of them.
+        self._lock = threading.Lock()
+        self._waiters.clear()
+        self._forgiven, self._held = self._held, 0
 
     def __repr__(self) -> str:
         return (
@@ -325,3 +337,14 @@ def apply_pressure(level: Pressure, emergency: bool) -> None:
         limiters = list(_registry.values())
     for item in limiters:
         item.set_capacity(item.tightest if emergency else item.capacity_for(level))
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for item in _registry.values():
+        item._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import sys
 import threading
 import time
@@ -431,3 +432,12 @@ class SheddingComponent(Component):
                     _shed.discard(item.name)
                     _call(item.on_restore, item.name, "on_restore")
             apply_pressure(Pressure.OK, False)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
