@@ -9,6 +9,7 @@ from runtime_guard.pressure import Pressure
 from runtime_guard.relief import ReliefResult
 from runtime_guard.sample import Sample
 from runtime_guard.shedding import Feature, enabled, feature, register_cache, sheddable
+from runtime_guard.tracking import UnreleasedReport, live_objects, track
 
 __all__ = [
     "ConfigError",
@@ -19,14 +20,17 @@ __all__ = [
     "Pressure",
     "ReliefResult",
     "Sample",
+    "UnreleasedReport",
     "enabled",
     "feature",
     "get_guard",
     "install",
     "limiter",
+    "live_objects",
     "no_overlap",
     "register_cache",
     "sheddable",
     "signals",
+    "track",
     "uninstall",
 ]

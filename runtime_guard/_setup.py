@@ -13,6 +13,7 @@ def attach_components(guard: Guard) -> None:
 
     guard.add_component(Timeline(guard))
     _attach_shedding_and_relief(guard)
+    _attach_tracking(guard)
 
 
 def _attach_shedding_and_relief(guard: Guard) -> None:
@@ -30,3 +31,9 @@ def _attach_shedding_and_relief(guard: Guard) -> None:
         guard.add_component(
             ReliefComponent(Pressure.parse(config.relief_at), config.relief_cooldown)
         )
+
+
+def _attach_tracking(guard: Guard) -> None:
+    from runtime_guard.tracking import TrackingComponent
+
+    guard.add_component(TrackingComponent(track_clients=guard.config.track_clients))

@@ -1,0 +1,185 @@
+"""Where an object was created: the first frame outside library code, cheaply.
+
+``traceback.extract_stack()`` walks and formats every frame (tens of microseconds in a
+deep web stack); a construction hook runs on hot paths, so this walks ``f_back`` by hand,
+keeps code objects and line numbers only, and formats nothing until a report is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import site
+import sys
+import sysconfig
+from types import CodeType, FrameType
+
+__all__ = ["STACK_DEPTH", "Site", "capture", "is_library", "library_prefixes"]
+
+STACK_DEPTH = 3
+"""Frames kept per site: the creating frame and up to two of its callers."""
+
+# Distinct sites are interned so that each record holds one shared object; past this many
+# a new site is still recorded but no longer interned, bounding the table, not the records.
+_MAX_INTERNED = 10_000
+
+
+def library_prefixes() -> tuple[str, ...]:
+    """Directories whose code counts as library: stdlib, site-packages, runtime_guard."""
+    paths = sysconfig.get_paths()
+    found = {paths.get(key, "") for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    with contextlib.suppress(AttributeError):  # some virtualenv builds of ``site`` lack it
+        found.update(site.getsitepackages())
+    found.add(site.getusersitepackages() if site.ENABLE_USER_SITE else "")
+    found.add(os.path.dirname(os.path.abspath(__file__)))
+    prefixes = {os.path.join(os.path.realpath(p), "") for p in found if p}
+    prefixes |= {os.path.join(os.path.abspath(p), "") for p in found if p}
+    return tuple(sorted(prefixes))
+
+
+_prefixes = library_prefixes()
+_is_library_cache: dict[str, bool] = {}
+
+
+def is_library(filename: str) -> bool:
+    """True for frozen modules and files under :func:`library_prefixes` (cached per file)."""
+    known = _is_library_cache.get(filename)
+    if known is None:
+        known = filename.startswith("<frozen ") or filename.startswith(_prefixes)
+        _is_library_cache[filename] = known
+    return known
+
+
+class Site:
+    """One creation site: a short stack, innermost first, from the first frame outside library
+    code. Frames are kept as ``(code, instruction offset)`` and named only when asked for.
+    """
+
+    __slots__ = ("_frames",)
+
+    def __init__(self, frames: tuple[tuple[CodeType, int], ...]) -> None:
+        self._frames = frames
+
+    @property
+    def where(self) -> tuple[str, int, str]:
+        """``(file, line, function)`` of the creating frame: the key reports group by."""
+        if not self._frames:
+            return ("<unknown>", 0, "<unknown>")
+        code, lasti = self._frames[0]
+        return (code.co_filename, _line(code, lasti), code.co_name)
+
+    @property
+    def filename(self) -> str:
+        """The file of the creating frame."""
+        return self.where[0]
+
+    @property
+    def lineno(self) -> int:
+        """The line of the creating frame."""
+        return self.where[1]
+
+    @property
+    def function(self) -> str:
+        """The function of the creating frame."""
+        return self.where[2]
+
+    @property
+    def frames(self) -> list[tuple[str, int, str]]:
+        """``(file, line, function)`` from the creating frame outwards."""
+        return [
+            (code.co_filename, _line(code, lasti), code.co_name) for code, lasti in self._frames
+        ]
+
+    def __str__(self) -> str:
+        return format_frame(*self.where)
+
+    def __repr__(self) -> str:
+        return f"<Site {self}>"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: the creating frame and the short stack."""
+        filename, line, function = self.where
+        return {
+            "site": format_frame(filename, line, function),
+            "file": filename,
+            "line": line,
+            "function": function,
+            "stack": [format_frame(*frame) for frame in self.frames],
+        }
+
+
+def format_frame(filename: str, line: int, function: str) -> str:
+    """``path:line in function``, the path relative to the working directory when under it."""
+    try:
+        shown = os.path.relpath(filename)
+        if shown.startswith(os.pardir):
+            shown = filename
+    except ValueError:
+        shown = filename
+    return f"{shown}:{line} in {function}"
+
+
+_interned: dict[tuple[int, ...], Site] = {}
+_UNKNOWN = Site(())
+
+
+def capture(skip: int = 1) -> Site:
+    """Return the :class:`Site` of the caller ``skip`` frames up (1: the caller's caller).
+
+    The site starts at the first frame outside library code, or at the nearest frame when
+    the whole stack is library code (a thread a library started, say).
+    """
+    # Hand-unrolled and keyed by ``id(code)`` and ``f_lasti``: hashing a code object and
+    # computing ``f_lineno`` each cost more than the rest together (measured: 1.4 us with
+    # them, about 0.5 us without); lines are resolved only when a report is built, and the
+    # interned Site keeps its code objects alive, so their ids cannot be reused meanwhile.
+    try:
+        frame: FrameType | None = sys._getframe(skip + 1)
+    except ValueError:
+        return _UNKNOWN
+    first = frame
+    cache = _is_library_cache
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        library = cache.get(filename)
+        if library is None:
+            library = is_library(filename)
+        if not library:
+            break
+        frame = frame.f_back
+    if frame is None:
+        frame = first
+    assert frame is not None
+    c0 = frame.f_code
+    f1 = frame.f_back
+    if f1 is None:
+        key: tuple[int, ...] = (id(c0), frame.f_lasti)
+    else:
+        c1 = f1.f_code
+        f2 = f1.f_back
+        if f2 is None:
+            key = (id(c0), frame.f_lasti, id(c1), f1.f_lasti)
+        else:
+            key = (id(c0), frame.f_lasti, id(c1), f1.f_lasti, id(f2.f_code), f2.f_lasti)
+    found = _interned.get(key)
+    if found is None:
+        found = _make(key, frame)
+    return found
+
+
+def _make(key: tuple[int, ...], frame: FrameType | None) -> Site:
+    frames: list[tuple[CodeType, int]] = []
+    while frame is not None and len(frames) < len(key) // 2:
+        frames.append((frame.f_code, frame.f_lasti))
+        frame = frame.f_back
+    found = Site(tuple(frames))
+    if len(_interned) < _MAX_INTERNED:
+        _interned[key] = found
+    return found
+
+
+def _line(code: CodeType, lasti: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= lasti < end:
+            return line if line is not None else code.co_firstlineno
+    return code.co_firstlineno
