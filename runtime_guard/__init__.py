@@ -3,6 +3,7 @@
 from runtime_guard import signals
 from runtime_guard.config import ConfigError
 from runtime_guard.guard import Guard, get_guard, install, uninstall
+from runtime_guard.leaks import LeakReport
 from runtime_guard.limiter import Limiter, LimiterTimeout, limiter
 from runtime_guard.overlap import no_overlap
 from runtime_guard.pressure import Pressure
@@ -15,6 +16,7 @@ __all__ = [
     "ConfigError",
     "Feature",
     "Guard",
+    "LeakReport",
     "Limiter",
     "LimiterTimeout",
     "Pressure",

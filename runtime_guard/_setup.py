@@ -14,6 +14,7 @@ def attach_components(guard: Guard) -> None:
     guard.add_component(Timeline(guard))
     _attach_shedding_and_relief(guard)
     _attach_tracking(guard)
+    _attach_leaks(guard)
 
 
 def _attach_shedding_and_relief(guard: Guard) -> None:
@@ -37,3 +38,10 @@ def _attach_tracking(guard: Guard) -> None:
     from runtime_guard.tracking import TrackingComponent
 
     guard.add_component(TrackingComponent(track_clients=guard.config.track_clients))
+
+
+def _attach_leaks(guard: Guard) -> None:
+    from runtime_guard.leaks import LeakDetector
+
+    if guard.config.leak_detection:
+        guard.add_component(LeakDetector(guard.config))

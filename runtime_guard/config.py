@@ -130,6 +130,13 @@ def _non_negative_seconds(value: Any) -> float:
     return number
 
 
+def _positive_size(value: Any) -> int:
+    size = _size_or_none(value)
+    if size is None:
+        raise ValueError(f"expected {SIZE_FORM} greater than 0, got {value!r}")
+    return size
+
+
 def _opt(default: Any, parse: Parser, doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -186,6 +193,35 @@ class Config:
         10.0,
         _non_negative_seconds,
         "Most seconds of random delay before recycling, so workers do not recycle at once.",
+    )
+    # leak detection (runtime_guard.leaks)
+    leak_detection: bool = _opt(True, _bool, "Watch the heap and RSS floors for growth leaks.")
+    leak_window: float = _opt(
+        10.0, _positive_float, "Seconds per baseline window; each window's minimum is a floor."
+    )
+    leak_windows: int = _opt(
+        30, _count(2), "Floors kept for the trend (the sliding window is this many windows)."
+    )
+    leak_confirm: int = _opt(
+        3, _count(1), "A leak's floor rose in every one of this many last windows (N)."
+    )
+    leak_min_rate: int = _opt(
+        250_000, _positive_size, 'Least growth per minute that is a leak, a size ("0.25MB").'
+    )
+    leak_warmup: float = _opt(
+        60.0, _non_negative_seconds, "Seconds after start before floors count (warm-up)."
+    )
+    leak_diagnosis_window: float = _opt(
+        20.0, _positive_float, "Seconds between the two snapshots of a leak diagnosis."
+    )
+    leak_repeat_after: float = _opt(
+        3600.0, _positive_float, "Seconds after which a leak that goes on is reported again."
+    )
+    tracemalloc_duty_cycle: float = _opt(
+        0.05, _fraction, "Most share of wall time tracemalloc may run on demand."
+    )
+    tracemalloc_frames: int = _opt(
+        8, _count(1), "Frames kept per allocation when the guard starts tracemalloc."
     )
 
     @classmethod

@@ -118,6 +118,20 @@ class AllocationSite:
         )
 
 
+def _made_by_machinery(frames: Sequence[tracemalloc.Frame]) -> bool:
+    """True when the first frame outside the stdlib is tracemalloc, importlib or the guard.
+
+    That is the guard's own bookkeeping (its history, its threads, the snapshot itself),
+    also when the allocating line is a stdlib function the guard called.
+    """
+    for frame in frames:
+        if _is_excluded_frame(frame.filename):
+            return True
+        if not _is_library_frame(frame.filename):
+            return False
+    return False
+
+
 def _site_frame(frames: Sequence[tracemalloc.Frame]) -> tracemalloc.Frame:
     """Pick the line to report from frames ordered most recent first."""
     for frame in frames:
@@ -136,8 +150,8 @@ def diff_snapshots(
 
     Allocations are grouped by traceback after dropping the frames of tracemalloc, the
     import machinery and runtime_guard itself; ``exclude`` adds ``fnmatch`` patterns of file
-    names whose frames are dropped too. An allocation made entirely inside dropped frames
-    (the guard's own bookkeeping, the snapshot itself) is left out. The reported line is
+    names whose frames are dropped too. An allocation that the machinery made itself (its
+    first frame outside the stdlib is one of those) is left out. The reported line is
     the most recent frame outside the standard library where there is one: the user's
     leaking line rather than the ``json`` or ``collections`` internals it called.
     """
@@ -153,7 +167,10 @@ def diff_snapshots(
         if stat.size_diff == 0 and stat.count_diff == 0:
             continue
         # tracemalloc's Traceback runs oldest to most recent; reports read most recent first.
-        frames = tuple(f for f in reversed(stat.traceback) if keep(f.filename))
+        recent_first = tuple(reversed(stat.traceback))
+        if _made_by_machinery(recent_first):
+            continue
+        frames = tuple(f for f in recent_first if keep(f.filename))
         if not frames:
             continue
         totals = grouped.setdefault(frames, [0, 0])

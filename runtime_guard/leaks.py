@@ -1,0 +1,579 @@
+"""Growth-leak detection on post-GC baselines, and the report that explains a suspicion.
+
+The :class:`LeakDetector` component reads only what every sample already carries: the
+Python heap (``sys.getallocatedblocks()``) and the process's RSS. Per window of
+``leak_window`` seconds it keeps their minima, the floor they return to after each
+collection, which temporary allocations, a sawtooth or a burst cannot raise. A leak is a
+floor that rose in every one of the last ``leak_confirm`` windows (CPython's ``-R`` rule)
+at a Theil-Sen rate of at least ``leak_min_rate``. A cache that plateaus or a one-off step
+(a lazy import, a pool filling up) rises once or twice and then stops, so it never passes.
+
+After a suspicion the detector opens one diagnosis window on the sampler thread: a type
+census at each end, tracemalloc between them (on demand, within a duty-cycle cap), and a
+referrer chain for the type that grew most. Then it sends ``signals.leak_suspected`` with
+a :class:`LeakReport`, once per episode, and again only if the rate changes materially or
+after ``leak_repeat_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import tracemalloc
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runtime_guard import signals
+from runtime_guard._component import Component
+from runtime_guard._reports import write_report
+from runtime_guard._sizes import format_size
+from runtime_guard._trend import sustained_growth, theil_sen
+from runtime_guard.config import ConfigError
+from runtime_guard.diagnosis import (
+    AllocationSite,
+    TracemallocSession,
+    TypeGrowth,
+    census_diff,
+    diff_snapshots,
+    find_instance,
+    format_chain,
+    referrer_chain,
+    type_census,
+)
+
+if TYPE_CHECKING:
+    from collections import Counter
+
+    from runtime_guard.config import Config
+    from runtime_guard.guard import Guard
+    from runtime_guard.sample import Sample
+
+__all__ = ["LeakDetector", "LeakReport"]
+
+_log = logging.getLogger("runtime_guard")
+
+MB = 1_000_000
+"""Rates are given in MB (10**6 bytes) per minute, as the issue and the options state them."""
+
+# Mean size of a small allocation in a typical CPython heap (measured here: tracemalloc over
+# the stdlib, blinker and a few thousand application objects gave 83 bytes per block). It
+# turns a heap-block rate into bytes when RSS does not grow with the heap (freed memory
+# reused); when RSS grows too its own, measured rate is used.
+_BYTES_PER_BLOCK = 80
+
+# A floor counts as risen in a window only by more than this share of the minimum rate's
+# per-window step: a page or two of RSS noise is not growth.
+_MIN_STEP_SHARE = 0.25
+
+# A rate this much higher or lower (as a ratio) than the one last signalled is a material
+# change and is reported again.
+_MATERIAL_CHANGE = 1.5
+
+# Leak report files are written at most this often, whatever the number of episodes.
+_REPORT_FILE_SECONDS = 300.0
+
+# A tracemalloc window shorter than this shows too little growth to be worth its cost.
+_MIN_TRACE_SECONDS = 1.0
+
+_CHAIN_DEPTH = 8
+_CHAIN_SECONDS = 0.5
+_TOP = 10
+
+
+@dataclass
+class LeakReport:
+    """A suspected growth leak: what grows, how fast, since when, and where, held by whom."""
+
+    metric: str
+    """``"heap"`` (Python's heap blocks grow) or ``"rss"`` (only RSS grows: native memory,
+    large buffers outside the small-object heap, or fragmentation)."""
+    rate_bytes_per_min: float
+    """Growth rate in bytes per minute (RSS's own rate, or heap blocks at ~80 bytes each)."""
+    heap_blocks_per_min: float
+    """Slope of the heap-block floor, blocks per minute."""
+    rss_bytes_per_min: float
+    """Slope of the RSS floor, bytes per minute."""
+    duration_seconds: float
+    """How long the floor has been rising."""
+    time_to_limit_seconds: float | None
+    """Seconds until the limit is reached at this rate (``None`` when it cannot be told)."""
+    usage_bytes: int
+    """Usage when the report was made."""
+    limit_bytes: int
+    """The limit usage is measured against."""
+    detected_at: float
+    """``time.time()`` when the suspicion was confirmed."""
+    top_sites: list[AllocationSite] = field(default_factory=list)
+    """Where memory grew during the diagnosis window (tracemalloc), biggest first."""
+    growing_types: list[TypeGrowth] = field(default_factory=list)
+    """GC-tracked types whose instance count grew during the window, biggest first."""
+    referrer_chain: list[str] | None = None
+    """Links from a module global to a recent instance of :attr:`chain_type`."""
+    chain_type: str | None = None
+    """The type the chain was searched for."""
+    diagnosis: str = "pending"
+    """``"pending"``, ``"done"``, or why a part was skipped."""
+    diagnosis_window_seconds: float = 0.0
+    """Seconds between the two censuses (and snapshots) of the diagnosis."""
+    tracemalloc_seconds: float = 0.0
+    """Seconds tracemalloc ran because of this diagnosis (zero when the host ran it)."""
+    heap_walk_seconds: float = 0.0
+    """Seconds spent in type censuses, the instance search and the referrer chain."""
+    note: str = ""
+    """What the figures mean and what the tools could not see."""
+
+    @property
+    def rate_mb_per_min(self) -> float:
+        """:attr:`rate_bytes_per_min` in MB (10**6 bytes) per minute."""
+        return self.rate_bytes_per_min / MB
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        data = dataclasses.asdict(self)
+        data["top_sites"] = [site.to_dict() for site in self.top_sites]
+        data["growing_types"] = [growth.to_dict() for growth in self.growing_types]
+        data["referrer_chain"] = list(self.referrer_chain) if self.referrer_chain else None
+        data["rate_mb_per_min"] = round(self.rate_mb_per_min, 4)
+        for key in ("rate_bytes_per_min", "heap_blocks_per_min", "rss_bytes_per_min"):
+            data[key] = round(data[key], 1)
+        for key in ("duration_seconds", "time_to_limit_seconds", "detected_at"):
+            if data[key] is not None:
+                data[key] = round(data[key], 3)
+        for key in ("diagnosis_window_seconds", "tracemalloc_seconds", "heap_walk_seconds"):
+            data[key] = round(data[key], 4)
+        return data
+
+    def __str__(self) -> str:
+        what = "Python heap" if self.metric == "heap" else "RSS (not the Python heap)"
+        head = (
+            f"leak suspected: {what} grows {self.rate_mb_per_min:.2f} MB/min "
+            f"for {_duration(self.duration_seconds)}"
+        )
+        if self.time_to_limit_seconds is not None:
+            head += f"; limit reached in ~{_duration(self.time_to_limit_seconds)} at this rate"
+        lines = [head]
+        if self.note:
+            lines.append(f"  {self.note}")
+        if self.top_sites:
+            lines.append("  top allocation sites:")
+            lines += [f"    {site}" for site in self.top_sites[:5]]
+        if self.growing_types:
+            lines.append("  growing types:")
+            lines += [f"    {growth}" for growth in self.growing_types[:5]]
+        if self.referrer_chain:
+            lines.append(f"  held by: {format_chain(self.referrer_chain)}")
+        lines.append(
+            f"  diagnosis {self.diagnosis}: tracemalloc on {self.tracemalloc_seconds:.1f} s, "
+            f"heap walks {self.heap_walk_seconds:.2f} s"
+        )
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@dataclass
+class _Verdict:
+    metric: str
+    rate: float
+    heap_rate: float
+    rss_rate: float
+    duration: float
+
+
+@dataclass
+class _Episode:
+    report: LeakReport
+    diagnose: bool = True
+    signalled_rate: float | None = None
+    signalled_at: float | None = None
+    negatives: int = 0
+
+
+@dataclass
+class _Diagnosis:
+    started: float
+    deadline: float
+    census: Counter[str]
+    session: TracemallocSession | None
+    snapshot: tracemalloc.Snapshot | None
+    heap_walk: float
+    skipped: str
+    rss_at_start: int
+
+
+class LeakDetector(Component):
+    """Watches the heap and RSS floors for sustained growth; diagnoses and reports leaks."""
+
+    name = "leaks"
+
+    def __init__(self, config: Config) -> None:
+        if config.leak_windows < config.leak_confirm + 1:
+            raise ConfigError(
+                f"leak_windows={config.leak_windows} is not accepted: it must be more than "
+                f"leak_confirm={config.leak_confirm}"
+            )
+        self._config = config
+        self._lock = threading.Lock()
+        self._always: TracemallocSession | None = None
+        if config.tracemalloc == "always":
+            self._always = TracemallocSession(config.tracemalloc_frames)
+            self._always.start()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._attached = time.monotonic()
+        self._first: float | None = None
+        # (window end, heap-block floor, RSS floor) of each complete, untainted window.
+        self._floors: deque[tuple[float, float, float]] = deque(maxlen=self._config.leak_windows)
+        self._win_start: float | None = None
+        self._win_heap = 0.0
+        self._win_rss = 0.0
+        self._win_tainted = False
+        self._episode: _Episode | None = None
+        self._diag: _Diagnosis | None = None
+        self._traced_seconds = 0.0
+        self._last_file = float("-inf")
+
+    # -- the cheap part: every sample ----------------------------------------------------
+
+    def on_sample(self, guard: Guard, sample: Sample) -> None:
+        now = sample.monotonic
+        if self._diag is not None:
+            self._win_tainted = self._win_tainted or self._diag.session is not None
+            if now >= self._diag.deadline:
+                self._finish_diagnosis(guard, sample)
+        if self._first is None:
+            self._first = now
+        if now < self._first + self._config.leak_warmup:
+            return
+        if self._win_start is None:
+            self._open_window(now, sample)
+        elif now >= self._win_start + self._config.leak_window:
+            if not self._win_tainted:
+                self._floors.append((now, self._win_heap, self._win_rss))
+            self._open_window(now, sample)
+            self._window_closed(guard, sample)
+        else:
+            self._win_heap = min(self._win_heap, sample.heap_blocks)
+            self._win_rss = min(self._win_rss, sample.rss)
+        episode = self._episode
+        if episode is not None and episode.diagnose and self._diag is None:
+            episode.diagnose = False
+            self._start_diagnosis(sample)
+
+    def _open_window(self, now: float, sample: Sample) -> None:
+        self._win_start = now
+        self._win_heap = float(sample.heap_blocks)
+        self._win_rss = float(sample.rss)
+        self._win_tainted = self._diag is not None and self._diag.session is not None
+
+    def _window_closed(self, guard: Guard, sample: Sample) -> None:
+        verdict = self._judge()
+        with self._lock:
+            episode = self._episode
+            if episode is None:
+                if verdict is not None:
+                    self._begin(verdict, sample)
+                return
+            if verdict is None:
+                episode.negatives += 1
+                if episode.negatives >= self._config.leak_confirm:
+                    self._episode = None
+                    _log.info("runtime_guard: growth stopped; leak suspicion cleared")
+                return
+            episode.negatives = 0
+            self._update(episode.report, verdict, sample)
+            if self._diag is not None or episode.diagnose or episode.signalled_rate is None:
+                return
+            ratio = verdict.rate / episode.signalled_rate if episode.signalled_rate else 0.0
+            material = not 1 / _MATERIAL_CHANGE < ratio < _MATERIAL_CHANGE
+            stale = (
+                episode.signalled_at is not None
+                and sample.monotonic - episode.signalled_at >= self._config.leak_repeat_after
+            )
+            if material or stale:
+                episode.diagnose = True
+
+    def _judge(self) -> _Verdict | None:
+        """The judgement on the recorded floors: a verdict when one of them leaks."""
+        floors = list(self._floors)
+        n = self._config.leak_confirm
+        if len(floors) < n + 1:
+            return None
+        min_rate = float(self._config.leak_min_rate)
+        step = min_rate * self._config.leak_window / 60.0 * _MIN_STEP_SHARE
+        times = [t / 60.0 for t, _, _ in floors]
+        heap = [h for _, h, _ in floors]
+        rss = [r for _, _, r in floors]
+        heap_run = _rising_run(heap, step / _BYTES_PER_BLOCK)
+        rss_run = _rising_run(rss, step)
+        if heap_run >= n:
+            start = len(floors) - heap_run - 1
+            heap_rate = theil_sen(list(zip(times[start:], heap[start:], strict=True)))
+            rss_rate = theil_sen(list(zip(times[start:], rss[start:], strict=True)))
+            rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK)
+            if rate >= min_rate and sustained_growth(heap, n, step / _BYTES_PER_BLOCK):
+                duration = (times[-1] - times[start]) * 60.0
+                return _Verdict("heap", rate, heap_rate, rss_rate, duration)
+        if rss_run >= n:
+            start = len(floors) - rss_run - 1
+            rss_rate = theil_sen(list(zip(times[start:], rss[start:], strict=True)))
+            heap_rate = theil_sen(list(zip(times[start:], heap[start:], strict=True)))
+            if rss_rate >= min_rate:
+                duration = (times[-1] - times[start]) * 60.0
+                return _Verdict("rss", rss_rate, heap_rate, rss_rate, duration)
+        return None
+
+    def _begin(self, verdict: _Verdict, sample: Sample) -> None:
+        report = LeakReport(
+            metric=verdict.metric,
+            rate_bytes_per_min=0.0,
+            heap_blocks_per_min=0.0,
+            rss_bytes_per_min=0.0,
+            duration_seconds=0.0,
+            time_to_limit_seconds=None,
+            usage_bytes=sample.usage,
+            limit_bytes=sample.limit,
+            detected_at=sample.wall,
+        )
+        self._update(report, verdict, sample)
+        self._episode = _Episode(report)
+
+    def _update(self, report: LeakReport, verdict: _Verdict, sample: Sample) -> None:
+        report.metric = verdict.metric
+        report.rate_bytes_per_min = verdict.rate
+        report.heap_blocks_per_min = verdict.heap_rate
+        report.rss_bytes_per_min = verdict.rss_rate
+        report.duration_seconds = verdict.duration
+        report.usage_bytes = sample.usage
+        report.limit_bytes = sample.limit
+        report.time_to_limit_seconds = self._time_to_limit(verdict.rate, sample)
+
+    def _time_to_limit(self, rate: float, sample: Sample) -> float | None:
+        if rate <= 0 or sample.limit <= 0:
+            return None
+        headroom = sample.limit - sample.usage
+        process_limit = self._config.process_limit
+        if process_limit:
+            headroom = min(headroom, process_limit - sample.rss)
+        return max(headroom, 0) / rate * 60.0
+
+    # -- the bounded part: after a suspicion, on the sampler thread ----------------------
+
+    def _start_diagnosis(self, sample: Sample) -> None:
+        config = self._config
+        begun = time.perf_counter()
+        census = type_census()
+        heap_walk = time.perf_counter() - begun
+        length = config.leak_diagnosis_window
+        session: TracemallocSession | None = None
+        skipped = ""
+        if config.tracemalloc == "off":
+            skipped = "tracemalloc is off (tracemalloc='off'); no allocation sites"
+        elif self._always is not None or tracemalloc.is_tracing():
+            session = self._always or TracemallocSession(config.tracemalloc_frames)
+        else:
+            budget = self._trace_budget(sample.monotonic)
+            if budget < min(_MIN_TRACE_SECONDS, length):
+                skipped = (
+                    f"tracemalloc skipped: the duty-cycle cap "
+                    f"({config.tracemalloc_duty_cycle:.0%} of wall time) is used up"
+                )
+            else:
+                length = min(length, budget)
+                session = TracemallocSession(config.tracemalloc_frames)
+        snapshot = None
+        if session is not None:
+            session.start()
+            snapshot = session.snapshot()
+        self._diag = _Diagnosis(
+            started=sample.monotonic,
+            deadline=sample.monotonic + length,
+            census=census,
+            session=session,
+            snapshot=snapshot,
+            heap_walk=heap_walk,
+            skipped=skipped,
+            rss_at_start=sample.rss,
+        )
+        self._win_tainted = self._win_tainted or session is not None
+
+    def _trace_budget(self, now: float) -> float:
+        """Seconds tracemalloc may run now and keep its share of wall time under the cap."""
+        cap = self._config.tracemalloc_duty_cycle
+        uptime = max(now - self._attached, 0.0)
+        return max((cap * uptime - self._traced_seconds) / (1 - cap), 0.0)
+
+    def _finish_diagnosis(self, guard: Guard, sample: Sample) -> None:
+        diag, self._diag = self._diag, None
+        if diag is None:
+            return
+        sites: list[AllocationSite] = []
+        traced = 0.0
+        session = diag.session
+        try:
+            if session is not None and diag.snapshot is not None and tracemalloc.is_tracing():
+                after = session.snapshot()
+                sites = diff_snapshots(diag.snapshot, after, limit=_TOP)
+                del after
+            diag.snapshot = None
+            begun = time.perf_counter()
+            census = type_census()
+            growing = [
+                g for g in census_diff(diag.census, census, _TOP * 2) if not _own_type(g.type_name)
+            ][:_TOP]
+            chain_type = _chain_type(growing)
+            site = (sites[0].filename, sites[0].lineno) if sites else None
+            instance = find_instance(chain_type, site) if chain_type else None
+            heap_walk = time.perf_counter() - begun
+        finally:
+            if session is not None and session is not self._always:
+                session.stop()
+                traced = session.seconds_on
+                self._traced_seconds += traced
+        begun = time.perf_counter()
+        chain = referrer_chain(instance, _CHAIN_DEPTH, _CHAIN_SECONDS) if instance else None
+        del instance
+        heap_walk += time.perf_counter() - begun + diag.heap_walk
+        with self._lock:
+            episode = self._episode
+            if episode is None:  # cleared while diagnosing
+                return
+            report = episode.report
+            report.top_sites = sites
+            report.growing_types = growing
+            report.referrer_chain = chain
+            report.chain_type = chain_type
+            report.diagnosis_window_seconds = sample.monotonic - diag.started
+            report.tracemalloc_seconds = traced
+            report.heap_walk_seconds = heap_walk
+            report.diagnosis = "done" if not diag.skipped else "done; " + diag.skipped
+            report.note = _note(report, diag, sample)
+            report.detected_at = sample.wall
+            episode.signalled_rate = report.rate_bytes_per_min
+            episode.signalled_at = sample.monotonic
+            final = dataclasses.replace(report)
+        self._publish(guard, final, sample.monotonic)
+
+    def _publish(self, guard: Guard, report: LeakReport, now: float) -> None:
+        _log.warning("runtime_guard: %s", report)
+        guard.send(signals.leak_suspected, report=report)
+        report_dir = self._config.report_dir
+        if report_dir and now - self._last_file >= _REPORT_FILE_SECONDS:
+            self._last_file = now
+            write_report(report_dir, "leak", report.to_dict())
+
+    # -- on demand, health, lifecycle ----------------------------------------------------
+
+    def check(self, guard: Guard) -> LeakReport | None:
+        """Judge the recorded floors now; the current suspicion's report, or ``None``.
+
+        A new suspicion found here is diagnosed on the sampler thread, never on the
+        caller's; its report says ``diagnosis="pending"`` until then.
+        """
+        with self._lock:
+            if self._episode is None:
+                verdict = self._judge()
+                latest = guard.history.latest()
+                if verdict is None or latest is None:
+                    return None
+                self._begin(verdict, latest)
+            episode = self._episode
+            return None if episode is None else dataclasses.replace(episode.report)
+
+    def health(self, guard: Guard) -> dict[str, Any]:
+        episode = self._episode
+        return {"suspected_leaks": [] if episode is None else [episode.report.to_dict()]}
+
+    def after_fork(self, guard: Guard) -> None:
+        # The child inherits tracemalloc as the parent left it; a window the parent opened
+        # is the child's to close, and the parent's floors describe another process.
+        diag = self._diag
+        if diag is not None and diag.session is not None and diag.session is not self._always:
+            diag.session.stop()
+        self._reset()
+
+    def close(self, guard: Guard) -> None:
+        diag, self._diag = self._diag, None
+        if diag is not None and diag.session is not None:
+            diag.session.stop()
+        if self._always is not None:
+            self._always.stop()
+            self._always = None
+
+
+def _rising_run(values: list[float], min_step: float) -> int:
+    """How many of the last steps in a row rose by more than ``min_step``."""
+    run = 0
+    for i in range(len(values) - 1, 0, -1):
+        if values[i] - values[i - 1] > min_step:
+            run += 1
+        else:
+            break
+    return run
+
+
+def _own_type(name: str) -> bool:
+    return name.startswith("runtime_guard.")
+
+
+def _chain_type(growing: list[TypeGrowth]) -> str | None:
+    """The type to explain: the fastest-growing one, preferring a class the code defines.
+
+    A recent ``dict`` or ``list`` could be anyone's, so a defined class growing at least a
+    quarter as fast wins over a builtin; with the top site known, the instance search then
+    picks one allocated there anyway.
+    """
+    if not growing:
+        return None
+    top = growing[0]
+    for growth in growing:
+        defined = "." in growth.type_name and not growth.type_name.startswith("weakref.")
+        if defined and growth.growth * 4 >= top.growth:
+            return growth.type_name
+    return top.type_name
+
+
+def _note(report: LeakReport, diag: _Diagnosis, sample: Sample) -> str:
+    parts: list[str] = []
+    traced = sum(site.size_diff for site in report.top_sites)
+    if report.metric == "heap":
+        parts.append(
+            "The Python heap's floor (sys.getallocatedblocks() after collections) rose in "
+            "every recent window."
+        )
+    else:
+        grown = max(sample.rss - diag.rss_at_start, 0)
+        parts.append(
+            "Only RSS grows; the Python small-object heap is flat. The growth is in large "
+            "Python buffers, native memory (a C extension or library allocator) or "
+            "fragmentation."
+        )
+        if diag.session is None:
+            pass
+        elif traced and traced * 4 >= max(grown, 1):
+            parts.append(
+                f"tracemalloc attributes {format_size(traced)} of it to the Python allocations "
+                "below."
+            )
+        else:
+            parts.append(
+                "tracemalloc and the type census cannot attribute it: it is not made through "
+                "Python's allocators (look at C extensions, or compare with malloc_trim or "
+                "jemalloc to tell fragmentation from a leak)."
+            )
+    if diag.skipped:
+        parts.append(diag.skipped[0].upper() + diag.skipped[1:] + ".")
+    return " ".join(parts)
