@@ -150,7 +150,10 @@ _failed_callbacks: set[tuple[str, str]] = set()
 
 
 def _level(value: Any) -> Pressure:
-    level = Pressure.parse(value)
+    try:
+        level = Pressure.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"shed_at: {exc}") from None
     if level == Pressure.OK:
         raise ValueError("shed_at must be 'elevated', 'high' or 'critical', not 'ok'")
     return level
@@ -392,14 +395,13 @@ class SheddingComponent(Component):
             f"({format_size(sample.usage)} of {format_size(sample.limit)}, "
             f"{sample.usage_fraction:.0%})"
         )
-        if signals.restart_requested.receivers:
-            _log.warning("runtime_guard: restart requested: %s", reason)
-        else:
-            _log.warning(
-                "runtime_guard: restart would help (%s); nothing is connected to "
-                "restart_requested, so the process goes on",
-                reason,
-            )
+        # The guard itself never exits: recycling belongs to a server integration that
+        # receives the signal and can finish in-flight work first.
+        _log.warning(
+            "runtime_guard: restart requested: %s (%d receivers connected)",
+            reason,
+            len(list(signals.restart_requested.receivers_for(guard))),
+        )
         guard.send(signals.restart_requested, reason=reason)
 
     # -- reporting and lifecycle ------------------------------------------------------
