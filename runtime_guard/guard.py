@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -67,6 +68,10 @@ class Guard:
         )
         self.history = History(self.config.history_size)
         """Recent samples, oldest first; bounded by ``history_size``."""
+        # Held files close when the guard is collected, not at stop(): a host thread may
+        # still call sample() on a guard another thread just uninstalled.
+        # At exit the OS closes them; closing earlier would pull them from under the sampler.
+        weakref.finalize(self, self._probe.close).atexit = False
         self._gc = GcStats()
         self._gc.install()
         self._dispatcher = Dispatcher(self)
@@ -232,7 +237,6 @@ class Guard:
             self._call(component, "close")
         self._components.clear()
         self._gc.uninstall()
-        self._probe.close()
 
     def _after_fork_in_child(self) -> None:
         was_running = self._thread is not None
@@ -249,8 +253,16 @@ class Guard:
     # -- reporting --------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """Return a JSON-ready summary shaped for a ``/health`` endpoint."""
-        latest = self.history.latest() or self.sample()
+        """Return a JSON-ready summary shaped for a ``/health`` endpoint.
+
+        Never raises: with no readable memory source the status is ``"unknown"``.
+        """
+        latest = self.history.latest()
+        if latest is None:
+            try:
+                latest = self.sample()
+            except Exception as exc:
+                return {"status": "unknown", "error": f"no memory reading: {exc}"}
         level = self._tracker.level
         data: dict[str, Any] = {
             "status": "ok",

@@ -104,16 +104,21 @@ class RssReader:
 
     def read(self) -> int:
         """Return RSS in bytes; raises ``OSError`` when no source can be read."""
-        if self._statm is not None:
+        statm = self._statm  # one local reference: another thread may switch sources
+        if statm is not None:
             try:
-                return self._statm_rss()
+                return int(statm.read().split(None, 2)[1]) * _PAGE_SIZE
             except (OSError, ValueError, IndexError):
-                _log.warning("runtime_guard: %s unreadable, falling back to psutil", self.source)
-                self._statm.close()
-                self._statm = None
-                self.reopen_psutil()
-        if self._psutil_process is not None:
-            return int(self._psutil_process.memory_info().rss)  # type: ignore[attr-defined]
+                if self._statm is statm:
+                    _log.warning(
+                        "runtime_guard: %s unreadable, falling back to psutil", self.source
+                    )
+                    self._statm = None
+                    statm.close()
+                    self.reopen_psutil()
+        process = self._psutil_process
+        if process is not None:
+            return int(process.memory_info().rss)  # type: ignore[attr-defined]
         raise OSError("no RSS source: /proc/self/statm and psutil both unavailable")
 
     def reopen_psutil(self) -> None:

@@ -424,3 +424,51 @@ def test_install_uninstall_racing_with_sampling() -> None:
     runtime_guard.uninstall()
     assert errors == []
     assert not [t for t in threading.enumerate() if t.name.startswith("runtime-guard")]
+
+
+def test_statm_vanishing_mid_run_falls_back_to_psutil(caplog: pytest.LogCaptureFixture) -> None:
+    """If /proc/self/statm stops answering, RSS comes from psutil and the switch is logged once."""
+    guard = Guard(Config.from_options({}, environ={}))
+    reader = guard._probe.rss  # type: ignore[attr-defined]
+    assert reader.source == "/proc/self/statm"
+    os.close(reader._statm._fd)  # the held file is gone under the guard
+    with caplog.at_level(logging.WARNING, logger="runtime_guard"):
+        first = guard.sample()
+        second = guard.sample()
+    guard.stop()
+    assert reader.source == "psutil"
+    assert first.rss > 0 and second.rss > 0
+    assert len([r for r in caplog.records if "falling back to psutil" in r.getMessage()]) == 1
+
+
+class BrokenProbe(FakeProbe):
+    """A probe whose every read fails, like a host where nothing can be read."""
+
+    def read(self) -> Any:
+        raise OSError("no RSS source")
+
+
+def test_unreadable_memory_never_reaches_health_or_the_sampler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With no readable source, health() says unknown and the sampler logs once and goes on."""
+    guard = Guard(Config.from_options({"interval": 0.01}, environ={}), probe=BrokenProbe())
+    assert guard.health()["status"] == "unknown"
+    with caplog.at_level(logging.ERROR, logger="runtime_guard"):
+        guard.start()
+        time.sleep(0.2)
+        guard.stop()
+    assert len([r for r in caplog.records if "sample failed" in r.getMessage()]) == 1
+    assert len(guard.history) == 0
+
+
+def test_host_clearing_gc_callbacks_is_repaired() -> None:
+    """If the host empties gc.callbacks, the sampler puts its GC timer back."""
+    guard = runtime_guard.install(interval=0.01)
+    gc.callbacks.clear()
+    deadline = time.monotonic() + 5
+    while not gc.callbacks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = guard._gc.collections
+    gc.collect()
+    assert guard._gc.collections == before + 1
