@@ -14,7 +14,7 @@ from runtime_guard import signals
 from runtime_guard._component import Component
 from runtime_guard.guard import Guard
 
-__all__ = ["Recycler", "attach_recycler"]
+__all__ = ["Recycler", "attach_recycler", "log_through"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -104,6 +104,21 @@ class Recycler(Component):
         signals.restart_requested.disconnect(self._on_restart, sender=guard)
         if self._timer is not None:
             self._timer.cancel()
+
+
+def log_through(handlers: list[logging.Handler]) -> None:
+    """Send the guard's log to the server's own handlers, unless the host set logging up.
+
+    Servers configure their own loggers, not the root one, so without this the guard's
+    reports (leaks, recycling) would reach only Python's last-resort stderr handler.
+    """
+    if _log.handlers or logging.getLogger().handlers or not handlers:
+        return
+    for handler in handlers:
+        _log.addHandler(handler)
+    if _log.level == logging.NOTSET:
+        _log.setLevel(logging.INFO)
+    _log.propagate = False
 
 
 def attach_recycler(

@@ -30,7 +30,7 @@ import runtime_guard
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._http import missing_extra
-from runtime_guard.integrations._recycle import Recycler, attach_recycler
+from runtime_guard.integrations._recycle import Recycler, attach_recycler, log_through
 
 try:
     import gunicorn  # noqa: F401  (only to fail early, naming the extra)
@@ -78,6 +78,7 @@ def hooks(recycle: bool = True, **options: Any) -> dict[str, Hook]:
 
     def post_fork(server: Any, worker: Any) -> None:
         try:
+            log_through(list(getattr(getattr(server, "log", None), "error_log", _log).handlers))
             guard = runtime_guard.install(**options)
             if recycle:
                 enable_recycling(guard)

@@ -17,7 +17,7 @@ import signal
 
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._http import missing_extra
-from runtime_guard.integrations._recycle import Recycler, attach_recycler
+from runtime_guard.integrations._recycle import Recycler, attach_recycler, log_through
 
 try:
     import uvicorn
@@ -59,4 +59,5 @@ def enable_recycling(
     ``min_lifetime`` and ``jitter`` default to the guard's ``recycle_min_lifetime`` and
     ``recycle_jitter`` options.
     """
+    log_through(logging.getLogger("uvicorn").handlers)
     return attach_recycler(guard, shutdown, "uvicorn", min_lifetime=min_lifetime, jitter=jitter)
