@@ -1,0 +1,103 @@
+"""The public face promised in shared/DESIGN.md, and documentation that cannot drift."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+import runtime_guard
+from runtime_guard.config import Config
+from runtime_guard.testing import make_guard
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DESIGN_NAMES = [
+    "install",
+    "uninstall",
+    "get_guard",
+    "Guard",
+    "Pressure",
+    "signals",
+    "feature",
+    "enabled",
+    "sheddable",
+    "register_cache",
+    "limiter",
+    "no_overlap",
+    "track",
+    "live_objects",
+    "Sample",
+    "LeakReport",
+    "UnreleasedReport",
+    "ReliefResult",
+    "ConfigError",
+]
+
+GUARD_MEMBERS = ["pressure", "sample", "history", "health", "check_leaks", "relieve", "stop"]
+
+INTEGRATIONS = ["wsgi", "asgi", "flask", "django", "gunicorn", "celery", "prometheus"]
+
+
+@pytest.mark.parametrize("name", DESIGN_NAMES)
+def test_design_name_is_importable_from_the_package(name: str) -> None:
+    """Every name the design card promises is importable from runtime_guard."""
+    assert hasattr(runtime_guard, name)
+    assert name in runtime_guard.__all__
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted and every entry exists."""
+    assert runtime_guard.__all__ == sorted(runtime_guard.__all__)
+    for name in runtime_guard.__all__:
+        assert hasattr(runtime_guard, name)
+
+
+@pytest.mark.parametrize("member", GUARD_MEMBERS)
+def test_guard_members(member: str) -> None:
+    """A guard has the members the design card lists."""
+    guard = make_guard()
+    try:
+        assert hasattr(guard, member)
+    finally:
+        guard.stop()
+
+
+@pytest.mark.parametrize("name", INTEGRATIONS)
+def test_integration_module_exists(name: str) -> None:
+    """Each integration named in the design card is a module of runtime_guard.integrations."""
+    assert importlib.util.find_spec(f"runtime_guard.integrations.{name}") is not None
+
+
+def test_report_classes_are_dataclasses_with_to_dict() -> None:
+    """Sample and the report types are dataclasses with to_dict() and a readable __str__."""
+    for name in ("Sample", "LeakReport", "UnreleasedReport", "ReliefResult"):
+        cls = getattr(runtime_guard, name)
+        assert dataclasses.is_dataclass(cls)
+        assert callable(cls.to_dict)
+        assert cls.__str__ is not object.__str__
+
+
+def test_readme_options_table_lists_every_option() -> None:
+    """Every Config option appears in the README's options table, and nothing else does."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- options-table -->")[1].split("<!-- /options-table -->")[0]
+    documented = set(re.findall(r"`([a-z_]+)`", table.split("\n|", 2)[-1]))
+    options = {f.name for f in dataclasses.fields(Config)}
+    assert options - documented == set()
+    first_column = {
+        name
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])
+    }
+    assert first_column - options == set()
+
+
+def test_readme_has_the_two_commands() -> None:
+    """The README shows a test command that installs the package and runs pytest."""
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -e '.[test]' && python -m pytest" in readme
