@@ -60,6 +60,8 @@ class ClientSpec:
     """Called after ``__init__``; False means the instance holds nothing to release."""
     companions: tuple[Companion, ...] = ()
     """Methods of other classes that release linked instances."""
+    factories: tuple[str, ...] = ()
+    """Class methods after which ``owns`` is asked again (they set ownership late)."""
 
 
 _SYNC_POOLS = (
@@ -73,7 +75,15 @@ _ASYNC_POOLS = (
 )
 
 CLIENTS: tuple[ClientSpec, ...] = (
-    ClientSpec("redis.Redis", "redis", "Redis", ("close", "quit"), _owns_redis_pool, _SYNC_POOLS),
+    ClientSpec(
+        "redis.Redis",
+        "redis",
+        "Redis",
+        ("close", "quit"),
+        _owns_redis_pool,
+        _SYNC_POOLS,
+        ("from_url", "from_pool"),
+    ),
     ClientSpec(
         "redis.asyncio.Redis",
         "redis.asyncio",
@@ -81,6 +91,7 @@ CLIENTS: tuple[ClientSpec, ...] = (
         ("aclose", "close"),
         _owns_redis_pool,
         _ASYNC_POOLS,
+        ("from_url", "from_pool"),
     ),
     ClientSpec("httpx.Client", "httpx", "Client", ("close",)),
     ClientSpec("httpx.AsyncClient", "httpx", "AsyncClient", ("aclose",)),

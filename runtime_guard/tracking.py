@@ -67,7 +67,7 @@ _DEFAULT_RELEASE = ("close", "aclose")
 class _Record(weakref.ref):  # type: ignore[type-arg]
     """The weak reference to one tracked instance, carrying what is known about it."""
 
-    __slots__ = ("created", "entry", "key", "released", "seq", "site")
+    __slots__ = ("borrowed", "created", "entry", "key", "released", "seq", "site")
 
     entry: _Entry
     key: int
@@ -75,6 +75,7 @@ class _Record(weakref.ref):  # type: ignore[type-arg]
     created: float
     seq: int
     released: bool
+    borrowed: bool
 
 
 _records: dict[int, _Record] = {}
@@ -96,8 +97,7 @@ class _Request:
     max_live: int | None
     name: str
     release: tuple[str, ...] | None
-    owns: Callable[[Any], bool] | None = None
-    companions: tuple[_clients.Companion, ...] = ()
+    spec: _clients.ClientSpec | None = None
 
 
 @dataclass
@@ -197,7 +197,7 @@ def _init_wrapper(
         rec.site = capture(1)
         rec.created = monotonic()
         rec.seq = next(seq)
-        rec.released = False
+        rec.released = rec.borrowed = False
         records[key] = rec
         live[key] = rec
         entry.created += 1
@@ -208,10 +208,30 @@ def _init_wrapper(
             _forget(rec)
             raise
         if owns is not None and not _safe(owns, self):
-            _mark(rec)
-            entry.released -= 1
+            _borrow(rec, True)
 
     return __init__
+
+
+def _borrow(rec: _Record, borrowed: bool) -> None:
+    # A borrowing instance (a redis client on a pool it was given) holds nothing to release.
+    if rec.borrowed != borrowed and not (rec.released and not rec.borrowed):
+        rec.borrowed = rec.released = borrowed
+        rec.entry.unreleased += -1 if borrowed else 1
+
+
+def _factory_wrapper(func: Callable[..., Any], owns: Callable[[Any], bool]) -> Callable[..., Any]:
+    # ``Redis.from_url()`` decides whether the client owns its pool after ``__init__`` has
+    # returned, so ownership is judged again once the factory returns.
+    @functools.wraps(func)
+    def factory(cls: type, *args: Any, **kwargs: Any) -> Any:
+        made = func(cls, *args, **kwargs)
+        rec = _records.get(id(made))
+        if rec is not None and rec.borrowed:
+            _borrow(rec, not _safe(owns, made))
+        return made
+
+    return factory
 
 
 def _count_unreferenced(entry: _Entry) -> None:
@@ -351,8 +371,7 @@ def _apply(
     max_live: int | None,
     release: tuple[str, ...] | None,
     *,
-    owns: Callable[[Any], bool] | None = None,
-    companions: Sequence[tuple[type, tuple[str, ...], str]] = (),
+    spec: _clients.ClientSpec | None = None,
 ) -> _Entry | None:
     with _lock:
         for existing in _entries.values():
@@ -376,19 +395,7 @@ def _apply(
             original = None
         try:
             base = original if original is not None else _inherited_init(cls)
-            _patch(entry, cls, "__init__", _init_wrapper(entry, base, owns))
-            patched = []
-            for method in release:
-                found = inspect.getattr_static(cls, method, None)
-                if inspect.isfunction(found):
-                    _patch(entry, cls, method, _release_wrapper(entry, found))
-                    patched.append(method)
-            entry.release = tuple(patched)
-            for owner, methods, link in companions:
-                for method in methods:
-                    found = inspect.getattr_static(owner, method, None)
-                    if inspect.isfunction(found):
-                        _patch(entry, owner, method, _companion_wrapper(entry, found, link))
+            _patch_all(entry, base, release, spec)
         except (TypeError, AttributeError) as exc:
             _unpatch(entry)
             _warn_once(
@@ -400,6 +407,38 @@ def _apply(
             return None
         _entries[name] = entry
         return entry
+
+
+def _patch_all(
+    entry: _Entry,
+    init: Callable[..., None],
+    release: tuple[str, ...],
+    spec: _clients.ClientSpec | None,
+) -> None:
+    cls = entry.cls
+    owns = None if spec is None else spec.owns
+    _patch(entry, cls, "__init__", _init_wrapper(entry, init, owns))
+    if spec is not None and owns is not None:
+        for factory in spec.factories:
+            raw = cls.__dict__.get(factory)
+            if isinstance(raw, classmethod) and inspect.isfunction(raw.__func__):
+                _patch(entry, cls, factory, classmethod(_factory_wrapper(raw.__func__, owns)))
+    patched = []
+    for method in release:
+        found = inspect.getattr_static(cls, method, None)
+        if inspect.isfunction(found):
+            _patch(entry, cls, method, _release_wrapper(entry, found))
+            patched.append(method)
+    entry.release = tuple(patched)
+    for companion in () if spec is None else spec.companions:
+        module = sys.modules.get(companion.module)
+        owner = None if module is None else _clients.resolve(module, companion.attr)
+        if not isinstance(owner, type):
+            continue
+        for method in companion.methods:
+            found = inspect.getattr_static(owner, method, None)
+            if inspect.isfunction(found):
+                _patch(entry, owner, method, _companion_wrapper(entry, found, companion.link))
 
 
 def _split(dotted: str) -> tuple[str, str]:
@@ -449,7 +488,7 @@ def track(
         request = _Request(module, attr, max_live, name or cls_or_dotted_name, releases)
         for spec in _clients.CLIENTS:
             if spec.name == cls_or_dotted_name or (spec.module, spec.attr) == (module, attr):
-                request.owns, request.companions = spec.owns, spec.companions
+                request.spec = spec
                 if releases is None:
                     request.release = spec.release
         _request(request)
@@ -459,12 +498,13 @@ def track(
     cls = cls_or_dotted_name
     shown = name or _default_name(cls)
     known = next((s for s in _clients.CLIENTS if s.name == shown), None)
-    if known is not None:
-        request = _Request(known.module, known.attr, max_live, shown, releases or known.release)
-        request.owns, request.companions = known.owns, known.companions
-        _resolve_companions_and_apply(cls, request)
-    else:
-        _apply(cls, shown, max_live, releases)
+    _apply(
+        cls,
+        shown,
+        max_live,
+        known.release if releases is None and known is not None else releases,
+        spec=known,
+    )
     return shown
 
 
@@ -492,7 +532,7 @@ def _module_loaded(module: ModuleType) -> None:
                     request.attr,
                 )
                 continue
-            _resolve_companions_and_apply(cls, request)
+            _apply(cls, request.name, request.max_live, request.release, spec=request.spec)
         except Exception:  # never break the host's import
             _warn_once(
                 f"apply:{request.name}",
@@ -500,23 +540,6 @@ def _module_loaded(module: ModuleType) -> None:
                 request.name,
                 exc_info=True,
             )
-
-
-def _resolve_companions_and_apply(cls: type, request: _Request) -> None:
-    companions: list[tuple[type, tuple[str, ...], str]] = []
-    for companion in request.companions:
-        module = sys.modules.get(companion.module)
-        owner = None if module is None else _clients.resolve(module, companion.attr)
-        if isinstance(owner, type):
-            companions.append((owner, companion.methods, companion.link))
-    _apply(
-        cls,
-        request.name,
-        request.max_live,
-        request.release,
-        owns=request.owns,
-        companions=companions,
-    )
 
 
 def untrack(cls_or_name: type | str) -> bool:
@@ -564,11 +587,7 @@ def enable_known_clients() -> None:
             r.name == spec.name for rs in _pending.values() for r in rs
         ):
             continue
-        _request(
-            _Request(
-                spec.module, spec.attr, None, spec.name, spec.release, spec.owns, spec.companions
-            )
-        )
+        _request(_Request(spec.module, spec.attr, None, spec.name, spec.release, spec))
 
 
 def disable_known_clients() -> None:
