@@ -1,4 +1,4 @@
-"""gunicorn hooks: the guard in each worker, graceful recycling with jitter and a minimum lifetime."""
+"""gunicorn hooks: a guard per worker, graceful recycling with jitter and a minimum lifetime."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ CONFIG = textwrap.dedent(
 
 
 def test_recycler_waits_for_the_minimum_lifetime_plus_jitter() -> None:
-    """The delay is the lifetime left plus a jitter within bounds; a fresh worker never recycles at once."""
+    """The delay is the lifetime left plus a bounded jitter: a young worker never recycles."""
     guard = make_guard()
     try:
         recycler = Recycler(guard, lambda reason: None, server="t", min_lifetime=100, jitter=5)
@@ -121,7 +121,7 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> No
 
 
 def test_real_gunicorn_recycles_gracefully(tmp_path: Path) -> None:
-    """On restart_requested a real gunicorn worker finishes its in-flight request, exits, and is replaced."""
+    """On restart_requested a real worker finishes its in-flight request, exits, is replaced."""
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "conf.py").write_text(CONFIG)
     port = servers.free_port()

@@ -66,17 +66,17 @@ class Recycler(Component):
                 return
             self.reason = reason or "restart requested"
             delay = self.delay()
+            _log.warning(
+                "runtime_guard: recycling %s worker pid %d in %.1f s: %s",
+                self.server,
+                os.getpid(),
+                delay,
+                self.reason,
+            )
             self._timer = threading.Timer(delay, self._fire)
             self._timer.daemon = True
             self._timer.name = "runtime-guard-recycle"
             self._timer.start()
-        _log.warning(
-            "runtime_guard: recycling %s worker pid %d in %.1f s: %s",
-            self.server,
-            os.getpid(),
-            delay,
-            self.reason,
-        )
 
     def _fire(self) -> None:
         _log.warning(
