@@ -41,6 +41,7 @@ __all__ = [
     "Figures",
     "GuardCollector",
     "figures",
+    "growth_rate",
     "install_metrics",
     "make_asgi_app",
     "make_wsgi_app",
@@ -92,17 +93,21 @@ class Figures:
     shed_events: int = 0
 
 
-def leak_rate(guard: Guard, now: float | None = None) -> float:
-    """Bytes per second that usage grows by, over the last five minutes (robust slope)."""
-    latest = guard.history.latest()
-    if latest is None:
-        return 0.0
-    start = (latest.monotonic if now is None else now) - _RATE_HORIZON
-    points = [(s.monotonic, float(s.usage)) for s in guard.history.since(start)]
+def growth_rate(points: list[tuple[float, float]]) -> float:
+    """Robust slope of ``(seconds, bytes)`` points: Theil-Sen over per-window minima."""
     if len(points) < 3:
         return 0.0
     minima = window_minima(points, _RATE_WINDOW)
     return theil_sen(minima if len(minima) >= 3 else points)
+
+
+def leak_rate(guard: Guard) -> float:
+    """Bytes per second that usage grows by, over the last five minutes of samples."""
+    latest = guard.history.latest()
+    if latest is None:
+        return 0.0
+    recent = guard.history.since(latest.monotonic - _RATE_HORIZON)
+    return growth_rate([(s.monotonic, float(s.usage)) for s in recent])
 
 
 def figures(guard: Guard, sample: Sample | None = None) -> Figures:

@@ -1,0 +1,142 @@
+"""Prometheus metrics: figures in one process, and per worker under gunicorn's multiprocess mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import servers
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import runtime_guard
+from runtime_guard import shedding
+from runtime_guard.integrations import prometheus
+from runtime_guard.integrations.wsgi import GuardMiddleware
+from runtime_guard.testing import FakeProbe, make_guard
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def value(found: dict[str, Any], name: str) -> float:
+    [(_, number)] = found[name]
+    return float(number)
+
+
+def test_collector_exports_the_guards_figures() -> None:
+    """Usage, limit, pressure, shed features and GC figures match the guard's own sample."""
+    probe = FakeProbe(limit=1000 * 2**20)
+    guard = make_guard(probe)
+    try:
+        shedding.feature("metrics-test-feature", shed_at="high")
+        probe.set_fraction(0.9)
+        sample = guard.sample()
+        registry = CollectorRegistry()
+        registry.register(prometheus.GuardCollector(guard))
+        found = scrape(generate_latest(registry).decode())
+        assert value(found, "runtime_guard_memory_usage_bytes") == sample.usage
+        assert value(found, "runtime_guard_memory_limit_bytes") == probe.limit
+        assert value(found, "runtime_guard_memory_usage_ratio") == pytest.approx(0.9)
+        assert value(found, "runtime_guard_pressure_level") == 2
+        shed = {labels["feature"] for labels, _ in found["runtime_guard_feature_shed"]}
+        assert "metrics-test-feature" in shed
+        assert value(found, "runtime_guard_gc_collections_total") == sample.gc_collections
+        assert "runtime_guard_leak_rate_bytes_per_second" in found
+        assert "runtime_guard_relief_total" in found
+    finally:
+        guard.stop()
+
+
+def test_growth_rate_is_robust_to_a_spike() -> None:
+    """Steady growth gives its rate; a one-off spike of 50 MB does not move it."""
+    points = [(float(t), 1e9 + t * 1000.0 + (50e6 if t == 60 else 0.0)) for t in range(300)]
+    assert prometheus.growth_rate(points) == pytest.approx(1000, rel=0.02)
+    flat = [(float(t), 1e9 + (50e6 if t % 37 == 0 else 0.0)) for t in range(300)]
+    assert prometheus.growth_rate(flat) == pytest.approx(0, abs=1)
+
+
+def test_relief_runs_are_counted() -> None:
+    """Each relief run (gc_forced) adds one to runtime_guard_relief_total."""
+    rss = runtime_guard.probes.RssReader().read()
+    guard = runtime_guard.install(memory_limit=rss * 20, interval=60)
+    registry = CollectorRegistry()
+    prometheus.install_metrics(registry)
+
+    def relief_total() -> float:
+        return value(scrape(generate_latest(registry).decode()), "runtime_guard_relief_total")
+
+    before = relief_total()
+    guard.relieve()
+    guard.flush_signals()
+    assert relief_total() == before + 1
+
+
+def test_metrics_route_on_the_middleware() -> None:
+    """``metrics_path`` serves the text format with the guard's metrics."""
+    rss = runtime_guard.probes.RssReader().read()
+    runtime_guard.install(memory_limit=rss * 20, interval=60)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    client = httpx.Client(
+        transport=httpx.WSGITransport(app=GuardMiddleware(app, metrics_path="/metrics")),
+        base_url="http://test",
+    )
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert value(scrape(response.text), "runtime_guard_memory_limit_bytes") == rss * 20
+
+
+def test_gunicorn_multiprocess_mode_reports_every_worker(tmp_path: Path) -> None:
+    """Under gunicorn with PROMETHEUS_MULTIPROC_DIR, a scrape on any worker shows all workers."""
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    port = servers.free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "EXAMPLE_BIND": f"127.0.0.1:{port}",
+        "EXAMPLE_WORKERS": "2",
+        "EXAMPLE_LEAK": "",
+        "RUNTIME_GUARD_INTERVAL": "0.2",
+    }
+    command = [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn.conf.py")]
+    proc = subprocess.Popen(
+        [*command, "flask_app:app"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        pids: set[str] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            try:
+                found = scrape(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+                # A worker's gauges read 0 until its first sample is written.
+                rss = found["runtime_guard_memory_rss_bytes"]
+                pids = {labels["pid"] for labels, v in rss if v > 10 * 2**20}
+            except (httpx.TransportError, KeyError):
+                pass
+            time.sleep(0.2)
+        assert len(pids) == 2, "both workers' figures are in one scrape"
+        levels = found["runtime_guard_pressure_level"]
+        assert {labels["pid"] for labels, _ in levels} == pids
+    finally:
+        proc.terminate()
+        proc.wait(30)
