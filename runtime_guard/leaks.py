@@ -64,6 +64,9 @@ MB = 1_000_000
 # reused); when RSS grows too its own, measured rate is used.
 _BYTES_PER_BLOCK = 80
 
+# pymalloc's largest block; bigger allocations go to malloc and are not heap blocks.
+_MAX_BLOCK = 512
+
 # A floor counts as risen in a window only by more than this share of the minimum rate's
 # per-window step: a page or two of RSS noise is not growth.
 _MIN_STEP_SHARE = 0.25
@@ -235,6 +238,7 @@ class LeakDetector(Component):
     def _reset(self) -> None:
         self._attached = time.monotonic()
         self._first: float | None = None
+        self._latest: float | None = None
         # (window end, heap-block floor, RSS floor) of each complete, untainted window.
         self._floors: deque[tuple[float, float, float]] = deque(maxlen=self._config.leak_windows)
         self._win_start: float | None = None
@@ -250,6 +254,7 @@ class LeakDetector(Component):
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         now = sample.monotonic
+        self._latest = now
         if self._diag is not None:
             self._win_tainted = self._win_tainted or self._diag.session is not None
             if now >= self._diag.deadline:
@@ -306,9 +311,11 @@ class LeakDetector(Component):
             if material or stale:
                 episode.diagnose = True
 
-    def _judge(self) -> _Verdict | None:
-        """The judgement on the recorded floors: a verdict when one of them leaks."""
+    def _judge(self, partial: tuple[float, float, float] | None = None) -> _Verdict | None:
+        """The judgement on the recorded floors (and ``partial``, a window still open)."""
         floors = list(self._floors)
+        if partial is not None:
+            floors.append(partial)
         n = self._config.leak_confirm
         if len(floors) < n + 1:
             return None
@@ -317,23 +324,27 @@ class LeakDetector(Component):
         times = [t / 60.0 for t, _, _ in floors]
         heap = [h for _, h, _ in floors]
         rss = [r for _, _, r in floors]
-        heap_run = _rising_run(heap, step / _BYTES_PER_BLOCK)
-        rss_run = _rising_run(rss, step)
-        if heap_run >= n:
-            start = len(floors) - heap_run - 1
-            heap_rate = theil_sen(list(zip(times[start:], heap[start:], strict=True)))
-            rss_rate = theil_sen(list(zip(times[start:], rss[start:], strict=True)))
-            rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK)
-            if rate >= min_rate and sustained_growth(heap, n, step / _BYTES_PER_BLOCK):
-                duration = (times[-1] - times[start]) * 60.0
-                return _Verdict("heap", rate, heap_rate, rss_rate, duration)
-        if rss_run >= n:
-            start = len(floors) - rss_run - 1
-            rss_rate = theil_sen(list(zip(times[start:], rss[start:], strict=True)))
-            heap_rate = theil_sen(list(zip(times[start:], heap[start:], strict=True)))
-            if rss_rate >= min_rate:
-                duration = (times[-1] - times[start]) * 60.0
-                return _Verdict("rss", rss_rate, heap_rate, rss_rate, duration)
+        for metric, values, min_step in (
+            ("heap", heap, step / _BYTES_PER_BLOCK),
+            ("rss", rss, step),
+        ):
+            if not sustained_growth(values, n, min_step):
+                continue
+            run = _rising_run(values, min_step)
+            # The rate comes from the recent floors only, so a change of rate shows within
+            # a few windows; the duration from the whole rising run.
+            first = len(floors) - run - 1
+            recent = max(first, len(floors) - (2 * n + 1))
+            heap_rate = theil_sen(list(zip(times[recent:], heap[recent:], strict=True)))
+            rss_rate = theil_sen(list(zip(times[recent:], rss[recent:], strict=True)))
+            if metric == "heap" and heap_rate * _MAX_BLOCK < rss_rate:
+                # Even at pymalloc's largest block the heap cannot explain what RSS gains
+                # (a Python int per native buffer, say): the growth is RSS's, judged below.
+                continue
+            rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK) if metric == "heap" else rss_rate
+            if rate >= min_rate:
+                duration = (times[-1] - times[first]) * 60.0
+                return _Verdict(metric, rate, heap_rate, rss_rate, duration)
         return None
 
     def _begin(self, verdict: _Verdict, sample: Sample) -> None:
@@ -485,13 +496,26 @@ class LeakDetector(Component):
         """
         with self._lock:
             if self._episode is None:
-                verdict = self._judge()
+                verdict = self._judge(self._partial_window())
                 latest = guard.history.latest()
                 if verdict is None or latest is None:
                     return None
                 self._begin(verdict, latest)
             episode = self._episode
             return None if episode is None else dataclasses.replace(episode.report)
+
+    def _partial_window(self) -> tuple[float, float, float] | None:
+        """The open window as a floor, once it spans half a window (for :meth:`check`)."""
+        start = self._win_start
+        if start is None or self._win_tainted:
+            return None
+        now = time.monotonic()
+        latest = self._latest
+        if latest is not None:
+            now = latest
+        if now - start < self._config.leak_window / 2:
+            return None
+        return (now, self._win_heap, self._win_rss)
 
     def health(self, guard: Guard) -> dict[str, Any]:
         episode = self._episode
@@ -515,7 +539,7 @@ class LeakDetector(Component):
 
 
 def _rising_run(values: list[float], min_step: float) -> int:
-    """How many of the last steps in a row rose by more than ``min_step``."""
+    """How many of the last steps in a row rose by more than ``min_step`` (for durations)."""
     run = 0
     for i in range(len(values) - 1, 0, -1):
         if values[i] - values[i - 1] > min_step:
@@ -575,5 +599,5 @@ def _note(report: LeakReport, diag: _Diagnosis, sample: Sample) -> str:
                 "jemalloc to tell fragmentation from a leak)."
             )
     if diag.skipped:
-        parts.append(diag.skipped[0].upper() + diag.skipped[1:] + ".")
+        parts.append(diag.skipped + ".")
     return " ".join(parts)

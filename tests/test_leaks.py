@@ -1,0 +1,576 @@
+"""Tests of the growth-leak detector: real leaking and clean scenarios, and its judgement."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import gc
+import json
+import os
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from runtime_guard import ConfigError, LeakReport, signals
+from runtime_guard._setup import attach_components
+from runtime_guard.config import Config
+from runtime_guard.diagnosis import AllocationSite, TypeGrowth
+from runtime_guard.guard import Guard
+from runtime_guard.leaks import MB, LeakDetector
+from runtime_guard.probes import RssReader
+from runtime_guard.testing import FakeProbe, make_guard
+
+# Short windows so a scenario is judged in seconds; the defaults are for production.
+_FAST: dict[str, Any] = {
+    "interval": 0.05,
+    "leak_window": 0.5,
+    "leak_warmup": 0.4,
+    "leak_confirm": 3,
+    "leak_min_rate": "3MB",
+    "leak_diagnosis_window": 0.8,
+    "tracemalloc_duty_cycle": 0.6,
+    "relief": False,
+    "track_clients": False,
+}
+
+
+def _line_of(marker: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.rstrip().endswith(marker):
+                return number
+    raise AssertionError(marker)
+
+
+# -- leaking scenarios: each grows through one line, marked "# leak: <name>" ---------------
+
+_LIST: list[object] = []
+_CACHE: dict[str, object] = {}
+_HANDLERS: list[Callable[[], object]] = []
+_BUFFER = bytearray()
+_NATIVE: list[int] = []
+
+
+class _Node:
+    __slots__ = ("children", "parent", "payload")
+
+    def __init__(self, parent: _Node | None, payload: object) -> None:
+        self.parent = parent
+        self.children: list[_Node] = []
+        self.payload = payload
+
+
+_ROOT = _Node(None, None)
+
+
+def _make_handler(data: object) -> Callable[[], object]:
+    return lambda: data
+
+
+def leak_list(i: int) -> None:
+    for j in range(10):
+        _LIST.append([i, j] * 20)  # leak: list
+
+
+def leak_dict_cache(i: int) -> None:
+    for j in range(10):
+        _CACHE[f"request-{i}-{j}"] = {"id": j, "user": str(i) * 20}  # leak: dict
+
+
+def leak_closures(i: int) -> None:
+    for j in range(10):
+        _HANDLERS.append(_make_handler([i, j] * 20))  # leak: closure
+
+
+def leak_cycle(i: int) -> None:
+    for j in range(10):
+        _ROOT.children.append(_Node(_ROOT, [i, j] * 20))  # leak: cycle
+
+
+def leak_buffer(i: int) -> None:
+    _BUFFER.extend(b"\x01" * 4000)  # leak: buffer
+
+
+_LEAKS = {
+    "list": leak_list,
+    "dict": leak_dict_cache,
+    "closure": leak_closures,
+    "cycle": leak_cycle,
+    "buffer": leak_buffer,
+}
+
+
+@pytest.fixture(autouse=True)
+def _drop_leaks() -> Iterator[None]:
+    yield
+    _LIST.clear()
+    _CACHE.clear()
+    _HANDLERS.clear()
+    del _BUFFER[:]
+    _ROOT.children.clear()
+    _SAW.clear()
+    _STEP.clear()
+    _render.cache_clear()
+    _PLATEAU.clear()
+    gc.collect()
+
+
+# -- clean scenarios ----------------------------------------------------------------------
+
+_SAW: list[object] = []
+_STEP: list[object] = []
+_PLATEAU: dict[int, object] = {}
+
+
+@functools.lru_cache(maxsize=500)
+def _render(n: int) -> list[int]:
+    return [n] * 40
+
+
+def clean_lru_cache(i: int) -> None:
+    for j in range(20):
+        _render((i * 20 + j) % 3000)
+
+
+def clean_plateau(i: int) -> None:
+    for j in range(10):
+        _PLATEAU[(i * 10 + j) % 1000] = [i, j] * 20
+
+
+def clean_temporaries(i: int) -> None:
+    big = bytearray(8 * 1024 * 1024)
+    small = [[i, j] * 20 for j in range(2000)]
+    del big, small
+
+
+def clean_sawtooth(i: int) -> None:
+    _SAW.extend([i, j] * 20 for j in range(50))
+    if len(_SAW) >= 1500:
+        _SAW.clear()
+
+
+def clean_step(i: int) -> None:
+    if i == 40:
+        _STEP.append(bytearray(16 * 1024 * 1024))
+        _STEP.extend([j] * 40 for j in range(20000))
+
+
+_CLEAN = {
+    "lru_cache": clean_lru_cache,
+    "plateau": clean_plateau,
+    "temporaries": clean_temporaries,
+    "sawtooth": clean_sawtooth,
+    "one_off_step": clean_step,
+}
+
+
+def _run(
+    step: Callable[[int], None], seconds: float, stop_on_signal: bool = True, **options: Any
+) -> tuple[list[LeakReport], Guard]:
+    """Drive ``step`` against a real guard for ``seconds``; return the reports it signalled."""
+    gc.collect()
+    rss = RssReader().read()
+    config = Config.from_options({**_FAST, "memory_limit": rss * 10, **options}, environ={})
+    guard = Guard(config)
+    attach_components(guard)
+    got: list[LeakReport] = []
+
+    def receiver(sender: Guard, report: LeakReport) -> None:
+        got.append(report)
+
+    signals.leak_suspected.connect(receiver, sender=guard)
+    guard.start()
+    try:
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline and not (stop_on_signal and got):
+            step(i)
+            i += 1
+            time.sleep(0.005)
+            if i % 20 == 0:
+                guard.flush_signals(1.0)
+        guard.flush_signals()
+    finally:
+        guard.stop()
+        signals.leak_suspected.disconnect(receiver, sender=guard)
+    return got, guard
+
+
+@pytest.mark.parametrize("name", sorted(_LEAKS))
+def test_leak_is_found_at_its_line(name: str) -> None:
+    """Each leaking scenario is suspected and the top allocation site is its leaking line."""
+    reports, _ = _run(_LEAKS[name], seconds=15)
+    assert reports, f"{name}: no leak suspected"
+    report = reports[0]
+    top = report.top_sites[0]
+    assert (top.filename, top.lineno) == (__file__, _line_of(f"# leak: {name}")), str(report)
+    assert report.rate_mb_per_min >= 3
+    assert report.metric == ("rss" if name == "buffer" else "heap")
+    assert report.diagnosis == "done"
+    assert report.tracemalloc_seconds > 0
+    assert not tracemalloc.is_tracing()
+
+
+def test_global_leak_has_a_referrer_chain() -> None:
+    """A leak held by a module global names that global, through its container, in the chain."""
+    reports, _ = _run(leak_cycle, seconds=15)
+    assert reports
+    report = reports[0]
+    assert report.chain_type == f"{__name__}._Node"
+    assert report.referrer_chain is not None
+    assert report.referrer_chain[0] == f"{__name__}._ROOT ({__name__}._Node)"
+    assert report.referrer_chain[-1].endswith(f"{__name__}._Node")
+    assert report.growing_types[0].growth > 0
+
+
+def test_native_leak_is_reported_as_rss_only() -> None:
+    """Memory malloc'ed by C code grows RSS only, and the report says Python cannot see it."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
+    def leak_native(i: int) -> None:
+        pointer = libc.malloc(8000)
+        libc.memset(pointer, 1, 8000)
+        _NATIVE.append(pointer)
+
+    try:
+        reports, _ = _run(leak_native, seconds=15)
+    finally:
+        for pointer in _NATIVE:
+            libc.free(pointer)
+        _NATIVE.clear()
+    assert reports
+    report = reports[0]
+    assert report.metric == "rss"
+    assert "cannot attribute" in report.note
+
+
+@pytest.mark.parametrize("name", sorted(_CLEAN))
+def test_clean_scenario_is_not_suspected(name: str) -> None:
+    """Caches that plateau, temporaries, a sawtooth and a one-off step raise no suspicion."""
+    reports, guard = _run(_CLEAN[name], seconds=4.5, stop_on_signal=False)
+    assert reports == [], str(reports[0])
+    detector = guard.component("leaks")
+    assert detector is None or isinstance(detector, LeakDetector)
+
+
+def test_signal_is_sent_once_per_episode() -> None:
+    """A leak that goes on at a steady rate is signalled once, not every window."""
+    reports, _ = _run(leak_list, seconds=6, stop_on_signal=False)
+    assert len(reports) == 1
+
+
+# -- the judgement, on samples the test writes --------------------------------------------
+
+_WINDOW = 10.0
+
+
+class _Feed:
+    """Feeds a detector samples whose heap and RSS figures the test computes."""
+
+    def __init__(self, **options: Any) -> None:
+        base = {
+            "leak_window": _WINDOW,
+            "leak_warmup": 20.0,
+            "leak_confirm": 3,
+            "leak_min_rate": "1MB",
+            "leak_diagnosis_window": 5.0,
+            "tracemalloc": "off",
+            "relief": False,
+            "track_clients": False,
+        }
+        self.probe = FakeProbe(limit=1000 * MB)
+        self.guard = make_guard(self.probe, **{**base, **options})
+        detector = self.guard.component("leaks")
+        assert isinstance(detector, LeakDetector)
+        self.detector = detector
+        self.template = self.guard.sample()
+        self.t0 = time.monotonic()
+        self.t = 0.0
+        self.reports: list[LeakReport] = []
+        signals.leak_suspected.connect(self._receive, sender=self.guard)
+
+    def _receive(self, sender: Guard, report: LeakReport) -> None:
+        self.reports.append(report)
+
+    def run(self, seconds: float, heap: Callable[[float], float], rss: Callable[[float], float]):
+        end = self.t + seconds
+        while self.t < end:
+            value = int(rss(self.t))
+            sample = dataclasses.replace(
+                self.template,
+                monotonic=self.t0 + self.t,
+                wall=time.time(),
+                heap_blocks=int(heap(self.t)),
+                rss=value,
+                usage=value,
+                usage_fraction=value / (1000 * MB),
+            )
+            self.guard.history.append(sample)
+            self.detector.on_sample(self.guard, sample)
+            self.t += 1.0
+        self.guard.flush_signals()
+
+    def close(self) -> None:
+        signals.leak_suspected.disconnect(self._receive, sender=self.guard)
+        self.guard.stop()
+
+
+@pytest.fixture
+def feed() -> Iterator[Callable[..., _Feed]]:
+    made: list[_Feed] = []
+
+    def make(**options: Any) -> _Feed:
+        made.append(_Feed(**options))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def _flat(value: float) -> Callable[[float], float]:
+    return lambda t: value
+
+
+def _linear(base: float, per_minute: float) -> Callable[[float], float]:
+    return lambda t: base + per_minute * t / 60.0
+
+
+def test_linear_heap_growth_reports_rate_duration_and_time_to_limit(feed: Any) -> None:
+    """Heap and RSS growing 6 MB/min give a heap report with that rate and the time left."""
+    f = feed()
+    f.run(120, heap=_linear(100_000, 6 * MB / 80), rss=_linear(200 * MB, 6 * MB))
+    assert len(f.reports) == 1
+    report = f.reports[0]
+    assert report.metric == "heap"
+    assert report.rate_mb_per_min == pytest.approx(6, rel=0.05)
+    assert report.heap_blocks_per_min == pytest.approx(6 * MB / 80, rel=0.05)
+    assert report.duration_seconds >= 3 * _WINDOW
+    assert report.time_to_limit_seconds is not None
+    expected = (1000 * MB - report.usage_bytes) / (6 * MB) * 60
+    assert report.time_to_limit_seconds == pytest.approx(expected, rel=0.05)
+    assert f.guard.health()["suspected_leaks"][0]["metric"] == "heap"
+
+
+def test_rss_only_growth_is_reported_as_rss(feed: Any) -> None:
+    """RSS growth with a flat heap is an RSS-only (native) suspicion."""
+    f = feed()
+    f.run(120, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert [r.metric for r in f.reports] == ["rss"]
+    assert "Only RSS grows" in f.reports[0].note
+
+
+@pytest.mark.parametrize(
+    ("heap", "rss"),
+    [
+        # a sawtooth: up 2 MB every 4 s, back to the floor after each collection
+        (lambda t: 100_000 + (t % 4) * 5000, lambda t: 200 * MB + (t % 4) * 2 * MB),
+        # a one-off step (a lazy import, a pool filling)
+        (
+            lambda t: 100_000 + (30_000 if t > 50 else 0),
+            lambda t: 200 * MB + (8 * MB if t > 50 else 0),
+        ),
+        # a cache warming to a plateau within two windows after the warm-up
+        (lambda t: 100_000 + min(t, 35) * 1000, lambda t: 200 * MB + min(t, 35) * 0.2 * MB),
+        # growth below the minimum rate
+        (_linear(100_000, 0.5 * MB / 80), _linear(200 * MB, 0.5 * MB)),
+    ],
+    ids=["sawtooth", "step", "plateau", "slow"],
+)
+def test_no_suspicion_without_sustained_growth(feed: Any, heap: Any, rss: Any) -> None:
+    """Sawtooth, step, plateau and sub-minimum growth never give a suspicion."""
+    f = feed()
+    f.run(150, heap=heap, rss=rss)
+    assert f.reports == []
+    assert f.detector.check(f.guard) is None
+
+
+def test_growth_must_be_seen_in_every_window(feed: Any) -> None:
+    """Growth that pauses for one window of the last N is not confirmed (the -R rule)."""
+    f = feed()
+
+    def stairs(t: float) -> float:  # grows for two windows, flat for one, and again
+        cycle, within = divmod(t, 30.0)
+        return 200 * MB + cycle * 20 * MB + min(within, 20.0) * MB
+
+    f.run(150, heap=_flat(100_000), rss=stairs)
+    assert f.reports == []
+
+
+def test_growth_during_warmup_is_ignored(feed: Any) -> None:
+    """Start-up growth that ends with the warm-up is not a leak."""
+    f = feed(leak_warmup=60.0)
+    f.run(150, heap=lambda t: 100_000 + min(t, 55) * 2000, rss=lambda t: 200 * MB + min(t, 55) * MB)
+    assert f.reports == []
+
+
+def test_material_rate_change_is_signalled_again(feed: Any) -> None:
+    """A steady leak is signalled once, and again when its rate triples."""
+    f = feed()
+    f.run(80, heap=_flat(100_000), rss=_linear(200 * MB, 3 * MB))
+    assert len(f.reports) == 1
+    level = f.reports[0].rss_bytes_per_min
+    f.run(40, heap=_flat(100_000), rss=_linear(200 * MB, 3 * MB))
+    assert len(f.reports) == 1
+    start = 200 * MB + 3 * MB * f.t / 60
+    t_start = f.t
+    f.run(60, heap=_flat(100_000), rss=lambda t: start + 9 * MB * (t - t_start) / 60)
+    assert len(f.reports) >= 2
+    assert f.reports[1].rss_bytes_per_min >= 1.5 * level
+
+
+def test_steady_leak_is_signalled_again_after_the_quiet_period(feed: Any) -> None:
+    """A leak that goes on is reported again once ``leak_repeat_after`` has passed."""
+    f = feed(leak_repeat_after=100.0)
+    f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 3 * MB))
+    assert len(f.reports) == 1
+    f.run(60, heap=_flat(100_000), rss=_linear(200 * MB, 3 * MB))
+    assert len(f.reports) == 1
+    f.run(80, heap=_flat(100_000), rss=_linear(200 * MB, 3 * MB))
+    assert len(f.reports) == 2
+    assert f.reports[1].duration_seconds > f.reports[0].duration_seconds
+
+
+def test_suspicion_clears_when_growth_stops(feed: Any) -> None:
+    """When the floor stops rising the suspicion leaves health, and a new leak is a new episode."""
+    f = feed()
+    f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert len(f.reports) == 1
+    top = 200 * MB + 4 * MB * 1.5
+    f.run(60, heap=_flat(100_000), rss=_flat(top))
+    assert f.guard.health()["suspected_leaks"] == []
+    assert f.detector.check(f.guard) is None
+    t_start = f.t
+    f.run(70, heap=_flat(100_000), rss=lambda t: top + 4 * MB * (t - t_start) / 60)
+    assert len(f.reports) == 2
+
+
+def test_check_leaks_on_demand_leaves_diagnosis_to_the_sampler(feed: Any) -> None:
+    """check_leaks() judges the open window too; the diagnosis waits for the sampler thread."""
+    f = feed()
+    f.run(56, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert f.guard.health()["suspected_leaks"] == []
+    report = f.guard.check_leaks()
+    assert isinstance(report, LeakReport)
+    assert report.diagnosis == "pending"
+    assert report.metric == "rss"
+    assert f.detector._diag is None
+    assert f.guard.health()["suspected_leaks"][0]["diagnosis"] == "pending"
+    f.run(1, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert f.detector._diag is not None
+
+
+def test_duty_cycle_cap_skips_tracemalloc(feed: Any) -> None:
+    """When tracemalloc's share of wall time is used up, the diagnosis runs without it."""
+    f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.01)
+    f.detector._traced_seconds = 1e6
+    f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert len(f.reports) == 1
+    assert "duty-cycle cap" in f.reports[0].diagnosis
+    assert f.reports[0].tracemalloc_seconds == 0
+    assert not tracemalloc.is_tracing()
+
+
+def test_host_tracemalloc_is_used_and_left_running(feed: Any) -> None:
+    """A host that traces already keeps tracing; the diagnosis costs no tracemalloc time."""
+    tracemalloc.start(3)
+    try:
+        f = feed(tracemalloc="on-demand")
+        f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+        assert len(f.reports) == 1
+        assert f.reports[0].tracemalloc_seconds == 0
+        assert f.reports[0].diagnosis == "done"
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+def test_reports_are_written_rate_limited(feed: Any, tmp_path: Any) -> None:
+    """With report_dir, a leak report is written as JSON, and not again within minutes."""
+    f = feed(report_dir=str(tmp_path), leak_repeat_after=30.0)
+    f.run(200, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert len(f.reports) >= 2
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["kind"] == "leak"
+    assert data["metric"] == "rss"
+    assert oct(os.stat(files[0]).st_mode & 0o777) == "0o600"
+
+
+def test_report_is_json_ready_and_readable() -> None:
+    """to_dict() survives JSON; str() gives the figure, rate, sites, types and chain."""
+    report = LeakReport(
+        metric="heap",
+        rate_bytes_per_min=2.5 * MB,
+        heap_blocks_per_min=30_000,
+        rss_bytes_per_min=2.5 * MB,
+        duration_seconds=300,
+        time_to_limit_seconds=5400,
+        usage_bytes=500 * MB,
+        limit_bytes=1000 * MB,
+        detected_at=time.time(),
+        top_sites=[AllocationSite("app/views.py", 42, "handler", 1_000_000, 900, ["x"])],
+        growing_types=[TypeGrowth("app.Session", 10, 910)],
+        referrer_chain=["app.views._cache (dict)", "['sessions'] list", "app.Session"],
+        chain_type="app.Session",
+        diagnosis="done",
+        tracemalloc_seconds=20.0,
+        heap_walk_seconds=0.25,
+    )
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["rate_mb_per_min"] == 2.5
+    assert data["top_sites"][0]["lineno"] == 42
+    assert data["growing_types"][0]["growth"] == 900
+    text = str(report)
+    assert text.startswith("leak suspected: Python heap grows 2.50 MB/min for 5 min")
+    assert "limit reached in ~90 min" in text
+    assert "app/views.py:42 in handler" in text
+    assert "app.views._cache (dict) -> ['sessions'] list -> app.Session" in text
+    assert "tracemalloc on 20.0 s, heap walks 0.25 s" in text
+
+
+def test_bad_window_count_is_refused() -> None:
+    """leak_windows must exceed leak_confirm: the guard refuses to start otherwise."""
+    with pytest.raises(ConfigError, match="leak_windows"):
+        make_guard(FakeProbe(), leak_windows=3, leak_confirm=3)
+
+
+def test_detector_can_be_switched_off() -> None:
+    """leak_detection=False attaches no detector, and check_leaks() answers None."""
+    guard = make_guard(FakeProbe(), leak_detection=False)
+    try:
+        assert guard.component("leaks") is None
+        assert guard.check_leaks() is None
+    finally:
+        guard.stop()
+
+
+def test_always_mode_keeps_tracemalloc_on_until_stop() -> None:
+    """tracemalloc="always" traces from attach until the guard stops."""
+    guard = make_guard(FakeProbe(), tracemalloc="always")
+    try:
+        assert tracemalloc.is_tracing()
+    finally:
+        guard.stop()
+    assert not tracemalloc.is_tracing()
+
+
+def test_quiet_samples_never_walk_the_heap(feed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a suspicion the detector only compares numbers: no census, no tracemalloc."""
+    from runtime_guard import leaks
+
+    calls: list[str] = []
+    monkeypatch.setattr(leaks, "type_census", lambda: calls.append("census") or {})
+    f = feed(tracemalloc="on-demand")
+    f.run(600, heap=_flat(100_000), rss=_flat(200 * MB))
+    assert calls == []
+    assert not tracemalloc.is_tracing()
