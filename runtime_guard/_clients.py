@@ -93,8 +93,9 @@ CLIENTS: tuple[ClientSpec, ...] = (
         _ASYNC_POOLS,
         ("from_url", "from_pool"),
     ),
-    ClientSpec("httpx.Client", "httpx", "Client", ("close",)),
-    ClientSpec("httpx.AsyncClient", "httpx", "AsyncClient", ("aclose",)),
+    # httpx's ``with`` blocks close the transport without calling ``close()``.
+    ClientSpec("httpx.Client", "httpx", "Client", ("close", "__exit__")),
+    ClientSpec("httpx.AsyncClient", "httpx", "AsyncClient", ("aclose", "__aexit__")),
     ClientSpec("requests.Session", "requests", "Session", ("close",)),
     ClientSpec("aiohttp.ClientSession", "aiohttp", "ClientSession", ("close",)),
     ClientSpec("psycopg.Connection", "psycopg", "Connection", ("close",)),

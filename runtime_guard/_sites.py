@@ -38,14 +38,18 @@ def library_prefixes() -> tuple[str, ...]:
 
 
 _prefixes = library_prefixes()
+_INTERACTIVE = ("<stdin>", "<console", "<input>", "<ipython-input")
 _is_library_cache: dict[str, bool] = {}
 
 
 def is_library(filename: str) -> bool:
-    """True for frozen modules and files under :func:`library_prefixes` (cached per file)."""
+    """True for files under :func:`library_prefixes` and generated code (cached per file)."""
     known = _is_library_cache.get(filename)
     if known is None:
-        known = filename.startswith("<frozen ") or filename.startswith(_prefixes)
+        # Generated code (``<string>`` from decorators that exec, ``<attrs generated init>``)
+        # belongs to the library that generated it; an interactive session does not.
+        generated = filename.startswith("<") and not filename.startswith(_INTERACTIVE)
+        known = generated or filename.startswith(_prefixes)
         _is_library_cache[filename] = known
     return known
 

@@ -196,6 +196,7 @@ class TrackingComponent(Component):
         self.track_clients = track_clients
         """Whether the known clients were switched on by this component."""
         self._states: dict[str, _TypeState] = {}
+        self._baseline = {name: c.collected_unreleased for name, c in counts().items()}
         self.reports: deque[UnreleasedReport] = deque(maxlen=20)
         """The last reports sent, newest last."""
         if track_clients:
@@ -206,7 +207,10 @@ class TrackingComponent(Component):
         for name, figures in counts().items():
             state = self._states.get(name)
             if state is None:
-                state = self._states[name] = _TypeState(collected=figures.collected_unreleased)
+                # Types tracked after the guard started count from zero; older ones from
+                # what they had when it started, so old collections are not news.
+                start = self._baseline.get(name, 0)
+                state = self._states[name] = _TypeState(collected=start)
             reasons, growth = self._judge(figures, state, sample.monotonic, window)
             if reasons:
                 state.quiet = 0

@@ -45,7 +45,7 @@ class AsyncResource:
 
 def _line(text: str) -> int:
     lines = Path(__file__).read_text().splitlines()
-    return next(i for i, line in enumerate(lines, 1) if text in line and "_line(" not in line)
+    return next(i for i, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
 
 
 def make_resources(n: int) -> list[Resource]:
@@ -300,10 +300,10 @@ def test_component_reports_max_live_once_per_episode(tmp_path: Path) -> None:
         gc.collect()
         for _ in range(tracking.QUIET_SAMPLES):
             guard.sample()
-        kept = make_resources(5)
+        again = make_resources(5)
         guard.sample()
         guard.flush_signals()
-        assert len(got) == 2
+        assert len(got) == 2 and len(again) == 5
     finally:
         signals.unreleased_objects.disconnect(receiver)
         guard.stop()
