@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import sys
+import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -462,7 +463,7 @@ class LeakCheck:
                 if not any(f.grew_every_round for f in figures.values()):
                     break
             if result.grown:
-                holder = self._diagnose_traced()
+                held = self._diagnose_traced()
                 # Counting a few hundred thousand objects under tracemalloc costs ten times
                 # as much as without; the census needs no tracebacks.
                 self._session.stop()
@@ -470,11 +471,13 @@ class LeakCheck:
                 yield options.warmup + result.rounds_run
                 settle()
                 census_after = _census()
-                census_after["collections.Counter"] -= 1  # census_before itself
+                # The first census is alive during the second: it must not count as growth.
+                census_after["collections.Counter"] -= 1
+                for part in gc.get_referents(census_before):
+                    census_after[diagnosis.type_name(type(part))] -= 1
                 result.types = diagnosis.census_diff(census_before, census_after)
-                if holder is not None:
-                    result.chain = diagnosis.referrer_chain(holder)
-                    del holder
+                result.chain = _chain(held)
+                held.clear()
             result.unreleased = self._clients.unreleased()
             self.finished = True
         finally:
@@ -506,8 +509,8 @@ class LeakCheck:
             self._latest = snapshot
             figures["heap"].values.append(_traced_bytes(snapshot))
 
-    def _diagnose_traced(self) -> object | None:
-        """Sites, descriptor owners and one leaked object: the parts that need tracebacks."""
+    def _diagnose_traced(self) -> list[object]:
+        """Sites, descriptor owners and leaked objects: the parts that need tracebacks."""
         result = self.result
         if self._baseline is not None and self._latest is not None:
             result.sites = diagnosis.diff_snapshots(
@@ -518,25 +521,26 @@ class LeakCheck:
             result.new_fds = sorted(set(opened.values()))
             result.fd_owners = _fd_owners(set(opened))
         if not result.sites:
-            return None
-        objects = _heap_objects()
-        try:
-            return _survivor(objects, result.sites[0])
-        finally:
-            del objects
+            return []
+        return _survivors(result.sites[0])
 
 
 def _heap_objects() -> list[object]:
-    """GC-tracked objects plus the untracked ones they hold directly.
+    """GC-tracked objects plus the untracked ones they hold, two levels down.
 
     CPython stops tracking dicts and tuples that hold only atomic values, so a leak of
-    ``{"id": 1, "payload": "..."}`` records is invisible to ``gc.get_objects()`` alone; one
-    level of referents brings them back (an object held twice counts twice, before and
-    after alike).
+    ``{"id": 1, "path": "..."}`` records, or a cache dict of strings, is invisible to
+    ``gc.get_objects()`` alone; two levels of referents bring them back. An object held
+    once.
     """
     tracked = gc.get_objects()
-    untracked = list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked)))
-    return tracked + untracked
+    untracked = {
+        id(obj): obj for obj in itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked))
+    }
+    containers = [obj for obj in untracked.values() if type(obj) in (dict, tuple)]
+    for obj in itertools.filterfalse(gc.is_tracked, gc.get_referents(*containers)):
+        untracked.setdefault(id(obj), obj)
+    return tracked + list(untracked.values())
 
 
 # Counter's first look at a ``map`` makes every ABC cache ``map`` as a non-subclass (a weak
@@ -553,13 +557,42 @@ def _census(objects: list[object] | None = None) -> Counter[str]:
     return names
 
 
-def _survivor(objects: list[object], site: diagnosis.AllocationSite) -> object | None:
-    """An object allocated at ``site`` during the rounds and still alive: a leaked one."""
+_ATOMIC = (str, bytes, int, float, complex, bytearray)
+_CANDIDATES = 5
+
+
+def _survivors(site: diagnosis.AllocationSite) -> list[object]:
+    """A few objects allocated at ``site`` during the rounds and still alive: leaked ones.
+
+    Containers come first: an untracked string inside an untracked record has no referrer
+    that ``gc.get_referrers`` can see, the record itself has.
+    """
     where = (site.filename, site.lineno)
-    for obj in reversed(objects):
-        traceback = tracemalloc.get_object_traceback(obj)
-        if traceback is not None and any((f.filename, f.lineno) == where for f in traceback):
-            return obj
+    tracked = gc.get_objects()
+    objects = tracked + list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked)))
+    del tracked
+    found: list[object] = []
+    atomic: list[object] = []
+    try:
+        for obj in reversed(objects):
+            traceback = tracemalloc.get_object_traceback(obj)
+            if traceback is None or not any((f.filename, f.lineno) == where for f in traceback):
+                continue
+            (atomic if isinstance(obj, _ATOMIC) else found).append(obj)
+            if len(found) >= _CANDIDATES:
+                break
+    finally:
+        del objects
+    return (found + atomic)[:_CANDIDATES]
+
+
+def _chain(candidates: list[object]) -> list[str] | None:
+    """The first referrer chain found from the candidates, within one overall budget."""
+    deadline = time.monotonic() + 1.0
+    while candidates and time.monotonic() < deadline:
+        chain = diagnosis.referrer_chain(candidates.pop(0), time_budget=0.5)
+        if chain:
+            return chain
     return None
 
 
@@ -632,6 +665,19 @@ def _per_round(value: float, rounds: int) -> float:
     return value / rounds if rounds else value
 
 
+def _by_line(sites: Sequence[diagnosis.AllocationSite]) -> list[diagnosis.AllocationSite]:
+    """Sites merged by line: several tracebacks through one line are one line to read."""
+    merged: dict[tuple[str, int], diagnosis.AllocationSite] = {}
+    for site in sites:
+        key = (site.filename, site.lineno)
+        if key in merged:
+            merged[key].size_diff += site.size_diff
+            merged[key].count_diff += site.count_diff
+        else:
+            merged[key] = dataclasses.replace(site)
+    return sorted(merged.values(), key=lambda site: -site.size_diff)
+
+
 def _render(result: LeakResult, verbose: bool) -> str:
     options = result.options
     limit = None if verbose else _SHORT_LIMIT
@@ -652,7 +698,7 @@ def _render(result: LeakResult, verbose: bool) -> str:
     rounds = result.rounds_run
     if result.sites:
         lines.append("  top allocation sites of the growth (per round):")
-        for site in result.sites[:limit]:
+        for site in (result.sites if verbose else _by_line(result.sites))[:limit]:
             lines.append(
                 f"    {_shown(site.filename)}:{site.lineno} in {site.function}: "
                 f"+{format_size(_per_round(site.size_diff, rounds))}/round "
