@@ -1,0 +1,38 @@
+"""A Celery worker guarded by runtime_guard, with Redis as broker and result backend.
+
+Run (from the repository root, with redis-server running; add ``EXAMPLE_LEAK=cache,redis``
+to switch the leaks on)::
+
+    celery --workdir examples -A celery_worker worker --loglevel=info
+
+Each pool process installs its own guard; ``celery_worker.report`` is shed from HIGH
+pressure on (retried later instead of run), and a process whose pressure stays critical is
+recycled after its current task.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from leaky import REDIS_URL, handle
+
+from runtime_guard.integrations.celery import install
+
+app = Celery("celery_worker", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.worker_concurrency = int(os.environ.get("EXAMPLE_CONCURRENCY", "2"))
+app.conf.broker_connection_retry_on_startup = True
+install(app, shed={"celery_worker.report": "high"})
+
+
+@app.task
+def work(path: str = "/task") -> dict[str, Any]:
+    """Ordinary work: runs whatever the pressure."""
+    return handle(path)
+
+
+@app.task
+def report(rows: int = 10_000) -> int:
+    """An optional, memory-hungry task: shed under pressure."""
+    return len([str(i) * 10 for i in range(rows)])
