@@ -369,21 +369,29 @@ def census_diff(before: Counter[str], after: Counter[str], limit: int = 10) -> l
     return grown[: max(limit, 0)]
 
 
-def find_instance(name: str, site: tuple[str, int] | None = None) -> object | None:
+def find_instance(
+    name: str, site: tuple[str, int] | None = None, time_budget: float = 0.5
+) -> object | None:
     """Return a recently created GC-tracked instance of the type called ``name``.
 
     The youngest generation is searched first, newest object first, so the instance is
     most likely one of those that keep piling up. With ``site`` (``(filename, lineno)``)
-    and tracemalloc tracing, an instance allocated at that line is preferred.
+    and tracemalloc tracing, an instance allocated at that line is preferred. The search
+    gives up after ``time_budget`` seconds with the best instance seen so far.
     """
+    deadline = time.monotonic() + time_budget
     fallback: object | None = None
     checked = 0
+    seen = 0
     # Naming each object's type costs a Python call; naming each distinct type once does not.
     matches: dict[type, bool] = {}
     for generation in (0, 1, 2):
         objects: list[object] = gc.get_objects(generation)
         try:
             for obj in reversed(objects):
+                seen += 1
+                if seen % 50_000 == 0 and time.monotonic() >= deadline:
+                    return fallback
                 cls = type(obj)
                 match = matches.get(cls)
                 if match is None:
