@@ -166,7 +166,7 @@ class ReportView:
     thresholds: dict[str, float]
     points: list[Point] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    leak: LeakView | None = None
+    leaks: list[LeakView] = field(default_factory=list)
     unreleased: UnreleasedView | None = None
     relief: list[tuple[str, str]] = field(default_factory=list)
     health: list[tuple[str, str]] = field(default_factory=list)
@@ -229,6 +229,8 @@ def _events(raw: Any) -> list[Event]:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -276,6 +278,7 @@ _LEAK_SUMMARY: list[tuple[str, tuple[str, ...], str]] = [
         ("time_to_limit_seconds", "time_to_limit", "predicted_seconds_to_limit"),
         "seconds",
     ),
+    ("diagnosis", ("diagnosis",), "text"),
     ("diagnosis, tracemalloc on", ("tracemalloc_seconds", "diagnosis_seconds"), "seconds"),
     ("diagnosis, heap walk", ("heap_walk_seconds", "census_seconds"), "seconds"),
 ]
@@ -432,9 +435,11 @@ def read_view(data: Any, live: bool = False) -> ReportView:
         points=_points(data.get("samples")),
         events=_events(data.get("events")),
     )
-    leak = data if kind == "leak" else _dict(data.get("leak"))
-    if leak:
-        view.leak = _leak(leak)
+    if kind == "leak":
+        view.leaks = [_leak(data)]
+    else:
+        leaks = [_dict(item) for item in _list(data.get("leaks"), 5)] or [_dict(data.get("leak"))]
+        view.leaks = [_leak(item) for item in leaks if item]
     unreleased = data if kind == "unreleased" else _dict(data.get("unreleased"))
     if unreleased:
         view.unreleased = _unreleased(unreleased)
@@ -443,7 +448,7 @@ def read_view(data: Any, live: bool = False) -> ReportView:
     health = _dict(data.get("health"))
     view.health = _flat(health, _HEALTH_KEYS)
     view.status = _text(health.get("status"), 20)
-    if not (view.points or view.leak or view.unreleased or view.relief or view.health):
+    if not (view.points or view.leaks or view.unreleased or view.relief or view.health):
         raise ReportError(
             "no samples, leak, unreleased, relief or health data found: not a runtime_guard report"
         )

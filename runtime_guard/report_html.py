@@ -25,8 +25,9 @@ from runtime_guard._reportview import (
 
 __all__ = ["render_html", "render_view"]
 
-_W, _H = 960, 320
-_LEFT, _RIGHT, _TOP, _BOTTOM = 78, 16, 30, 34
+_W, _H = 960, 356
+_LEFT, _RIGHT, _TOP, _BOTTOM = 78, 16, 66, 34
+_MARKER_ROWS = 3
 
 _BAND_COLORS = {1: "#f5d76e", 2: "#f39c4a", 3: "#e0473c"}
 _MARKERS: dict[str, tuple[str, str, str]] = {
@@ -215,18 +216,23 @@ def _bands(points: list[Point], x: Any, plot_h: float) -> list[str]:
 
 def _markers(events: list[Event], t0: float, t1: float, x: Any) -> list[str]:
     parts = []
+    # Markers close in time are stacked in rows above the plot so each stays readable.
+    row_ends = [-1e9] * _MARKER_ROWS
     for event in events:
         if event.kind not in _MARKERS or not t0 <= event.wall <= t1:
             continue
         color, glyph, _ = _MARKERS[event.kind]
         xx = x(event.wall)
+        row = next((r for r, end in enumerate(row_ends) if xx - end >= 17), _MARKER_ROWS - 1)
+        row_ends[row] = xx
+        cy = _TOP - 10 - row * 18
         title = f"{_clock(event.wall)} {event.label}"
         parts.append(
             f'<g class="marker {event.kind}"><title>{escape(title)}</title>'
-            f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" '
+            f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{cy + 8}" y2="{_H - _BOTTOM}" '
             f'stroke="{color}" stroke-width="1.2" stroke-dasharray="3 3"/>'
-            f'<circle cx="{xx:.1f}" cy="{_TOP - 10}" r="8" fill="{color}"/>'
-            f'<text x="{xx:.1f}" y="{_TOP - 6}" font-size="11" font-weight="700" '
+            f'<circle cx="{xx:.1f}" cy="{cy}" r="8" fill="{color}"/>'
+            f'<text x="{xx:.1f}" y="{cy + 4}" font-size="11" font-weight="700" '
             f'text-anchor="middle" fill="#fff">{escape(glyph)}</text></g>'
         )
     return parts
@@ -263,7 +269,7 @@ def _events_section(events: list[Event]) -> str:
     )
 
 
-def _chain_graph(chain: list[str]) -> str:
+def _chain_graph(chain: list[str], css_id: str) -> str:
     """The referrer chain as boxes joined by arrows, root at the top."""
     if not chain:
         return '<p class="muted">No referrer chain was found.</p>'
@@ -272,7 +278,7 @@ def _chain_graph(chain: list[str]) -> str:
     width = min(900, max(8 * max(len(label) for label in labels) + 24, 200))
     height = len(labels) * (box_h + gap) - gap + 4
     parts = [
-        f'<svg id="referrer-chain" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'<svg id="{css_id}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
         'aria-label="referrer chain from a module global to the leaking object">'
     ]
@@ -295,13 +301,18 @@ def _chain_graph(chain: list[str]) -> str:
     return "".join(parts)
 
 
-def _leak_section(leak: LeakView) -> str:
-    parts = ['<section id="leak"><h2>Leak</h2>']
+def _leak_section(leak: LeakView, index: int = 0, count: int = 1) -> str:
+    suffix = "" if index == 0 else f"-{index}"
+    if index == 0:
+        title = "Leak" if count == 1 else f"Leak (latest of {count} reports)"
+    else:
+        title = f"Earlier leak report {index}"
+    parts = [f'<section id="leak{suffix}" class="leak"><h2>{title}</h2>']
     if leak.summary:
-        parts.append(_kv_table(leak.summary, "leak-summary"))
+        parts.append(_kv_table(leak.summary, "leak-summary" + suffix))
     if leak.note:
         parts.append(f'<p class="note">{escape(leak.note)}</p>')
-    parts.append('<h3>Top allocation sites</h3><table id="allocation-sites">')
+    parts.append(f'<h3>Top allocation sites</h3><table id="allocation-sites{suffix}">')
     parts.append(
         "<tr><th>site</th><th>function</th><th class=num>growth</th><th class=num>blocks</th></tr>"
     )
@@ -320,7 +331,7 @@ def _leak_section(leak: LeakView) -> str:
         )
     if not leak.sites:
         parts.append('<tr><td colspan=4 class="muted">no allocation sites recorded</td></tr>')
-    parts.append('</table><h3>Growing types</h3><table id="growing-types">')
+    parts.append(f'</table><h3>Growing types</h3><table id="growing-types{suffix}">')
     parts.append(
         "<tr><th>type</th><th class=num>before</th><th class=num>after</th>"
         "<th class=num>growth</th><th style='width:30%'></th></tr>"
@@ -336,7 +347,7 @@ def _leak_section(leak: LeakView) -> str:
     if not leak.types:
         parts.append('<tr><td colspan=5 class="muted">no type census recorded</td></tr>')
     parts.append("</table><h3>Who holds it: referrer chain</h3>")
-    parts.append(_chain_graph(leak.chain))
+    parts.append(_chain_graph(leak.chain, "referrer-chain" + suffix))
     parts.append("</section>")
     return "".join(parts)
 
@@ -407,8 +418,8 @@ def render_view(view: ReportView, refresh: float | None = None) -> str:
     if view.health:
         table = _kv_table(view.health, "health-table")
         body.append(f'<section id="health"><h2>Health</h2>{table}</section>')
-    if view.leak is not None:
-        body.append(_leak_section(view.leak))
+    for i, leak in enumerate(view.leaks):
+        body.append(_leak_section(leak, i, len(view.leaks)))
     if view.unreleased is not None:
         body.append(_unreleased_section(view.unreleased))
     if view.relief:

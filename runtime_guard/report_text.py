@@ -58,9 +58,8 @@ def render_view_text(view: ReportView) -> str:
         )
     if view.health:
         lines += ["", "Health", *_table(view.health)]
-    if view.leak is not None:
-        leak = view.leak
-        lines += ["", "Leak", *_table(leak.summary)]
+    for i, leak in enumerate(view.leaks):
+        lines += ["", "Leak" if i == 0 else f"Earlier leak report {i}", *_table(leak.summary)]
         if leak.note:
             lines.append(f"  note: {leak.note}")
         if leak.sites:

@@ -11,6 +11,7 @@ written there as an ``episode`` report that ``runtime-guard report`` renders.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -25,10 +26,24 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["MAX_EVENTS", "MAX_POINTS", "Timeline", "sample_point", "snapshot"]
+__all__ = [
+    "MAX_EVENTS",
+    "MAX_LEAKS",
+    "MAX_POINTS",
+    "MAX_TYPES",
+    "Timeline",
+    "sample_point",
+    "snapshot",
+]
 
 MAX_EVENTS = 500
 """Events kept; the oldest drop out."""
+
+MAX_LEAKS = 3
+"""Leak reports kept, newest first: a later suspicion does not hide an earlier diagnosis."""
+
+MAX_TYPES = 50
+"""Tracked types whose latest unreleased report is kept."""
 
 MAX_POINTS = 600
 """Samples put in a snapshot at most; longer histories are thinned evenly (the last kept)."""
@@ -67,9 +82,11 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return {"summary": str(obj)}
 
 
-def _first_line(obj: Any, limit: int = 160) -> str:
+def _first_line(obj: Any, prefix: str, limit: int = 160) -> str:
     text = str(obj).strip().splitlines()
     line = text[0] if text else ""
+    if not line.startswith(prefix):
+        line = f"{prefix}: {line}"
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -83,6 +100,8 @@ class Timeline(Component):
         """Recent events, oldest first: ``{"wall", "kind", "label"}``."""
         self.latest: dict[str, dict[str, Any]] = {}
         """The last report of each kind seen (``leak``, ``unreleased``, ``relief``)."""
+        self._unreleased: dict[str, dict[str, Any]] = {}
+        self._leaks: deque[dict[str, Any]] = deque(maxlen=MAX_LEAKS)
         self._lock = threading.Lock()
         self._episode_start: float | None = None
         self._receivers = [
@@ -117,18 +136,25 @@ class Timeline(Component):
 
     def _on_leak(self, guard: Guard, **payload: Any) -> None:
         report = payload.get("report")
-        self._keep("leak", report)
-        self.record("leak", "leak suspected: " + _first_line(report))
+        data = self._keep("leak", report)
+        with self._lock:
+            self._leaks.appendleft(data)
+        self.record("leak", _first_line(report, "leak suspected"))
 
     def _on_unreleased(self, guard: Guard, **payload: Any) -> None:
         report = payload.get("report")
-        self._keep("unreleased", report)
-        self.record("unreleased", "unreleased objects: " + _first_line(report))
+        data = _as_dict(report)
+        name = str(data.get("type", "object"))
+        with self._lock:
+            # One report per tracked type; the number of types is small and bounded here.
+            if name in self._unreleased or len(self._unreleased) < MAX_TYPES:
+                self._unreleased[name] = data
+        self.record("unreleased", _first_line(report, "unreleased objects"))
 
     def _on_relief(self, guard: Guard, **payload: Any) -> None:
         result = payload.get("result")
         self._keep("relief", result)
-        self.record("relief", "relief: " + _first_line(result))
+        self.record("relief", _first_line(result, "relief"))
 
     def _on_shed(self, guard: Guard, **payload: Any) -> None:
         feature = payload.get("feature")
@@ -155,16 +181,23 @@ class Timeline(Component):
         with self._lock:
             self.events.clear()
             self.latest.clear()
+            self._unreleased.clear()
+            self._leaks.clear()
         self._episode_start = None
 
     def close(self, guard: Guard) -> None:
         for signal, receiver in self._receivers:
             signal.disconnect(receiver, sender=guard)
 
-    def copy(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    def copy(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Return the events and latest reports as lists and dicts the caller owns."""
         with self._lock:
-            return list(self.events), dict(self.latest)
+            latest: dict[str, Any] = dict(self.latest)
+            if self._unreleased:
+                latest["unreleased"] = {"types": dict(self._unreleased)}
+            if self._leaks:
+                latest["leaks"] = list(self._leaks)
+            return list(self.events), latest
 
 
 def snapshot(guard: Guard, since: float | None = None, points: int = MAX_POINTS) -> dict[str, Any]:
@@ -191,6 +224,17 @@ def snapshot(guard: Guard, since: float | None = None, points: int = MAX_POINTS)
         first = samples[0].wall if samples else 0.0
         data["events"] = [e for e in events if e["wall"] >= first - 1.0]
         data.update(latest)
+    tracking = sys.modules.get("runtime_guard.tracking")
+    if tracking is not None:  # only when in use: importing it would patch client classes
+        try:
+            objects = tracking.live_objects()
+            data["objects"] = {
+                name: counts
+                for name, counts in objects.items()
+                if counts.get("live") or counts.get("collected_unreleased")
+            }
+        except Exception as exc:
+            data["objects"] = {"error": repr(exc)}
     try:
         data["health"] = guard.health()
     except Exception as exc:  # the page must render even when a component misbehaves
