@@ -559,6 +559,7 @@ def _census(objects: list[object] | None = None) -> Counter[str]:
 
 _ATOMIC = (str, bytes, int, float, complex, bytearray)
 _CANDIDATES = 5
+_SEARCH_SECONDS = 0.25
 
 
 def _survivors(site: diagnosis.AllocationSite) -> list[object]:
@@ -573,10 +574,19 @@ def _survivors(site: diagnosis.AllocationSite) -> list[object]:
     del tracked
     found: list[object] = []
     atomic: list[object] = []
+    checked = 0
+    deadline = time.monotonic() + _SEARCH_SECONDS
     try:
+        # Newest objects come last; the leaked ones are among them, so the search from the
+        # end finds them early; a time budget bounds the rest.
         for obj in reversed(objects):
             traceback = tracemalloc.get_object_traceback(obj)
-            if traceback is None or not any((f.filename, f.lineno) == where for f in traceback):
+            if traceback is None:
+                continue
+            checked += 1
+            if checked % 256 == 0 and time.monotonic() > deadline:
+                break
+            if not any((f.filename, f.lineno) == where for f in traceback):
                 continue
             (atomic if isinstance(obj, _ATOMIC) else found).append(obj)
             if len(found) >= _CANDIDATES:

@@ -207,3 +207,65 @@ def test_clean_bodies_pass_every_time(pytester: pytest.Pytester, attempt: int) -
     _write(pytester, "test_clean", CLEAN)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=7, warnings=1)
+
+
+REDIS = """
+import atexit
+import os
+
+import pytest
+import redis
+
+URL = os.environ["LEAK_TEST_REDIS_URL"]
+
+
+def fetch_user(user_id):
+    client = redis.Redis.from_url(URL)  # LEAK: redis
+    atexit.register(client.close)  # "closed at exit": alive, and connected, until then
+    return client.get("user:%d" % user_id)
+
+
+_shared = None
+
+
+def shared_client():
+    global _shared
+    if _shared is None:
+        _shared = redis.Redis.from_url(URL)
+    return _shared
+
+
+@pytest.mark.no_leaks
+def test_client_per_call():
+    fetch_user(1)
+
+
+@pytest.mark.no_leaks
+def test_shared_client():
+    shared_client().get("user:1")
+
+
+@pytest.mark.no_leaks
+def test_client_closed_each_call():
+    with redis.Redis.from_url(URL) as client:
+        client.get("user:1")
+"""
+
+
+@pytest.mark.slow
+def test_redis_client_per_call_fails_naming_its_creation_site(
+    pytester: pytest.Pytester, redis_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client made per call and never closed fails with its creation line; reuse passes."""
+    monkeypatch.setenv("LEAK_TEST_REDIS_URL", redis_server.url)  # type: ignore[attr-defined]
+    source = _write(pytester, "test_redis_leak", REDIS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--durations=5")
+    result.assert_outcomes(failed=1, passed=2)
+    section = _section(result.stdout.str(), "test_client_per_call")
+    line = _line(source, "redis")
+    assert "open file descriptors grew in every round: +1 fds/round" in section, section
+    assert re.search(r"unreleased tracked clients grew in every round: \+\d clients/round", section)
+    assert re.search(
+        rf"\d+ x redis.Redis created at test_redis_leak.py:{line} in fetch_user", section
+    )
+    assert "socket.socket opened at" in section or "socket:[" in section
