@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import logging
 import sys
 import threading
@@ -56,26 +55,29 @@ _RECENT_COLLECTED = 1000
 _DEFAULT_RELEASE = ("close", "aclose")
 
 
+UNRELEASED, RELEASED, BORROWED = 0, 1, 2
+"""Record states: borrowed instances (a redis client on a pool it was given) hold nothing
+of their own to release."""
+
+
 class _Record(weakref.ref):  # type: ignore[type-arg]
     """The weak reference to one tracked instance, carrying what is known about it."""
 
-    __slots__ = ("borrowed", "created", "entry", "key", "released", "seq", "site")
+    __slots__ = ("created", "entry", "key", "site", "state")
 
     entry: _Entry
     key: int
     site: Site
     created: float
-    seq: int
-    released: bool
-    borrowed: bool
+    state: int
 
 
 _records: dict[int, _Record] = {}
 """Every live tracked instance by ``id()``: the weak-reference callback removes an entry
 before the object's memory (and so its id) can be reused."""
 
-_seq = itertools.count(1)
 _recent_collected: deque[_Record] = deque(maxlen=_RECENT_COLLECTED)
+_recent_wanted = False
 _lock = threading.RLock()
 _entries: dict[str, _Entry] = {}
 _pending: dict[str, list[_Request]] = {}
@@ -101,19 +103,23 @@ class _Patch:
 
 
 class _Entry:
-    """One tracked class: its counts, its live records and the patches that feed them."""
+    """One tracked class: its counts and the patches that feed them.
+
+    The hot path touches one counter per construction; the live and unreleased figures
+    are derived from the counters that release and collection keep.
+    """
 
     def __init__(self, cls: type, name: str, max_live: int | None, weak: bool) -> None:
         self.cls = cls
         self.name = name
         self.max_live = max_live
         self.weak = weak
-        self.active = True
         self.release: tuple[str, ...] = ()
-        self.live: dict[int, _Record] = {}
-        self.unreleased = 0
         self.created = 0
+        self.dead = 0
         self.released = 0
+        self.released_live = 0
+        self.borrowed_live = 0
         self.collected_unreleased = 0
         self.collected_sites: dict[Site, int] = {}
         self.fallback_sites: dict[Site, int] = {}
@@ -121,11 +127,16 @@ class _Entry:
 
     def live_count(self) -> int:
         if self.weak:
-            return len(self.live)
+            return max(self.created - self.dead, 0)
         return max(self.created - self.released, 0)
 
     def unreleased_count(self) -> int:
-        return max(self.unreleased, 0) if self.weak else self.live_count()
+        if self.weak:
+            return max(self.live_count() - self.released_live - self.borrowed_live, 0)
+        return self.live_count()
+
+    def records(self) -> list[_Record]:
+        return [rec for rec in list(_records.values()) if rec.entry is self]
 
 
 def _warn_once(key: str, message: str, *args: Any, exc_info: bool = False) -> None:
@@ -140,60 +151,64 @@ def _warn_once(key: str, message: str, *args: Any, exc_info: bool = False) -> No
 def _on_collect(rec: _Record) -> None:
     try:
         key = rec.key
-        if _records.get(key) is rec:
-            del _records[key]
+        if _records.get(key) is not rec:  # forgotten: failed __init__, or untracked since
+            return
+        del _records[key]
         entry = rec.entry
-        if entry.live.pop(key, None) is rec and not rec.released:
-            entry.unreleased -= 1
-            if entry.release:
-                entry.collected_unreleased += 1
-                sites = entry.collected_sites
-                site = rec.site
-                if site in sites or len(sites) < _MAX_COLLECTED_SITES:
-                    sites[site] = sites.get(site, 0) + 1
+        entry.dead += 1
+        state = rec.state
+        if state == RELEASED:
+            entry.released_live -= 1
+        elif state == BORROWED:
+            entry.borrowed_live -= 1
+        elif entry.release:
+            entry.collected_unreleased += 1
+            sites = entry.collected_sites
+            site = rec.site
+            if site in sites or len(sites) < _MAX_COLLECTED_SITES:
+                sites[site] = sites.get(site, 0) + 1
+            if _recent_wanted:
                 _recent_collected.append(rec)
     except Exception:  # a weakref callback must never raise into whatever freed the object
         _warn_once("collect", "runtime_guard: tracking callback failed", exc_info=True)
 
 
 def _mark(rec: _Record) -> None:
-    if not rec.released:
-        rec.released = True
+    state = rec.state
+    if state != RELEASED:
+        rec.state = RELEASED
         entry = rec.entry
         entry.released += 1
-        entry.unreleased -= 1
+        entry.released_live += 1
+        if state == BORROWED:
+            entry.borrowed_live -= 1
 
 
 def _init_wrapper(
     entry: _Entry, original: Callable[..., None], owns: Callable[[Any], bool] | None
 ) -> Callable[..., None]:
+    # Everything the wrapper uses is bound here, as closure cells: it runs on every
+    # construction of a tracked class (measured in benchmarks/bench_tracking.py).
     records = _records
-    live = entry.live
     capture = _sites.capture
     monotonic = time.monotonic
-    seq = _seq
     on_collect = _on_collect
-    weak = entry.weak
+    new_record = _Record
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         key = id(self)
         # A tracked subclass's wrapper ran first and counted this instance already.
-        if key in records or not weak:
-            if not weak:
-                _count_unreferenced(entry)
+        if key in records:
             return original(self, *args, **kwargs)
-        rec = _Record(self, on_collect)
+        rec = new_record(self, on_collect)
         rec.entry = entry
         rec.key = key
         rec.site = capture(1)
         rec.created = monotonic()
-        rec.seq = next(seq)
-        rec.released = rec.borrowed = False
+        rec.state = UNRELEASED
         records[key] = rec
-        live[key] = rec
         entry.created += 1
-        entry.unreleased += 1
         try:
             original(self, *args, **kwargs)
         except BaseException:
@@ -205,11 +220,29 @@ def _init_wrapper(
     return __init__
 
 
+def _counting_init_wrapper(entry: _Entry, original: Callable[..., None]) -> Callable[..., None]:
+    # Instances that cannot be weak-referenced are counted (created minus released) and
+    # attributed, but their collection cannot be seen.
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        entry.created += 1
+        site = _sites.capture(1)
+        sites = entry.fallback_sites
+        if site in sites or len(sites) < _MAX_COLLECTED_SITES:
+            sites[site] = sites.get(site, 0) + 1
+        return original(self, *args, **kwargs)
+
+    return __init__
+
+
 def _borrow(rec: _Record, borrowed: bool) -> None:
-    # A borrowing instance (a redis client on a pool it was given) holds nothing to release.
-    if rec.borrowed != borrowed and not (rec.released and not rec.borrowed):
-        rec.borrowed = rec.released = borrowed
-        rec.entry.unreleased += -1 if borrowed else 1
+    entry = rec.entry
+    if borrowed and rec.state == UNRELEASED:
+        rec.state = BORROWED
+        entry.borrowed_live += 1
+    elif not borrowed and rec.state == BORROWED:
+        rec.state = UNRELEASED
+        entry.borrowed_live -= 1
 
 
 def _factory_wrapper(func: Callable[..., Any], owns: Callable[[Any], bool]) -> Callable[..., Any]:
@@ -219,20 +252,11 @@ def _factory_wrapper(func: Callable[..., Any], owns: Callable[[Any], bool]) -> C
     def factory(cls: type, *args: Any, **kwargs: Any) -> Any:
         made = func(cls, *args, **kwargs)
         rec = _records.get(id(made))
-        if rec is not None and rec.borrowed:
+        if rec is not None and rec.state == BORROWED:
             _borrow(rec, not _safe(owns, made))
         return made
 
     return factory
-
-
-def _count_unreferenced(entry: _Entry) -> None:
-    # Instances that cannot be weak-referenced are counted (created minus released) and
-    # attributed, but their collection cannot be seen.
-    entry.created += 1
-    site = _sites.capture(2)
-    if site in entry.fallback_sites or len(entry.fallback_sites) < _MAX_COLLECTED_SITES:
-        entry.fallback_sites[site] = entry.fallback_sites.get(site, 0) + 1
 
 
 def _safe(predicate: Callable[[Any], bool], obj: Any) -> bool:
@@ -243,13 +267,9 @@ def _safe(predicate: Callable[[Any], bool], obj: Any) -> bool:
 
 
 def _forget(rec: _Record) -> None:
-    entry = rec.entry
     if _records.get(rec.key) is rec:
         del _records[rec.key]
-    if entry.live.pop(rec.key, None) is rec:
-        entry.created -= 1
-        if not rec.released:
-            entry.unreleased -= 1
+        rec.entry.created -= 1
 
 
 def _in_finalizer(depth: int) -> bool:
@@ -273,7 +293,7 @@ def _release_wrapper(entry: _Entry, original: Callable[..., Any]) -> Callable[..
             entry.released += 1
             return
         rec = records.get(id(self))
-        if rec is not None and not rec.released and not _in_finalizer(1):
+        if rec is not None and rec.state != RELEASED and not _in_finalizer(1):
             _mark(rec)
 
     if inspect.iscoroutinefunction(original):
@@ -299,9 +319,9 @@ def _companion_wrapper(
     def release(resource: Any) -> None:
         if _in_finalizer(6):
             return
-        for rec in list(entry.live.values()):
+        for rec in entry.records():
             obj = rec()
-            if obj is not None and not rec.released and getattr(obj, link, None) is resource:
+            if obj is not None and rec.state != RELEASED and getattr(obj, link, None) is resource:
                 _mark(rec)
 
     if inspect.iscoroutinefunction(original):
@@ -409,7 +429,10 @@ def _patch_all(
 ) -> None:
     cls = entry.cls
     owns = None if spec is None else spec.owns
-    _patch(entry, cls, "__init__", _init_wrapper(entry, init, owns))
+    if entry.weak:
+        _patch(entry, cls, "__init__", _init_wrapper(entry, init, owns))
+    else:
+        _patch(entry, cls, "__init__", _counting_init_wrapper(entry, init))
     if spec is not None and owns is not None:
         for factory in spec.factories:
             raw = cls.__dict__.get(factory)
@@ -554,11 +577,10 @@ def untrack(cls_or_name: type | str) -> bool:
 
 
 def _drop(key: str, entry: _Entry) -> None:
-    entry.active = False
     _unpatch(entry)
-    for rec_key, rec in list(entry.live.items()):
-        if _records.get(rec_key) is rec:
-            del _records[rec_key]
+    for rec in entry.records():
+        if _records.get(rec.key) is rec:
+            del _records[rec.key]
     del _entries[key]
 
 
@@ -613,20 +635,26 @@ class TrackedInstance:
     """Seconds since it was created."""
     state: str
     """``"live"`` (alive, unreleased) or ``"collected"`` (collected without release)."""
-    seq: int
-    """Creation order, comparable with :func:`marker`."""
+    created: float
+    """When it was created (``time.monotonic()``), comparable with :func:`marker`."""
 
     def __str__(self) -> str:
         what = "collected without release" if self.state == "collected" else "live, unreleased"
         return f"{self.type} created at {self.site} ({what}, {self.age:.1f}s old)"
 
 
-def marker() -> int:
-    """A point in time for :func:`unreleased_since`: instances created later compare above."""
-    return next(_seq)
+def marker() -> float:
+    """A point in time for :func:`unreleased_since` (``time.monotonic()``).
+
+    The first call also starts remembering the last 1000 collections without release,
+    which only :func:`unreleased_since` needs.
+    """
+    global _recent_wanted
+    _recent_wanted = True
+    return time.monotonic()
 
 
-def unreleased_since(mark: int, *, collected: bool = True) -> list[TrackedInstance]:
+def unreleased_since(mark: float, *, collected: bool = True) -> list[TrackedInstance]:
     """Unreleased instances created after ``mark``: live ones, then (with ``collected``)
     those collected without release, each with its site; oldest first.
 
@@ -634,17 +662,17 @@ def unreleased_since(mark: int, *, collected: bool = True) -> list[TrackedInstan
     """
     now = time.monotonic()
     out = [
-        TrackedInstance(rec.entry.name, rec.site, now - rec.created, "live", rec.seq)
+        TrackedInstance(rec.entry.name, rec.site, now - rec.created, "live", rec.created)
         for rec in list(_records.values())
-        if rec.seq > mark and not rec.released
+        if rec.created > mark and rec.state == UNRELEASED
     ]
     if collected:
         out.extend(
-            TrackedInstance(rec.entry.name, rec.site, now - rec.created, "collected", rec.seq)
+            TrackedInstance(rec.entry.name, rec.site, now - rec.created, "collected", rec.created)
             for rec in list(_recent_collected)
-            if rec.seq > mark
+            if rec.created > mark
         )
-    out.sort(key=lambda item: item.seq)
+    out.sort(key=lambda item: item.created)
     return out
 
 
@@ -653,7 +681,7 @@ def _group(records: Iterable[_Record], now: float, limit: int = TOP_SITES) -> li
     unreleased: dict[Site, int] = {}
     for rec in records:
         by_site.setdefault(rec.site, []).append(rec.created)
-        if not rec.released:
+        if rec.state == UNRELEASED:
             unreleased[rec.site] = unreleased.get(rec.site, 0) + 1
     grouped: dict[tuple[str, int, str], dict[str, Any]] = {}
     for site, created in by_site.items():
@@ -684,7 +712,7 @@ def _group_counts(counts: dict[Site, int], limit: int = TOP_SITES) -> list[dict[
 
 
 def _summary(entry: _Entry, now: float) -> dict[str, Any]:
-    records = list(entry.live.values())
+    records = entry.records()
     oldest = min((rec.created for rec in records), default=None)
     return {
         "live": entry.live_count(),

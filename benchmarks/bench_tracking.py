@@ -1,0 +1,156 @@
+"""Cost of tracking: a tracked construction beside the same untracked one, in one run.
+
+Prints, per construction: a small class untracked and tracked (kept alive, and dropped at
+once so the weak-reference callback is included), a real client (``requests.Session``),
+an untracked class while another is tracked, and the import of fresh unrelated modules
+with and without the import hook waiting for a module. Target: under 2 us added per
+tracked construction; nothing added to untracked classes and unrelated imports.
+
+    python benchmarks/bench_tracking.py
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+
+from runtime_guard import tracking
+from runtime_guard._clients import watcher
+
+ROUNDS = 7
+NUMBER = 20_000
+
+
+class Plain:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def close(self) -> None:
+        pass
+
+
+class Other:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def per_call(fn: Callable[[], object], number: int = NUMBER) -> float:
+    """Best of ROUNDS, in microseconds of this process's CPU time per call.
+
+    CPU time rather than wall time: the figures stay comparable on a shared machine where
+    other processes take the cores in turns.
+    """
+    best = min(timeit.repeat(fn, number=number, repeat=ROUNDS, timer=time.process_time))
+    return best / number * 1e6
+
+
+def construct_kept(cls: type) -> Callable[[], object]:
+    def run() -> object:
+        kept = [cls(i) for i in range(100)]
+        return kept
+
+    return run
+
+
+def construct_dropped(cls: type) -> Callable[[], object]:
+    def run() -> object:
+        for i in range(100):
+            cls(i)
+        return None
+
+    return run
+
+
+def row(label: str, base: float, other: float, per: int = 1) -> None:
+    added = (other - base) / per
+    print(f"{label:<52} {base / per:8.3f} {other / per:8.3f} {added:+8.3f} {other / base:6.2f}x")
+
+
+def bench_constructions() -> None:
+    print(f"{'per construction (us)':<52} {'untracked':>8} {'tracked':>8} {'added':>8} {'ratio':>7}")
+    per_call(construct_kept(Plain), NUMBER // 100)  # warm-up: allocator, caches
+    kept_base = per_call(construct_kept(Plain), NUMBER // 100)
+    drop_base = per_call(construct_dropped(Plain), NUMBER // 100)
+    other_base = per_call(construct_dropped(Other), NUMBER // 100)
+    tracking.track(Plain)
+    kept = per_call(construct_kept(Plain), NUMBER // 100)
+    gc.collect()
+    dropped = per_call(construct_dropped(Plain), NUMBER // 100)
+    other = per_call(construct_dropped(Other), NUMBER // 100)
+    row("small class, kept alive", kept_base, kept, 100)
+    row("small class, dropped at once (incl. collection)", drop_base, dropped, 100)
+    row("untracked class while another is tracked", other_base, other, 100)
+    tracking.untrack_all()
+    after = per_call(construct_dropped(Plain), NUMBER // 100)
+    row("small class after untrack (vs before tracking)", drop_base, after, 100)
+
+    import requests
+
+    session_base = per_call(lambda: requests.Session().close(), 2000)
+    tracking.track(requests.Session)
+    session = per_call(lambda: requests.Session().close(), 2000)
+    tracking.untrack_all()
+    row("requests.Session() + close()", session_base, session)
+
+
+def make_modules(directory: str, prefix: str, count: int) -> list[str]:
+    names = []
+    for i in range(count):
+        name = f"{prefix}_{i}"
+        with open(os.path.join(directory, f"{name}.py"), "w") as f:
+            f.write(f"VALUE = {i}\n")
+        names.append(name)
+    return names
+
+
+def import_all(names: list[str]) -> float:
+    start = time.process_time()
+    for name in names:
+        importlib.import_module(name)
+    return (time.process_time() - start) / len(names) * 1e6
+
+
+def bench_imports() -> None:
+    count = 300
+    with tempfile.TemporaryDirectory() as directory:
+        sys.path.insert(0, directory)
+        try:
+            results: dict[str, list[float]] = {"without hook": [], "hook waiting": []}
+            for rnd in range(ROUNDS):
+                for label in results:
+                    names = make_modules(directory, f"rg_bench_{label[0]}{rnd}", count)
+                    importlib.invalidate_caches()
+                    if label == "hook waiting":
+                        tracking.track("rg_bench_never_imported.Thing")
+                        assert watcher in sys.meta_path
+                    results[label].append(import_all(names))
+                    tracking.untrack_all()
+                    for name in names:
+                        sys.modules.pop(name, None)
+        finally:
+            sys.path.remove(directory)
+    base, hooked = min(results["without hook"]), min(results["hook waiting"])
+    print()
+    print(f"{'per unrelated import (us)':<52} {'no hook':>8} {'hook':>8} {'added':>8} {'ratio':>7}")
+    row(f"import of a fresh one-line module ({count} per round)", base, hooked)
+    tracking.track("rg_bench_never_imported.Thing")
+    lookup = per_call(lambda: watcher.find_spec("json", None), 200_000)
+    tracking.untrack_all()
+    print(f"{'hook find_spec for an unwatched module':<52} {lookup:8.3f} us")
+
+
+def main() -> None:
+    print(f"python {sys.version.split()[0]}, best of {ROUNDS} rounds, CPU time of this process")
+    print()
+    bench_constructions()
+    bench_imports()
+
+
+if __name__ == "__main__":
+    main()
