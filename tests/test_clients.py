@@ -400,3 +400,37 @@ def test_clients_are_tracked_whether_imported_before_or_after_install() -> None:
         "after": False,
         "restored": True,
     }
+
+
+def test_uninstall_leaves_client_classes_exactly_as_before() -> None:
+    """After install() and uninstall() the client and pool classes are as they were."""
+    import httpx
+    import psycopg
+    import redis
+    import redis.asyncio
+    import requests
+    import sqlalchemy
+
+    import runtime_guard
+
+    classes = [
+        redis.Redis,
+        redis.ConnectionPool,
+        redis.BlockingConnectionPool,
+        redis.asyncio.Redis,
+        redis.asyncio.ConnectionPool,
+        httpx.Client,
+        httpx.AsyncClient,
+        requests.Session,
+        psycopg.Connection,
+        sqlalchemy.Engine,
+        socket.socket,
+    ]
+    before = [list(vars(cls).items()) for cls in classes]
+    runtime_guard.install(interval=60)
+    assert vars(redis.Redis)["__init__"] is not dict(before[0])["__init__"]
+    runtime_guard.uninstall()
+    assert [list(vars(cls).items()) for cls in classes] == before
+    session = requests.Session()
+    session.close()
+    assert "requests.Session" not in live_objects()
