@@ -337,12 +337,13 @@ def _client_rows(type_name: str, raw: Any, rows: list[ClientRow]) -> None:
         age = _num(_first(item, "oldest_age", "oldest_age_seconds", "age"))
         detail = f"oldest {_duration(age)}" if age is not None else ""
         site = _first(item, "site", "location")
-        if site is None and "filename" in item:
-            line = _num(item.get("lineno"))
-            site = f"{_text(item.get('filename'), 500)}:{'' if line is None else int(line)}"
-        function = _text(item.get("function"), 200)
-        if function:
-            site = f"{_text(site, 500)} in {function}"
+        if site is None:
+            line = _num(_first(item, "line", "lineno"))
+            where = _text(_first(item, "file", "filename"), 500)
+            site = f"{where}:{'' if line is None else int(line)}"
+            function = _text(item.get("function"), 200)
+            if function:
+                site = f"{site} in {function}"
         rows.append(
             ClientRow(
                 type_name=_text(_first(item, "type_name", "type") or type_name, 300),
@@ -391,8 +392,10 @@ def _flat(data: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, str]]:
         value = data[key]
         if isinstance(value, (dict, list)):
             value = ", ".join(_text(v, 100) for v in list(value)[:20]) or "none"
-        if key.endswith("_bytes"):
+        if key.endswith("_bytes") or key in _BYTE_KEYS:
             shown = fmt_bytes(_num(value))
+        elif key in _SECOND_KEYS:
+            shown = _duration(_num(value))
         elif key.endswith("_fraction"):
             number = _num(value)
             shown = "-" if number is None else f"{number:.1%}"
@@ -414,7 +417,18 @@ _HEALTH_KEYS = (
     "threads",
     "shed_features",
 )
-_RELIEF_KEYS = ("collected", "usage_before", "usage_after", "returned_bytes", "duration")
+_RELIEF_KEYS = (
+    "reason",
+    "level",
+    "collected",
+    "usage_before",
+    "usage_after",
+    "returned",
+    "trimmed",
+    "duration",
+)
+_BYTE_KEYS = frozenset({"usage_before", "usage_after", "rss_before", "rss_after", "returned"})
+_SECOND_KEYS = frozenset({"duration", "uptime_seconds"})
 
 
 def read_view(data: Any, live: bool = False) -> ReportView:

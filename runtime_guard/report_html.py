@@ -73,8 +73,9 @@ def _attr(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(wall))
+def _clock(wall: float, tenths: bool = False) -> str:
+    text = time.strftime("%H:%M:%S", time.gmtime(wall))
+    return f"{text}.{int(wall * 10) % 10}" if tenths else text
 
 
 def _stamp(wall: float | None) -> str:
@@ -127,7 +128,7 @@ def _chart(view: ReportView) -> str:
         anchor = ("start", "middle", "middle", "middle", "end")[i]
         parts.append(
             f'<text x="{x(wall):.1f}" y="{_H - 12}" font-size="11" text-anchor="{anchor}" '
-            f'fill="#5a6274">{_clock(wall)}</text>'
+            f'fill="#5a6274">{_clock(wall, t1 - t0 < 20)}</text>'
         )
     if limit_on_chart:
         limit = limits[-1]

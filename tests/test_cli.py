@@ -1,0 +1,270 @@
+"""The ``runtime-guard`` command: run, report, status and demo, as a user types them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+import reportdata
+
+import runtime_guard
+from runtime_guard import _demo_app
+from runtime_guard.cli import main
+from runtime_guard.integrations.wsgi import GuardMiddleware
+from runtime_guard.testing import FakeProbe, make_guard
+
+CHILD = """\
+import os, sys
+import runtime_guard
+guard = runtime_guard.get_guard()
+print("guard installed:", guard is not None)
+print("interval:", guard.config.interval if guard else None)
+print("sampling:", guard is not None and len(guard.history) >= 0 and guard.sample() is not None)
+print("existing sitecustomize:", os.environ.get("EXISTING_SITECUSTOMIZE_RAN"))
+print("args:", sys.argv[1:])
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime_guard", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def child_script(tmp_path: Path) -> Path:
+    path = tmp_path / "child.py"
+    path.write_text(CHILD, encoding="utf-8")
+    return path
+
+
+def test_run_installs_guard_in_child_and_keeps_existing_sitecustomize(
+    tmp_path: Path, child_script: Path
+) -> None:
+    """The child runs with the guard (options applied), its own sitecustomize, its args,
+    its stdout and its exit code."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        'import os\nos.environ["EXISTING_SITECUSTOMIZE_RAN"] = "yes"\n', encoding="utf-8"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = _cli(
+        "run", "--interval", "0.25", "--", sys.executable, str(child_script), "7", "x", env=env
+    )
+    assert done.returncode == 7, done.stderr
+    assert "guard installed: True" in done.stdout
+    assert "interval: 0.25" in done.stdout
+    assert "sampling: True" in done.stdout
+    assert "existing sitecustomize: yes" in done.stdout
+    assert "args: ['7', 'x']" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_run_without_double_dash_and_environment_options(child_script: Path) -> None:
+    """RUNTIME_GUARD_* variables reach the child, and ``--`` may be left out."""
+    env = {**os.environ, "RUNTIME_GUARD_INTERVAL": "0.5"}
+    done = _cli("run", sys.executable, str(child_script), "0", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "interval: 0.5" in done.stdout
+
+
+def test_run_rejects_bad_option_before_starting(child_script: Path) -> None:
+    """A bad option fails with status 2 and names the flag; the program never starts."""
+    done = _cli("run", "--interval", "-1", "--", sys.executable, str(child_script), "0")
+    assert done.returncode == 2
+    assert "--interval='-1' is not accepted" in done.stderr
+    assert "guard installed" not in done.stdout
+
+
+def test_run_reports_missing_program() -> None:
+    """A program that does not exist gives 127, like a shell."""
+    done = _cli("run", "--", "/nonexistent/program")
+    assert done.returncode == 127
+    assert "cannot start '/nonexistent/program'" in done.stderr
+
+
+def test_run_forwards_sigterm_to_the_child(tmp_path: Path) -> None:
+    """SIGTERM sent to ``runtime-guard run`` reaches the program, whose exit code comes back."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        "    print('got SIGTERM', flush=True)\n"
+        "    sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n",
+        encoding="utf-8",
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "runtime_guard", "run", "--", sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 3
+            assert "got SIGTERM" in proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_run_returns_128_plus_signal_when_child_is_killed(tmp_path: Path) -> None:
+    """A child killed by a signal gives 128 + N, as a shell does."""
+    done = _cli(
+        "run", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    assert done.returncode == 128 + signal.SIGKILL
+
+
+def test_report_text_and_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A saved report renders as text on stdout and as an HTML file whose size is printed."""
+    path = tmp_path / "runtime-guard-episode.json"
+    path.write_text(json.dumps(reportdata.episode()), encoding="utf-8")
+    assert main(["report", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "/srv/app/views.py:42 in get_user" in text
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--html", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out} (")
+    assert 'id="timeline-chart"' in out.read_text(encoding="utf-8")
+
+
+HOSTILE_FILES: dict[str, bytes] = {
+    "not-json": b"this is not json",
+    "truncated": json.dumps(reportdata.episode()).encode()[:500],
+    "binary": bytes(range(256)),
+    "top-level-list": b"[1, 2, 3]",
+    "empty-object": b"{}",
+    "deep-nesting": b"[" * 100_000 + b"]" * 100_000,
+    "huge-integer": b'{"samples": [{"wall": 1, "usage": ' + b"9" * 5000 + b"}]}",
+    "wrong-types": b'{"samples": "x", "events": 5, "leak": [], "health": "ok"}',
+    "empty-file": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_report_on_malformed_file_names_it_without_traceback(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Malformed or hostile JSON gives status 2 and one clear line naming the file."""
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(HOSTILE_FILES[name])
+    assert main(["report", str(path), "--html", str(tmp_path / "out.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"runtime-guard: report: {path}: ")
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.html").exists()
+
+
+def test_report_on_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing file is named, with the reason."""
+    path = tmp_path / "nope.json"
+    assert main(["report", str(path)]) == 2
+    assert capsys.readouterr().err == f"runtime-guard: report: {path}: No such file or directory\n"
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _serve(guard: runtime_guard.Guard | None) -> Iterator[str]:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = make_server("127.0.0.1", 0, GuardMiddleware(app, guard=guard), handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_status_of_running_server(capsys: pytest.CaptureFixture[str]) -> None:
+    """``status URL`` reads /health of a real server, prints it and exits 0 when ok."""
+    runtime_guard.install(interval=0.1)
+    for base in _serve(None):
+        assert main(["status", base]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(base + "/health\n")
+    assert "status    ok" in out
+    assert "usage     " in out
+
+
+def test_status_critical_server_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server at CRITICAL answers 503; status still prints its health and exits 2."""
+    probe = FakeProbe()
+    guard = make_guard(probe)
+    try:
+        probe.set_fraction(0.99)
+        guard.sample()
+        for base in _serve(guard):
+            assert main(["status", base + "/health", "--json"]) == 2
+    finally:
+        guard.stop()
+    assert json.loads(capsys.readouterr().out)["status"] == "critical"
+
+
+def test_status_unreachable_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listening: status 3 (unknown) and a one-line reason."""
+    assert main(["status", "http://127.0.0.1:9/health", "--timeout", "2"]) == 3
+    assert "unreachable" in capsys.readouterr().err
+
+
+def _leaking_line() -> int:
+    with open(_demo_app.__file__, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if "# LEAKING LINE" in line:
+                return number
+    raise AssertionError("the demo app has no LEAKING LINE")
+
+
+@pytest.mark.slow
+def test_demo_quick_finds_the_leaking_line(tmp_path: Path) -> None:
+    """``demo --quick`` runs to the end, prints the leaking line it found and writes the report."""
+    html = tmp_path / "demo.html"
+    started = time.monotonic()
+    done = _cli("demo", "--quick", "--html", str(html), timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert f"shop.py:{_leaking_line()} in handle_order" in out
+    assert "the leaking line is" in out
+    assert "unreleased clients" in out
+    assert "_make_client" in out
+    assert "feature shed" in out
+    assert "feature restored" in out
+    assert "HTML report" in out
+    assert "\x1b[" not in out  # plain text when not a terminal
+    assert html.stat().st_size > 10_000
+    page = html.read_text(encoding="utf-8")
+    assert 'id="timeline-chart"' in page
+    assert "handle_order" in page
+    assert time.monotonic() - started < 120
