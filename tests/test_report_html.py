@@ -40,7 +40,7 @@ PAGE_CHECKS = {
 
 @needs_chromium
 def test_episode_page_renders_chart_and_sections_in_chromium(tmp_path: Path) -> None:
-    """The chart (usage, limit, bands, every marker kind) and every section render with no errors."""
+    """The chart (usage, limit, bands, each marker kind) and every section render, no errors."""
     page = tmp_path / "episode.html"
     page.write_text(render_html(reportdata.episode()), encoding="utf-8")
     result = open_page(page.as_uri(), PAGE_CHECKS, "report-episode.png")
@@ -89,7 +89,7 @@ def test_report_strings_are_escaped() -> None:
 
 
 def test_leak_report_alone_renders_without_chart() -> None:
-    """A leak report file (no samples) renders its sites, types and chain, and says there is no chart."""
+    """A leak report file (no samples) renders sites, types and chain, and says: no chart."""
     page = render_html({"kind": "leak", **reportdata.leak_report()})
     assert "No samples in this report" in page
     assert 'id="allocation-sites"' in page

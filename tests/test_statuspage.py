@@ -1,4 +1,4 @@
-"""The live status page: built from the guard's memory, served by the middleware, seen in Chromium."""
+"""The live status page: from the guard's memory, served by the middleware, seen in Chromium."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _climb(guard: runtime_guard.Guard) -> list[bytearray]:
 def test_live_page_served_by_middleware_renders_in_chromium(
     guarded_server: tuple[runtime_guard.Guard, str],
 ) -> None:
-    """At status_path the middleware serves the live page; Chromium draws its chart with no errors."""
+    """At status_path the middleware serves the live page; Chromium draws it with no errors."""
     guard, base = guarded_server
     blocks = _climb(guard)
     assert guard.pressure >= Pressure.ELEVATED
