@@ -187,7 +187,8 @@ class Timeline(Component):
 
     def close(self, guard: Guard) -> None:
         for signal, receiver in self._receivers:
-            signal.disconnect(receiver, sender=guard)
+            # Without a sender: blinker only forgets a receiver disconnected from ANY.
+            signal.disconnect(receiver)
 
     def copy(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Return the events and latest reports as lists and dicts the caller owns."""

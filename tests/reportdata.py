@@ -51,7 +51,11 @@ def samples(count: int = 120, start: float | None = None) -> list[Sample]:
 
 
 def leak_report(site_file: str = "/srv/app/views.py") -> dict[str, Any]:
-    report = LeakReport(
+    return leak_report_object(site_file).to_dict()
+
+
+def leak_report_object(site_file: str = "/srv/app/views.py") -> LeakReport:
+    return LeakReport(
         metric="heap",
         rate_bytes_per_min=2_100_000.0,
         heap_blocks_per_min=26_000.0,
@@ -81,7 +85,6 @@ def leak_report(site_file: str = "/srv/app/views.py") -> dict[str, Any]:
         heap_walk_seconds=0.3,
         note="The Python heap's floor rose in every recent window.",
     )
-    return report.to_dict()
 
 
 def unreleased_report() -> dict[str, Any]:
