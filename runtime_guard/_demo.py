@@ -227,10 +227,12 @@ class _Display:
             f"   requests {state.requests:,} ({state.refused:,} refused with 503)",
         ]
         if state.leak_site:
-            lines.append(f"   leak     {state.leak_site}")
+            lines.append(f"   leak     {os.path.basename(state.leak_site)}")
         if state.client_site:
             lines.append(f"   clients  {state.client_site}")
-        self.out.write("\n".join(lines) + "\n")
+        # Each line must fit on one row, or moving the cursor back up would miss some.
+        columns = max(shutil.get_terminal_size().columns - 1, 20)
+        self.out.write("\n".join(line[:columns] for line in lines) + "\n")
         self._drawn = len(lines)
 
     def finish(self) -> None:
