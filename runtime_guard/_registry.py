@@ -285,17 +285,13 @@ def _in_finalizer(depth: int) -> bool:
     return False
 
 
-def _release_wrapper(entry: _Entry, original: Callable[..., Any]) -> Callable[..., Any]:
-    records = _records
+def _calling_first(
+    release: Callable[[Any], None], original: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Wrap a release method so that ``release(self)`` runs first; async stays async.
 
-    def release(self: Any) -> None:
-        if not entry.weak:
-            entry.released += 1
-            return
-        rec = records.get(id(self))
-        if rec is not None and rec.state != RELEASED and not _in_finalizer(1):
-            _mark(rec)
-
+    ``release`` runs in the frame right below the wrapper: ``_in_finalizer`` counts on it.
+    """
     if inspect.iscoroutinefunction(original):
 
         @functools.wraps(original)
@@ -311,6 +307,20 @@ def _release_wrapper(entry: _Entry, original: Callable[..., Any]) -> Callable[..
         return original(self, *args, **kwargs)
 
     return srelease
+
+
+def _release_wrapper(entry: _Entry, original: Callable[..., Any]) -> Callable[..., Any]:
+    records = _records
+
+    def release(self: Any) -> None:
+        if not entry.weak:
+            entry.released += 1
+            return
+        rec = records.get(id(self))
+        if rec is not None and rec.state != RELEASED and not _in_finalizer(1):
+            _mark(rec)
+
+    return _calling_first(release, original)
 
 
 def _companion_wrapper(
@@ -324,21 +334,7 @@ def _companion_wrapper(
             if obj is not None and rec.state != RELEASED and getattr(obj, link, None) is resource:
                 _mark(rec)
 
-    if inspect.iscoroutinefunction(original):
-
-        @functools.wraps(original)
-        async def arelease(self: Any, *args: Any, **kwargs: Any) -> Any:
-            release(self)
-            return await original(self, *args, **kwargs)
-
-        return arelease
-
-    @functools.wraps(original)
-    def srelease(self: Any, *args: Any, **kwargs: Any) -> Any:
-        release(self)
-        return original(self, *args, **kwargs)
-
-    return srelease
+    return _calling_first(release, original)
 
 
 # -- patching -----------------------------------------------------------------------------
