@@ -216,7 +216,7 @@ async def test_five_hundred_tasks_with_capacity_changed_from_another_thread() ->
     try:
         async with asyncio.timeout(120):
             workers = [asyncio.ensure_future(worker()) for _ in range(500)]
-            done, pending = await asyncio.wait(workers, timeout=60)
+            await asyncio.wait(workers, timeout=60)
             stop.set()
             await in_loop
             changer.join(10)
@@ -297,7 +297,7 @@ async def test_async_timeout_and_cancellation_lose_no_slot() -> None:
 
 
 def test_capacity_for_each_level_and_declaration_rules() -> None:
-    """Capacities follow the strictest level reached, never above the limit; bad input is refused."""
+    """Capacity is the strictest level reached, never above the limit; bad input is refused."""
     lim = limiter("levels", 10, at={"elevated": 6, "critical": 1, Pressure.HIGH: 3})
     assert [lim.capacity_for(level) for level in Pressure] == [10, 6, 3, 1]
     default = limiter("default", 2)
