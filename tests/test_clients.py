@@ -36,6 +36,13 @@ def _line(text: str) -> int:
     return next(i for i, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> Iterator[None]:
+    tracking.untrack_all()  # counts start at zero even if an earlier test left a guard
+    yield
+    tracking.untrack_all()
+
+
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[servers.HttpServer]:
     server = servers.start_http()
@@ -426,6 +433,7 @@ def test_uninstall_leaves_client_classes_exactly_as_before() -> None:
         sqlalchemy.Engine,
         socket.socket,
     ]
+    tracking.untrack_all()  # a guard another test left unstopped may still track clients
     before = [list(vars(cls).items()) for cls in classes]
     runtime_guard.install(interval=60)
     assert vars(redis.Redis)["__init__"] is not dict(before[0])["__init__"]

@@ -26,6 +26,7 @@ from runtime_guard.tracking import UnreleasedReport, judge_growth, live_objects,
 
 @pytest.fixture(autouse=True)
 def _untrack() -> Iterator[None]:
+    tracking.untrack_all()  # a guard another test left unstopped may still track clients
     yield
     tracking.untrack_all()
 
