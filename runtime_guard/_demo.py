@@ -58,8 +58,6 @@ def _demo_options(duration: float) -> dict[str, str]:
         "tracemalloc_duty_cycle": "0.5",
         "relief_cooldown": "4",
         "restart_after": "3",
-        "recycle_min_lifetime": "0",
-        "recycle_jitter": "0",
     }
     # Only options this version knows: the demo must run on any combination of parts.
     known = {f.name for f in dataclasses.fields(Config)}

@@ -270,6 +270,14 @@ def _events_section(events: list[Event]) -> str:
     )
 
 
+def _details(summary: str, lines: list[str]) -> str:
+    """Folded frames: shown on a click, so long tracebacks do not swamp the tables."""
+    if not lines:
+        return ""
+    body = escape("\n".join(lines))
+    return f"<details><summary>{summary}</summary><pre>{body}</pre></details>"
+
+
 def _chain_graph(chain: list[str], css_id: str) -> str:
     """The referrer chain as boxes joined by arrows, root at the top."""
     if not chain:
@@ -318,13 +326,7 @@ def _leak_section(leak: LeakView, index: int = 0, count: int = 1) -> str:
         "<tr><th>site</th><th>function</th><th class=num>growth</th><th class=num>blocks</th></tr>"
     )
     for site in leak.sites:
-        trace = ""
-        if site.traceback:
-            trace = (
-                "<details><summary>traceback</summary><pre>"
-                + escape("\n".join(site.traceback))
-                + "</pre></details>"
-            )
+        trace = _details("traceback", site.traceback)
         parts.append(
             f"<tr><td><code>{escape(site.location)}</code>{trace}</td>"
             f"<td><code>{escape(site.function)}</code></td>"
@@ -354,13 +356,7 @@ def _leak_section(leak: LeakView, index: int = 0, count: int = 1) -> str:
 
 
 def _client_row(row: ClientRow) -> str:
-    stack = ""
-    if row.stack:
-        stack = (
-            "<details><summary>stack</summary><pre>"
-            + escape("\n".join(row.stack))
-            + "</pre></details>"
-        )
+    stack = _details("stack", row.stack)
     return (
         f"<tr><td><code>{escape(row.type_name)}</code></td><td><code>{escape(row.site)}</code>"
         f"{stack}</td><td class=num>{escape(row.count)}</td><td>{escape(row.detail)}</td></tr>"
