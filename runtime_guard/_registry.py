@@ -696,7 +696,7 @@ def _group(records: Iterable[_Record], now: float, limit: int = TOP_SITES) -> li
         row["count"] += len(created)
         row["unreleased"] += unreleased.get(site, 0)
         row["oldest_age"] = round(max(row["oldest_age"], now - min(created)), 3)
-    rows = sorted(grouped.values(), key=lambda r: (-r["count"], r["site"]))
+    rows = sorted(grouped.values(), key=lambda r: (-r["unreleased"], -r["count"], r["site"]))
     return rows[:limit]
 
 
@@ -710,8 +710,7 @@ def _group_counts(counts: dict[Site, int], limit: int = TOP_SITES) -> list[dict[
     return sorted(grouped.values(), key=lambda r: (-r["count"], r["site"]))[:limit]
 
 
-def _summary(entry: _Entry, now: float) -> dict[str, Any]:
-    records = entry.records()
+def _summary(entry: _Entry, now: float, records: list[_Record]) -> dict[str, Any]:
     oldest = min((rec.created for rec in records), default=None)
     return {
         "live": entry.live_count(),
@@ -731,10 +730,16 @@ def live_objects() -> dict[str, dict[str, Any]]:
     """Per tracked type: live, unreleased, released, collected-without-release and created
     counts, ``max_live``, the age of the oldest live instance and the top creation sites
     (``site``, ``file``, ``line``, ``function``, ``stack``, ``count``, ``unreleased``,
-    ``oldest_age``), most instances first. JSON-ready.
+    ``oldest_age``), most unreleased first. JSON-ready.
     """
     now = time.monotonic()
-    return {name: _summary(entry, now) for name, entry in sorted(list(_entries.items()))}
+    by_entry: dict[int, list[_Record]] = {}
+    for rec in list(_records.values()):  # one pass over the records, not one per type
+        by_entry.setdefault(id(rec.entry), []).append(rec)
+    return {
+        name: _summary(entry, now, by_entry.get(id(entry), []))
+        for name, entry in sorted(list(_entries.items()))
+    }
 
 
 class Counts(NamedTuple):
@@ -766,4 +771,4 @@ def counts() -> dict[str, Counts]:
 def entry_summary(name: str) -> dict[str, Any] | None:
     """``live_objects()[name]`` for one type, or ``None`` when it is not tracked."""
     entry = _entries.get(name)
-    return None if entry is None else _summary(entry, time.monotonic())
+    return None if entry is None else _summary(entry, time.monotonic(), entry.records())
