@@ -230,7 +230,11 @@ class TrackingComponent(Component):
         if figures.max_live is not None and figures.live > figures.max_live:
             reasons.append("max_live")
         state.points.append((now, float(figures.unreleased)))
-        growth = judge_growth(state.points, window)
+        # Four strict rises from zero need at least four unreleased instances: most types
+        # never get there, and their sample costs no trend fit.
+        growth = None
+        if figures.unreleased >= GROWTH_WINDOWS:
+            growth = judge_growth(state.points, window)
         if growth is not None:
             reasons.append("growing")
         collected = figures.collected_unreleased
