@@ -9,6 +9,23 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+# Other installed plugins, off in the subprocesses: they triple pytest's start-up time and
+# have nothing to do with these checks. runtime_guard itself loads through its entry point.
+ARGS = (
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:hypothesispytest",
+    "-p",
+    "no:benchmark",
+    "-p",
+    "no:memray",
+    "-p",
+    "no:anyio",
+    "-p",
+    "no:timeout",
+)
+
 # Known-leaky bodies: each leaking line carries a "# LEAK: <name>" comment so the test can
 # check that the failure names that very line.
 LEAKY = """
@@ -173,7 +190,7 @@ def _write(pytester: pytest.Pytester, name: str, source: str) -> str:
 def test_known_leaky_bodies_fail_naming_the_leaking_line(pytester: pytest.Pytester) -> None:
     """Each known-leaky body fails, and its failure names the line that leaks."""
     source = _write(pytester, "test_leaky", LEAKY)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*ARGS)
     result.assert_outcomes(failed=4)
     output = result.stdout.str()
     for test, marker, function in [
@@ -194,18 +211,30 @@ def test_known_leaky_bodies_fail_naming_the_leaking_line(pytester: pytest.Pytest
 def test_referrer_chain_names_the_module_level_root(pytester: pytest.Pytester) -> None:
     """The failure shows which module-level name holds the leaked objects."""
     _write(pytester, "test_leaky", LEAKY)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "list_append")
+    result = pytester.runpytest_subprocess(*ARGS, "-k", "list_append")
     result.assert_outcomes(failed=1)
     section = _section(result.stdout.str(), "test_list_append")
     assert "held by: test_leaky.EVENTS (list) -> dict" in section, section
     assert "growing types (per round): dict +200" in section, section
+    assert "per round: +" not in section  # the per-round figures are -v detail
+
+
+def test_verbose_failure_shows_rounds_and_tracebacks(pytester: pytest.Pytester) -> None:
+    """With -v the failure adds each round's growth and the allocation tracebacks."""
+    source = _write(pytester, "test_leaky", LEAKY)
+    result = pytester.runpytest_subprocess(*ARGS, "-v", "-k", "list_append")
+    result.assert_outcomes(failed=1)
+    section = _section(result.stdout.str(), "test_list_append")
+    assert re.search(r"per round: (\+[\d,]+, ){4}\+[\d,]+", section), section
+    line = _line(source, "list")
+    assert f"test_leaky.py:{line}: EVENTS.append(" in section, section
 
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_clean_bodies_pass_every_time(pytester: pytest.Pytester, attempt: int) -> None:
     """Bodies with first-call state and bounded caches pass, run after run."""
     _write(pytester, "test_clean", CLEAN)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*ARGS)
     result.assert_outcomes(passed=7, warnings=1)
 
 
@@ -259,7 +288,7 @@ def test_redis_client_per_call_fails_naming_its_creation_site(
     """A client made per call and never closed fails with its creation line; reuse passes."""
     monkeypatch.setenv("LEAK_TEST_REDIS_URL", redis_server.url)  # type: ignore[attr-defined]
     source = _write(pytester, "test_redis_leak", REDIS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--durations=5")
+    result = pytester.runpytest_subprocess(*ARGS, "--durations=5")
     result.assert_outcomes(failed=1, passed=2)
     section = _section(result.stdout.str(), "test_client_per_call")
     line = _line(source, "redis")
@@ -269,3 +298,343 @@ def test_redis_client_per_call_fails_naming_its_creation_site(
         rf"\d+ x redis.Redis created at test_redis_leak.py:{line} in fetch_user", section
     )
     assert "socket.socket opened at" in section or "socket:[" in section
+
+
+UNMARKED = """
+import sys
+import tracemalloc
+
+calls = []
+EVENTS = []
+
+
+def test_runs_once_without_tracing():
+    calls.append(1)
+    assert not tracemalloc.is_tracing()
+    assert "runtime_guard._leakcheck" not in sys.modules
+
+
+def test_leaky_but_unmarked():
+    EVENTS.append(bytes(1_000_000))
+
+
+def test_ran_once():
+    assert calls == [1]
+"""
+
+
+def test_unmarked_tests_are_left_alone(pytester: pytest.Pytester) -> None:
+    """A test that asks for no check runs once, untraced, and is never judged."""
+    _write(pytester, "test_unmarked", UNMARKED)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(passed=3)
+
+
+COUNTS = """
+import pytest
+
+runs = {"clean": 0, "leaky": 0}
+EVENTS = []
+
+
+@pytest.mark.no_leaks(rounds=3, warmup=1)
+def test_clean():
+    runs["clean"] += 1
+
+
+@pytest.mark.no_leaks(rounds=3, warmup=1)
+def test_leaky():
+    runs["leaky"] += 1
+    EVENTS.append(bytearray(100_000))
+
+
+def test_counts():
+    assert runs == {"clean": 2, "leaky": 5}
+"""
+
+
+def test_body_runs_warmup_then_rounds_and_stops_early_when_clean(
+    pytester: pytest.Pytester,
+) -> None:
+    """Warm-up runs come first; a clean round ends the check; a leak gets one diagnosis run."""
+    _write(pytester, "test_counts", COUNTS)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(passed=2, failed=1)
+    section = _section(result.stdout.str(), "test_leaky")
+    assert "1 warm-up runs, then 3 measured rounds" in section
+    assert "+97.7 KiB/round" in section, section
+
+
+SHAPES = """
+import asyncio
+
+import pytest
+
+EVENTS = []
+
+
+@pytest.mark.no_leaks
+@pytest.mark.parametrize("size", [10, 100_000])
+def test_param(size):
+    EVENTS.append(bytes(size))  # LEAK: param
+
+
+@pytest.mark.no_leaks
+class TestHandlers:
+    def test_clean(self):
+        assert sum(range(100)) == 4950
+
+    def test_leaky(self):
+        EVENTS.append(bytes(50_000))  # LEAK: method
+
+
+@pytest.mark.asyncio
+@pytest.mark.no_leaks
+async def test_async_clean():
+    await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.no_leaks
+async def test_async_leaky():
+    await asyncio.sleep(0)
+    EVENTS.append(bytes(50_000))  # LEAK: async
+"""
+
+
+def _check_shapes(result: pytest.RunResult, source: str) -> None:
+    result.assert_outcomes(passed=3, failed=3)
+    output = result.stdout.str()
+    for test, marker in [
+        ("test_param[100000]", "param"),
+        ("TestHandlers.test_leaky", "method"),
+        ("test_async_leaky", "async"),
+    ]:
+        assert f"test_shapes.py:{_line(source, marker)} in " in _section(output, test)
+
+
+def test_parametrized_class_and_async_tests(pytester: pytest.Pytester) -> None:
+    """Parametrized cases, methods of a marked class and asyncio tests are each judged."""
+    source = _write(pytester, "test_shapes", SHAPES)
+    _check_shapes(pytester.runpytest_subprocess(*ARGS), source)
+
+
+def test_xdist_workers(pytester: pytest.Pytester) -> None:
+    """Under pytest-xdist each worker checks its own tests with the same verdicts."""
+    source = _write(pytester, "test_shapes", SHAPES)
+    result = pytester.runpytest_subprocess(*ARGS, "-p", "xdist", "-n", "2")
+    _check_shapes(result, source)
+
+
+GUARD_CONFTEST = """
+import pytest
+
+import runtime_guard
+
+
+@pytest.fixture(autouse=True, scope="session")
+def guard():
+    guard = runtime_guard.install(interval=0.01)
+    yield guard
+    runtime_guard.uninstall()
+"""
+
+
+def test_with_the_process_wide_guard_installed(pytester: pytest.Pytester) -> None:
+    """The guard sampling on its own thread does not turn clean tests into leaks."""
+    pytester.makeconftest(GUARD_CONFTEST)
+    source = _write(pytester, "test_shapes", SHAPES)
+    _write(pytester, "test_clean", CLEAN)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(passed=10, failed=3, warnings=1)
+    output = result.stdout.str()
+    assert f"test_shapes.py:{_line(source, 'method')} in " in _section(
+        output, "TestHandlers.test_leaky"
+    )
+
+
+FIXTURE = """
+import asyncio
+
+import pytest
+
+EVENTS = []
+
+
+def clean(n):
+    return sum(range(n))
+
+
+def leaky(n):
+    EVENTS.append(bytes(n))  # LEAK: sync
+
+
+async def aclean():
+    await asyncio.sleep(0)
+
+
+async def aleaky():
+    await asyncio.sleep(0)
+    EVENTS.append(bytes(50_000))  # LEAK: async
+
+
+def test_call_clean(leak_check):
+    result = leak_check(clean, 100)
+    assert not result.leaked and result.rounds_run == 1
+
+
+def test_call_leaky(leak_check):
+    leak_check(leaky, 50_000, rounds=3)
+
+
+def test_coroutine_in_sync_test_clean(leak_check):
+    leak_check(aclean)
+
+
+def test_coroutine_in_sync_test_leaky(leak_check):
+    leak_check(aleaky)
+
+
+@pytest.mark.asyncio
+async def test_awaited_clean(leak_check):
+    await leak_check(aclean)
+
+
+@pytest.mark.asyncio
+async def test_awaited_leaky(leak_check):
+    await leak_check(aleaky)
+
+
+def test_block_clean(leak_check):
+    with leak_check() as rounds:
+        for _ in rounds:
+            clean(10)
+
+
+def test_block_leaky(leak_check):
+    with leak_check(rounds=3) as rounds:
+        for _ in rounds:
+            leaky(50_000)
+"""
+
+
+def test_leak_check_fixture_call_and_block_forms(pytester: pytest.Pytester) -> None:
+    """leak_check judges sync and async callables and blocks; leaks name their line."""
+    source = _write(pytester, "test_fixture", FIXTURE)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(passed=4, failed=4)
+    output = result.stdout.str()
+    for test, marker in [
+        ("test_call_leaky", "sync"),
+        ("test_coroutine_in_sync_test_leaky", "async"),
+        ("test_awaited_leaky", "async"),
+        ("test_block_leaky", "sync"),
+    ]:
+        section = _section(output, test)
+        assert f"test_fixture.py:{_line(source, marker)} in " in section, section
+    assert "then 3 measured rounds" in _section(output, "test_block_leaky")
+
+
+UNRELEASED = """
+import pytest
+
+
+class Client:
+    def close(self):
+        pass
+
+
+_kept = []
+
+
+def connect():
+    client = Client()  # LEAK: client
+    _kept.append(client)
+    return client
+
+
+@pytest.mark.no_unreleased("test_unreleased.Client")
+def test_never_closed():
+    connect()
+
+
+@pytest.mark.no_unreleased.with_args(Client)
+def test_closed():
+    connect().close()
+
+
+@pytest.mark.no_unreleased("test_unreleased.Client")
+def test_collected_without_close():
+    Client()
+
+
+@pytest.mark.no_leaks(track=["test_unreleased.Client"])
+def test_track_argument():
+    connect()
+"""
+
+
+def test_unreleased_clients_fail_with_their_creation_site(pytester: pytest.Pytester) -> None:
+    """A tracked client still open at the end fails the test; closed or collected ones pass."""
+    source = _write(pytester, "test_unreleased", UNRELEASED)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(passed=2, failed=2)
+    output = result.stdout.str()
+    site = f"test_unreleased.Client created at test_unreleased.py:{_line(source, 'client')}"
+    assert f"1 x {site} in connect" in _section(output, "test_never_closed")
+    tracked = _section(output, "test_track_argument")
+    assert "unreleased tracked clients grew in every round: +1 clients/round" in tracked
+    assert site in tracked
+
+
+OPTIONS = """
+EVENTS = []
+
+
+def test_unmarked_leaky():
+    EVENTS.append(bytes(8_000))
+"""
+
+OPTIONS_INI = """
+[pytest]
+leak_check = true
+leak_check_rounds = 3
+leak_check_tolerance = 1KB
+"""
+
+
+def test_leak_check_option_applies_to_every_test(pytester: pytest.Pytester) -> None:
+    """--leak-check judges unmarked tests, with the default 16KB tolerance forgiving 8KB."""
+    _write(pytester, "test_options", OPTIONS)
+    pytester.runpytest_subprocess(*ARGS, "--leak-check").assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(*ARGS, "--leak-check", "--leak-check-tolerance=4KB")
+    result.assert_outcomes(failed=1)
+    assert "tolerance 4KB" in result.stdout.str()
+
+
+def test_options_precedence_cli_over_environment_over_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ini values apply, the environment overrides them, and the command line both."""
+    _write(pytester, "test_options", OPTIONS)
+    pytester.makeini(OPTIONS_INI)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(failed=1)
+    assert "then 3 measured rounds" in result.stdout.str()
+    monkeypatch.setenv("RUNTIME_GUARD_LEAK_CHECK_ROUNDS", "4")
+    result = pytester.runpytest_subprocess(*ARGS)
+    assert "then 4 measured rounds" in result.stdout.str()
+    result = pytester.runpytest_subprocess(*ARGS, "--leak-check-rounds=6")
+    assert "then 6 measured rounds" in result.stdout.str()
+    monkeypatch.setenv("RUNTIME_GUARD_LEAK_CHECK_TOLERANCE", "64KB")
+    pytester.runpytest_subprocess(*ARGS).assert_outcomes(passed=1)
+
+
+def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+    """A bad size or count stops the run with a message naming the option and the form."""
+    _write(pytester, "test_options", OPTIONS)
+    result = pytester.runpytest_subprocess(*ARGS, "--leak-check-tolerance=lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--leak-check-tolerance='lots' is not accepted: expected *512MB*"]
+    )
