@@ -635,41 +635,42 @@ class TrackedInstance:
     state: str
     """``"live"`` (alive, unreleased) or ``"collected"`` (collected without release)."""
     created: float
-    """When it was created (``time.monotonic()``), comparable with :func:`marker`."""
+    """When it was created, in ``time.monotonic()`` seconds."""
 
     def __str__(self) -> str:
         what = "collected without release" if self.state == "collected" else "live, unreleased"
         return f"{self.type} created at {self.site} ({what}, {self.age:.1f}s old)"
 
 
-def marker() -> float:
-    """A point in time for :func:`unreleased_since` (``time.monotonic()``).
+def marker() -> int:
+    """A point in time for :func:`unreleased_since` (``time.monotonic_ns()``).
 
     The first call also starts remembering the last 1000 collections without release,
     which only :func:`unreleased_since` needs.
     """
     global _recent_wanted
     _recent_wanted = True
-    return time.monotonic()
+    return time.monotonic_ns()
 
 
-def unreleased_since(mark: float, *, collected: bool = True) -> list[TrackedInstance]:
-    """Unreleased instances created after ``mark``: live ones, then (with ``collected``)
-    those collected without release, each with its site; oldest first.
+def unreleased_since(mark: int, *, collected: bool = True) -> list[TrackedInstance]:
+    """Unreleased instances created after ``mark`` (from :func:`marker`): live ones and,
+    with ``collected``, those collected without release, each with its site; oldest first.
 
     Collected ones are remembered for the last 1000 such collections only.
     """
+    since = mark / 1e9
     now = time.monotonic()
     out = [
         TrackedInstance(rec.entry.name, rec.site, now - rec.created, "live", rec.created)
         for rec in list(_records.values())
-        if rec.created > mark and rec.state == UNRELEASED
+        if rec.created > since and rec.state == UNRELEASED
     ]
     if collected:
         out.extend(
             TrackedInstance(rec.entry.name, rec.site, now - rec.created, "collected", rec.created)
             for rec in list(_recent_collected)
-            if rec.created > mark
+            if rec.created > since
         )
     out.sort(key=lambda item: item.created)
     return out
