@@ -18,12 +18,14 @@ after ``leak_repeat_after`` seconds.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
 import tracemalloc
 from collections import deque
 from dataclasses import dataclass, field
+from statistics import median
 from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
@@ -82,6 +84,8 @@ _REPORT_FILE_SECONDS = 300.0
 _MIN_TRACE_SECONDS = 1.0
 
 _CHAIN_DEPTH = 8
+# Types that grew by fewer instances than this in a diagnosis window get no chain.
+_MIN_CHAIN_GROWTH = 10
 _CHAIN_SECONDS = 0.5
 _TOP = 10
 
@@ -320,17 +324,20 @@ class LeakDetector(Component):
         if len(floors) < n + 1:
             return None
         min_rate = float(self._config.leak_min_rate)
-        step = min_rate * self._config.leak_window / 60.0 * _MIN_STEP_SHARE
+        per_window = min_rate * self._config.leak_window / 60.0
         times = [t / 60.0 for t, _, _ in floors]
         heap = [h for _, h, _ in floors]
         rss = [r for _, _, r in floors]
-        for metric, values, min_step in (
-            ("heap", heap, step / _BYTES_PER_BLOCK),
-            ("rss", rss, step),
-        ):
-            if not sustained_growth(values, n, min_step):
+        for metric, values, scale in (("heap", heap, _BYTES_PER_BLOCK), ("rss", rss, 1)):
+            if not sustained_growth(values, n, per_window * _MIN_STEP_SHARE / scale):
                 continue
-            run = _rising_run(values, min_step)
+            # The typical recent step must reach the minimum rate on its own: a floor that
+            # creeps a little every window plus one big step (a pool filling) is no leak,
+            # though its Theil-Sen slope over a few windows would say so.
+            steps = [b - a for a, b in itertools.pairwise(values[-(n + 1) :])]
+            if median(steps) * scale < per_window:
+                continue
+            run = _rising_run(values, per_window * _MIN_STEP_SHARE / scale)
             # The rate comes from the recent floors only, so a change of rate shows within
             # a few windows; the duration from the whole rising run.
             first = len(floors) - run - 1
@@ -341,10 +348,12 @@ class LeakDetector(Component):
                 # Even at pymalloc's largest block the heap cannot explain what RSS gains
                 # (a Python int per native buffer, say): the growth is RSS's, judged below.
                 continue
-            rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK) if metric == "heap" else rss_rate
-            if rate >= min_rate:
-                duration = (times[-1] - times[first]) * 60.0
-                return _Verdict(metric, rate, heap_rate, rss_rate, duration)
+            own_rate = heap_rate * _BYTES_PER_BLOCK if metric == "heap" else rss_rate
+            if own_rate < min_rate:
+                continue
+            rate = max(rss_rate, own_rate)
+            duration = (times[-1] - times[first]) * 60.0
+            return _Verdict(metric, rate, heap_rate, rss_rate, duration)
         return None
 
     def _begin(self, verdict: _Verdict, sample: Sample) -> None:
@@ -558,8 +567,9 @@ def _chain_type(growing: list[TypeGrowth]) -> str | None:
 
     A recent ``dict`` or ``list`` could be anyone's, so a defined class growing at least a
     quarter as fast wins over a builtin; with the top site known, the instance search then
-    picks one allocated there anyway.
+    picks one allocated there anyway. A handful of new objects explains nothing.
     """
+    growing = [g for g in growing if g.growth >= _MIN_CHAIN_GROWTH]
     if not growing:
         return None
     top = growing[0]

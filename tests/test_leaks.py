@@ -380,13 +380,18 @@ def test_rss_only_growth_is_reported_as_rss(feed: Any) -> None:
         ),
         # a cache warming to a plateau within two windows after the warm-up
         (lambda t: 100_000 + min(t, 35) * 1000, lambda t: 200 * MB + min(t, 35) * 0.2 * MB),
+        # a floor creeping below the minimum rate (the guard's own history) plus a big step
+        (
+            lambda t: 100_000 + t * 12 + (200_000 if t > 50 else 0),
+            lambda t: 200 * MB + t * 2000 + (110 * MB if t > 50 else 0),
+        ),
         # growth below the minimum rate
         (_linear(100_000, 0.5 * MB / 80), _linear(200 * MB, 0.5 * MB)),
     ],
-    ids=["sawtooth", "step", "plateau", "slow"],
+    ids=["sawtooth", "step", "plateau", "creep_and_step", "slow"],
 )
 def test_no_suspicion_without_sustained_growth(feed: Any, heap: Any, rss: Any) -> None:
-    """Sawtooth, step, plateau and sub-minimum growth never give a suspicion."""
+    """Sawtooth, steps, plateau and sub-minimum growth never give a suspicion."""
     f = feed()
     f.run(150, heap=heap, rss=rss)
     assert f.reports == []
