@@ -63,6 +63,24 @@ class CapacityLog:
         with self.lock:
             self.inside -= 1
 
+    def rounds(self, count: int) -> None:
+        """Enter and leave the limiter ``count`` times from this thread."""
+        for _ in range(count):
+            start = self.start()
+            with self.lim:
+                self.enter(start)
+                time.sleep(0)
+                self.leave()
+
+    async def rounds_async(self, count: int) -> None:
+        """Enter and leave the limiter ``count`` times from this task."""
+        for _ in range(count):
+            start = self.start()
+            async with self.lim:
+                self.enter(start)
+                await asyncio.sleep(0)
+                self.leave()
+
 
 def test_acquire_beyond_capacity_times_out_with_a_clear_error() -> None:
     """A full limiter makes the next caller wait, then raise LimiterTimeout naming it."""
@@ -150,14 +168,6 @@ def test_fifty_threads_with_changing_capacity() -> None:
     stop = threading.Event()
     rounds = 60
 
-    def worker() -> None:
-        for _ in range(rounds):
-            start = log.start()
-            with lim:
-                log.enter(start)
-                time.sleep(0)
-                log.leave()
-
     def controller() -> None:
         rng = random.Random(5)
         while not stop.is_set():
@@ -165,7 +175,7 @@ def test_fifty_threads_with_changing_capacity() -> None:
             time.sleep(0.0005)
         log.change(8)
 
-    workers = [threading.Thread(target=worker) for _ in range(50)]
+    workers = [threading.Thread(target=log.rounds, args=(rounds,)) for _ in range(50)]
     changer = threading.Thread(target=controller)
     changer.start()
     for thread in workers:
@@ -191,14 +201,6 @@ async def test_five_hundred_tasks_with_capacity_changed_from_another_thread() ->
     log = CapacityLog(lim)
     stop = threading.Event()
 
-    async def worker() -> None:
-        for _ in range(4):
-            start = log.start()
-            async with lim:
-                log.enter(start)
-                await asyncio.sleep(0)
-                log.leave()
-
     def thread_controller() -> None:
         rng = random.Random(7)
         while not stop.is_set():
@@ -215,7 +217,7 @@ async def test_five_hundred_tasks_with_capacity_changed_from_another_thread() ->
     in_loop = asyncio.ensure_future(task_controller())
     try:
         async with asyncio.timeout(120):
-            workers = [asyncio.ensure_future(worker()) for _ in range(500)]
+            workers = [asyncio.ensure_future(log.rounds_async(4)) for _ in range(500)]
             await asyncio.wait(workers, timeout=60)
             stop.set()
             await in_loop
@@ -235,26 +237,10 @@ def test_threads_and_tasks_share_one_limiter() -> None:
     lim = Limiter("mixed", 3, {})
     log = CapacityLog(lim)
 
-    def thread_worker() -> None:
-        for _ in range(30):
-            start = log.start()
-            with lim:
-                log.enter(start)
-                time.sleep(0)
-                log.leave()
-
-    async def task_worker() -> None:
-        for _ in range(10):
-            start = log.start()
-            async with lim:
-                log.enter(start)
-                await asyncio.sleep(0)
-                log.leave()
-
     async def many_tasks() -> None:
-        await asyncio.gather(*(task_worker() for _ in range(50)))
+        await asyncio.gather(*(log.rounds_async(10) for _ in range(50)))
 
-    threads = [threading.Thread(target=thread_worker) for _ in range(10)]
+    threads = [threading.Thread(target=log.rounds, args=(30,)) for _ in range(10)]
     threads += [threading.Thread(target=asyncio.run, args=(many_tasks(),)) for _ in range(2)]
     for thread in threads:
         thread.start()
