@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from leaky import handle
+from leaky import GUARDED, handle
 
 from runtime_guard.integrations.asgi import GuardMiddleware, lifespan
 
-app = FastAPI(lifespan=lifespan())
-app.add_middleware(GuardMiddleware, exempt=("/admin",), metrics_path="/metrics")
+app = FastAPI(lifespan=lifespan() if GUARDED else None)
+if GUARDED:
+    app.add_middleware(GuardMiddleware, exempt=("/admin",), metrics_path="/metrics")
 
 
 @app.get("/")

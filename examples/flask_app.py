@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, jsonify
-from leaky import handle
+from leaky import GUARDED, handle
 
 from runtime_guard.integrations.flask import init_app
 
 app = Flask(__name__)
 # The gunicorn hooks install the guard in each worker after the fork; the middleware finds
 # it at request time.
-init_app(app, install=False, exempt=("/admin",), metrics_path="/metrics")
+if GUARDED:
+    init_app(app, install=False, exempt=("/admin",), metrics_path="/metrics")
 
 
 @app.get("/")

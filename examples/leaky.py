@@ -5,9 +5,10 @@
 - ``cache``: an unbounded module-level cache that keeps every response (``CACHE_BYTES`` each);
 - ``redis``: a new Redis client per request, kept and never closed.
 
-Two optional features are declared for shedding: ``recommendations`` (shed at HIGH) and
+Two optional features are declared for shedding: ``recommendations`` (shed at HIGH; it
+holds a ``EXAMPLE_MODEL_MB`` model in memory, dropped while shed and loaded again after) and
 ``analytics`` (a sheddable function, shed at ELEVATED). ``EXAMPLE_REDIS_URL`` says where Redis
-is (default ``redis://127.0.0.1:6379/0``).
+is (default ``redis://127.0.0.1:6379/0``). ``EXAMPLE_GUARD=0`` runs the apps without the guard.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 from typing import Any
 
 import runtime_guard
@@ -23,9 +25,21 @@ LEAKS = frozenset(filter(None, os.environ.get("EXAMPLE_LEAK", "").split(",")))
 """Which leaks are switched on."""
 REDIS_URL = os.environ.get("EXAMPLE_REDIS_URL", "redis://127.0.0.1:6379/0")
 CACHE_BYTES = int(os.environ.get("EXAMPLE_CACHE_BYTES", str(64 * 1024)))
+MODEL_MB = int(os.environ.get("EXAMPLE_MODEL_MB", "16"))
+GUARDED = os.environ.get("EXAMPLE_GUARD", "1") != "0"
+"""Whether the apps install the guard (``EXAMPLE_GUARD=0``: the same app, unguarded)."""
 
-recommendations = runtime_guard.feature("recommendations", shed_at="high")
-"""An optional, memory-hungry part of each response."""
+_model: list[bytes] | None = None
+_model_lock = threading.Lock()  # one load at a time, or each handler thread loads its own
+
+
+def _drop_model() -> None:
+    global _model
+    _model = None
+
+
+recommendations = runtime_guard.feature("recommendations", shed_at="high", on_shed=_drop_model)
+"""An optional, memory-hungry part of each response: its model is dropped while shed."""
 
 _counter = itertools.count()
 _responses: dict[int, bytes] = {}  # the unbounded cache: nothing ever evicts
@@ -61,5 +75,17 @@ def handle(path: str) -> dict[str, Any]:
         connect_per_request()
     body: dict[str, Any] = {"request": n, "pid": os.getpid(), "analytics": analytics(path)}
     if runtime_guard.enabled("recommendations"):
-        body["recommendations"] = [f"item-{(n * 7 + i) % 100}" for i in range(5)]
+        body["recommendations"] = recommend(n)
     return body
+
+
+def recommend(n: int) -> list[str]:
+    """Use the model, loading it first if needed (megabyte blocks: freed at once when dropped)."""
+    global _model
+    model = _model
+    if model is None:
+        with _model_lock:
+            model = _model
+            if model is None:
+                model = _model = [os.urandom(1 << 20) for _ in range(MODEL_MB)]
+    return [f"item-{model[i % len(model)][n % 1024]}" for i in range(5)] if model else []
