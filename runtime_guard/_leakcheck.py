@@ -213,9 +213,9 @@ def settle() -> None:
         with contextlib.suppress(Exception):
             clear()
     _clear_pytest_log_capture()
-    for _ in range(3):
-        if gc.collect() == 0:
-            break
+    gc.collect()
+    # Finalizers run by that collection may have left new cycles; they are young.
+    gc.collect(0)
 
 
 # -- figures ------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class LeakResult:
     sites: list[diagnosis.AllocationSite] = field(default_factory=list)
     """Allocation sites of the growth over the measured rounds, biggest first."""
     types: list[diagnosis.TypeGrowth] = field(default_factory=list)
-    """Types whose live count grew over one extra diagnosis round."""
+    """Objects allocated during the measured rounds and still alive, by type (``after``)."""
     chain: list[str] | None = None
     """Referrer chain from a module-level global to one of the grown objects."""
     new_fds: list[str] = field(default_factory=list)
@@ -413,8 +413,8 @@ class LeakCheck:
     """Runs a body ``warmup + rounds`` times and judges the figures between runs.
 
     Iterate it and run the body once per iteration; measurement happens between
-    iterations. After the loop :attr:`result` holds the verdict. One extra iteration may
-    follow a suspected leak: the diagnosis round, bracketed by a type census.
+    iterations. After the loop :attr:`result` holds the verdict and, for a leak, the
+    diagnosis: what survived the measured rounds, where it was allocated and what holds it.
     """
 
     def __init__(self, options: LeakCheckOptions, label: str = "test body") -> None:
@@ -426,7 +426,7 @@ class LeakCheck:
         self._latest: tracemalloc.Snapshot | None = None
         self._fds: dict[int, str] = {}
         self.finished = False
-        """True once every round (and any diagnosis round) has run."""
+        """True once every round has run."""
 
     def __iter__(self) -> Iterator[int]:
         options = self.options
@@ -464,18 +464,8 @@ class LeakCheck:
                     break
             if result.grown:
                 held = self._diagnose_traced()
-                # Counting a few hundred thousand objects under tracemalloc costs ten times
-                # as much as without; the census needs no tracebacks.
                 self._session.stop()
-                census_before = _census()
-                yield options.warmup + result.rounds_run
-                settle()
-                census_after = _census()
-                # The first census is alive during the second: it must not count as growth.
-                census_after["collections.Counter"] -= 1
-                for part in gc.get_referents(census_before):
-                    census_after[diagnosis.type_name(type(part))] -= 1
-                result.types = diagnosis.census_diff(census_before, census_after)
+                self._diagnose_untraced()
                 result.chain = _chain(held)
                 held.clear()
             result.unreleased = self._clients.unreleased()
@@ -510,90 +500,82 @@ class LeakCheck:
             figures["heap"].values.append(_traced_bytes(snapshot))
 
     def _diagnose_traced(self) -> list[object]:
-        """Sites, descriptor owners and leaked objects: the parts that need tracebacks."""
+        """Descriptor owners and leaked objects: the parts that need live tracebacks."""
         result = self.result
-        if self._baseline is not None and self._latest is not None:
-            result.sites = diagnosis.diff_snapshots(
-                self._baseline, self._latest, limit=10, exclude=_EXCLUDED_FILES[3:]
-            )
+        if self._baseline is None or self._latest is None:
+            return []
+        grown = [
+            stat
+            for stat in self._latest.compare_to(self._baseline, "lineno")
+            if stat.size_diff > 0 and not _excluded(stat.traceback[-1].filename)
+        ]
+        top = max(grown, key=lambda stat: stat.size_diff).traceback[-1] if grown else None
+        counts, held = _survivors(top)
+        self._result_fds()
+        result.types = [
+            diagnosis.TypeGrowth(name, 0, count) for name, count in counts.most_common(10)
+        ]
+        return held
+
+    def _result_fds(self) -> None:
+        result = self.result
         if "fds" in result.figures and result.figures["fds"].grew_every_round:
             opened = {fd: target for fd, target in _open_fds().items() if fd not in self._fds}
             result.new_fds = sorted(set(opened.values()))
             result.fd_owners = _fd_owners(set(opened))
-        if not result.sites:
-            return []
-        return _survivors(result.sites[0])
 
-
-def _heap_objects() -> list[object]:
-    """GC-tracked objects plus the untracked ones they hold, two levels down.
-
-    CPython stops tracking dicts and tuples that hold only atomic values, so a leak of
-    ``{"id": 1, "path": "..."}`` records, or a cache dict of strings, is invisible to
-    ``gc.get_objects()`` alone; two levels of referents bring them back. An object held
-    once.
-    """
-    tracked = gc.get_objects()
-    untracked = {
-        id(obj): obj for obj in itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked))
-    }
-    containers = [obj for obj in untracked.values() if type(obj) in (dict, tuple)]
-    for obj in itertools.filterfalse(gc.is_tracked, gc.get_referents(*containers)):
-        untracked.setdefault(id(obj), obj)
-    return tracked + list(untracked.values())
-
-
-# Counter's first look at a ``map`` makes every ABC cache ``map`` as a non-subclass (a weak
-# reference each): done here, so the diagnosis round's census does not count its own.
-Counter(map(type, ()))
-
-
-def _census(objects: list[object] | None = None) -> Counter[str]:
-    """Objects by type name: :func:`diagnosis.type_census` widened to untracked objects."""
-    objects = _heap_objects() if objects is None else objects
-    names: Counter[str] = Counter()
-    for cls, count in Counter(map(type, objects)).items():
-        names[diagnosis.type_name(cls)] += count
-    return names
+    def _diagnose_untraced(self) -> None:
+        # Naming each site's function parses its source file: slow under tracemalloc,
+        # which would trace every node of the syntax tree.
+        if self._baseline is not None and self._latest is not None:
+            self.result.sites = diagnosis.diff_snapshots(
+                self._baseline, self._latest, limit=10, exclude=_EXCLUDED_FILES[3:]
+            )
 
 
 _ATOMIC = (str, bytes, int, float, complex, bytearray)
 _CANDIDATES = 5
-_SEARCH_SECONDS = 0.25
 
 
-def _survivors(site: diagnosis.AllocationSite) -> list[object]:
-    """A few objects allocated at ``site`` during the rounds and still alive: leaked ones.
+def _survivors(site: tracemalloc.Frame | None) -> tuple[Counter[str], list[object]]:
+    """Objects allocated during the measured rounds and alive after them, by type name,
+    and a few of those allocated at ``site``: the leaked objects themselves.
 
-    Containers come first: an untracked string inside an untracked record has no referrer
-    that ``gc.get_referrers`` can see, the record itself has.
+    Every object is looked at: the GC-tracked ones and the untracked ones they hold, two
+    levels down, because CPython stops tracking dicts and tuples of atomic values (a leak
+    of ``{"id": 1, "path": "..."}`` records, or a cache dict of strings, is invisible to
+    ``gc.get_objects()`` alone). Only objects with a tracemalloc traceback were allocated
+    since the baseline. Containers come first among the leaked objects: an untracked
+    string inside an untracked record has no referrer ``gc.get_referrers`` can see.
     """
-    where = (site.filename, site.lineno)
     tracked = gc.get_objects()
-    objects = tracked + list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked)))
-    del tracked
+    untracked = list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked)))
+    containers = [obj for obj in untracked if type(obj) is dict or type(obj) is tuple]
+    deeper = list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*containers)))
+    del containers
+    where = None if site is None else (site.filename, site.lineno)
+    seen: set[int] = set()
+    by_type: Counter[type] = Counter()
     found: list[object] = []
     atomic: list[object] = []
-    checked = 0
-    deadline = time.monotonic() + _SEARCH_SECONDS
     try:
-        # Newest objects come last; the leaked ones are among them, so the search from the
-        # end finds them early; a time budget bounds the rest.
-        for obj in reversed(objects):
+        for obj in itertools.chain(tracked, untracked, deeper):
             traceback = tracemalloc.get_object_traceback(obj)
-            if traceback is None:
+            if traceback is None or id(obj) in seen:
                 continue
-            checked += 1
-            if checked % 256 == 0 and time.monotonic() > deadline:
-                break
-            if not any((f.filename, f.lineno) == where for f in traceback):
+            seen.add(id(obj))
+            last = traceback[-1]
+            if _excluded(last.filename):
                 continue
-            (atomic if isinstance(obj, _ATOMIC) else found).append(obj)
-            if len(found) >= _CANDIDATES:
-                break
+            by_type[type(obj)] += 1
+            if (last.filename, last.lineno) == where and len(found) < _CANDIDATES:
+                (atomic if isinstance(obj, _ATOMIC) else found).append(obj)
     finally:
-        del objects
-    return (found + atomic)[:_CANDIDATES]
+        del tracked, untracked, deeper
+    names: Counter[str] = Counter()
+    for cls, count in by_type.items():
+        names[diagnosis.type_name(cls)] += count
+    return names, (found + atomic)[:_CANDIDATES]
 
 
 def _chain(candidates: list[object]) -> list[str] | None:
@@ -614,15 +596,17 @@ def _fd_owners(fds: set[int]) -> list[str]:
     import socket
 
     owners: Counter[str] = Counter()
+    # Concrete classes only: an isinstance() check against the io.IOBase ABC would fill
+    # its cache with every type on the heap. Buffered and text files wrap a FileIO.
     for obj in gc.get_objects():
-        if not isinstance(obj, (io.IOBase, socket.socket)):
+        if not isinstance(obj, (io.FileIO, socket.socket)):
             continue
         try:
             fd = obj.fileno()
         except (OSError, ValueError):
             continue
-        if fd not in fds or isinstance(obj, io.TextIOWrapper | io.BufferedIOBase):
-            continue  # the raw FileIO underneath names the same descriptor once
+        if fd not in fds:
+            continue
         traceback = tracemalloc.get_object_traceback(obj)
         where = _first_user_frame(traceback) if traceback is not None else "unknown site"
         owners[f"{diagnosis.type_name(type(obj))} opened at {where}"] += 1
@@ -720,7 +704,9 @@ def _render(result: LeakResult, verbose: bool) -> str:
         if not verbose and hidden > 0:
             lines.append(f"    ... {hidden} more (-v shows all, with tracebacks)")
     if result.types:
-        shown = ", ".join(f"{g.type_name} {g.growth:+,}" for g in result.types[:limit])
+        shown = ", ".join(
+            f"{g.type_name} {_per_round(g.growth, rounds):+,.0f}" for g in result.types[:limit]
+        )
         lines.append(f"  growing types (per round): {shown}")
     if result.chain:
         lines.append(f"  held by: {diagnosis.format_chain(result.chain)}")

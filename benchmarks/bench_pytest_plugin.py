@@ -1,0 +1,269 @@
+"""Leak tests: runtime_guard's ``no_leaks`` against pytest-memray's ``limit_leaks``.
+
+The same known-leaky and clean test bodies run three times, each in its own pytest
+session: unmarked (the baseline), marked ``@pytest.mark.no_leaks`` (runtime_guard) and
+marked ``@pytest.mark.limit_leaks("16KB")`` (pytest-memray, from the ``bench`` extra). It
+prints, from this one run, whether each verdict was right and each test's wall time
+relative to the unmarked test, then the totals.
+
+    python benchmarks/bench_pytest_plugin.py
+
+The redis body needs ``redis-server`` on PATH; without it that body is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+TOLERANCE = "16KB"
+
+BODIES = """
+import atexit
+import functools
+import itertools
+import logging
+import os
+import re
+import sys
+import warnings
+
+import pytest
+
+ids = itertools.count()
+log = logging.getLogger("app")
+
+EVENTS = []
+_CACHE = {}
+_LOGS = []
+_HANDLERS = []
+_settings = None
+
+
+def record_event(request_id):
+    EVENTS.append({"id": request_id, "path": "/items/%d" % request_id})
+
+
+def lookup(key):
+    if key not in _CACHE:
+        _CACHE[key] = ("value-%s" % key) * 10
+    return _CACHE[key]
+
+
+def subscribe(topic):
+    def on_message(message):
+        return topic, message
+
+    _HANDLERS.append(on_message)
+
+
+def settings():
+    global _settings
+    if _settings is None:
+        _settings = {"key-%d" % i: list(range(50)) for i in range(500)}
+    return _settings
+
+
+@functools.lru_cache(maxsize=128)
+def render(n):
+    return "<p>%d</p>" % n * 20
+
+
+{mark}
+def test_leaky_list_append():
+    for _ in range(200):
+        record_event(next(ids))
+
+
+{mark}
+def test_leaky_dict_cache():
+    for _ in range(200):
+        lookup(next(ids))
+
+
+{mark}
+def test_leaky_open_file(tmp_path):
+    handle = open(tmp_path / ("%d.log" % next(ids)), "a")
+    handle.write("started\\n")
+    _LOGS.append(handle)
+
+
+{mark}
+def test_leaky_closure_registry():
+    for _ in range(200):
+        subscribe("topic-%d" % next(ids))
+
+
+{mark}
+def test_leaky_redis_client_per_call():
+    import redis
+
+    client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    atexit.register(client.close)
+    client.get("user:1")
+
+
+{mark}
+def test_clean_lazy_singleton():
+    assert settings()["key-1"][1] == 1
+
+
+{mark}
+def test_clean_bounded_lru_cache():
+    for _ in range(100):
+        render(next(ids))
+
+
+{mark}
+def test_clean_re_compile_cache():
+    for _ in range(100):
+        re.compile(r"item-%d-(\\w+)" % next(ids)).match("item-1-x")
+
+
+{mark}
+def test_clean_logging():
+    for _ in range(20):
+        log.warning("request %s handled", next(ids))
+
+
+{mark}
+def test_clean_string_interning():
+    for _ in range(1000):
+        sys.intern("key-%d" % next(ids))
+
+
+{mark}
+def test_clean_print_under_capture():
+    for _ in range(100):
+        print("handled request", next(ids))
+
+
+{mark}
+def test_clean_warning_once():
+    warnings.warn("call() is deprecated", UserWarning)
+"""
+
+# Plugins that play no part here; each variant keeps only the plugin it measures.
+_QUIET = ("no:cacheprovider", "no:hypothesispytest", "no:benchmark", "no:anyio", "no:timeout")
+
+VARIANTS = {
+    "plain": ("", ("no:memray", "no:runtime_guard")),
+    "runtime_guard": ("@pytest.mark.no_leaks", ("no:memray",)),
+    "pytest-memray": (f'@pytest.mark.limit_leaks("{TOLERANCE}")', ("no:runtime_guard",)),
+}
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    failed: bool
+    skipped: bool
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, None
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.terminate()
+    return None, None
+
+
+def _run(directory: Path, name: str, env: dict[str, str]) -> tuple[float, dict[str, Outcome]]:
+    mark, disabled = VARIANTS[name]
+    test_file = directory / f"test_{name.replace('-', '_')}.py"
+    test_file.write_text(textwrap.dedent(BODIES).replace("{mark}", mark))
+    report = directory / f"{name}.xml"
+    args = [sys.executable, "-m", "pytest", "-q", str(test_file), f"--junitxml={report}"]
+    for plugin in (*_QUIET, *disabled):
+        args += ["-p", plugin]
+    started = time.perf_counter()
+    subprocess.run(args, cwd=directory, env=env, stdout=subprocess.DEVNULL, check=False)
+    wall = time.perf_counter() - started
+    outcomes: dict[str, Outcome] = {}
+    for case in ET.parse(report).iter("testcase"):
+        outcomes[case.attrib["name"]] = Outcome(
+            seconds=float(case.attrib.get("time", 0.0)),
+            failed=case.find("failure") is not None or case.find("error") is not None,
+            skipped=case.find("skipped") is not None,
+        )
+    return wall, outcomes
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-pytest-plugin-") as tmp:
+        directory = Path(tmp)
+        redis_proc, redis_url = _start_redis(directory)
+        env = dict(os.environ)
+        env.pop("PYTEST_ADDOPTS", None)
+        env["BENCH_REDIS_URL"] = redis_url or "redis://127.0.0.1:1/0"
+        try:
+            results = {name: _run(directory, name, env) for name in VARIANTS}
+        finally:
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(10)
+
+    plain_wall, plain = results["plain"]
+    tests = [name for name in plain if not (redis_url is None and "redis" in name)]
+    print(f"leak tests: same bodies unmarked, under no_leaks and under limit_leaks({TOLERANCE})")
+    print(f"{'test':36} {'plain':>8} | {'runtime_guard':>22} | {'pytest-memray':>22}")
+    correct = dict.fromkeys(VARIANTS, 0)
+    totals = dict.fromkeys(VARIANTS, 0.0)
+    for test in tests:
+        expected_leak = test.startswith("test_leaky")
+        row = f"{test.removeprefix('test_'):36} {plain[test].seconds * 1000:6.0f}ms"
+        totals["plain"] += plain[test].seconds
+        for name in ("runtime_guard", "pytest-memray"):
+            outcome = results[name][1][test]
+            right = outcome.failed == expected_leak
+            correct[name] += right
+            totals[name] += outcome.seconds
+            verdict = ("leak" if outcome.failed else "clean") + (" ok " if right else " BAD")
+            ratio = outcome.seconds / max(plain[test].seconds, 1e-6)
+            row += f" | {verdict:10} {outcome.seconds * 1000:5.0f}ms x{ratio:5.1f}"
+        print(row)
+    print()
+    for name in ("runtime_guard", "pytest-memray"):
+        wall = results[name][0]
+        print(
+            f"{name:14} correct verdicts {correct[name]}/{len(tests)}; "
+            f"test time {totals[name]:.2f}s = x{totals[name] / max(totals['plain'], 1e-6):.1f} "
+            f"the plain tests ({totals['plain']:.2f}s); "
+            f"session wall {wall:.2f}s = x{wall / plain_wall:.2f} the plain session "
+            f"({plain_wall:.2f}s)"
+        )
+    if redis_url is None:
+        print("redis-server not found: the redis body was skipped")
+
+
+if __name__ == "__main__":
+    main()
