@@ -433,6 +433,7 @@ class SheddingComponent(Component):
                 if item.name in _shed:
                     _shed.discard(item.name)
                     _call(item.on_restore, item.name, "on_restore")
+            _shed.clear()
             apply_pressure(Pressure.OK, False)
 
 
