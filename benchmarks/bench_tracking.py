@@ -67,13 +67,17 @@ def construct_dropped(cls: type) -> Callable[[], object]:
     return run
 
 
+def header(title: str, base: str, other: str) -> None:
+    print(f"{title:<52} {base:>8} {other:>8} {'added':>8} {'ratio':>7}")
+
+
 def row(label: str, base: float, other: float, per: int = 1) -> None:
     added = (other - base) / per
     print(f"{label:<52} {base / per:8.3f} {other / per:8.3f} {added:+8.3f} {other / base:6.2f}x")
 
 
 def bench_constructions() -> None:
-    print(f"{'per construction (us)':<52} {'untracked':>8} {'tracked':>8} {'added':>8} {'ratio':>7}")
+    header("per construction (us)", "untracked", "tracked")
     per_call(construct_kept(Plain), NUMBER // 100)  # warm-up: allocator, caches
     kept_base = per_call(construct_kept(Plain), NUMBER // 100)
     drop_base = per_call(construct_dropped(Plain), NUMBER // 100)
@@ -123,13 +127,13 @@ def bench_imports() -> None:
         try:
             results: dict[str, list[float]] = {"without hook": [], "hook waiting": []}
             for rnd in range(ROUNDS):
-                for label in results:
+                for label, figures in results.items():
                     names = make_modules(directory, f"rg_bench_{label[0]}{rnd}", count)
                     importlib.invalidate_caches()
                     if label == "hook waiting":
                         tracking.track("rg_bench_never_imported.Thing")
                         assert watcher in sys.meta_path
-                    results[label].append(import_all(names))
+                    figures.append(import_all(names))
                     tracking.untrack_all()
                     for name in names:
                         sys.modules.pop(name, None)
@@ -137,7 +141,7 @@ def bench_imports() -> None:
             sys.path.remove(directory)
     base, hooked = min(results["without hook"]), min(results["hook waiting"])
     print()
-    print(f"{'per unrelated import (us)':<52} {'no hook':>8} {'hook':>8} {'added':>8} {'ratio':>7}")
+    header("per unrelated import (us)", "no hook", "hook")
     row(f"import of a fresh one-line module ({count} per round)", base, hooked)
     tracking.track("rg_bench_never_imported.Thing")
     lookup = per_call(lambda: watcher.find_spec("json", None), 200_000)
