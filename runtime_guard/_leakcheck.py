@@ -24,7 +24,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -430,6 +430,10 @@ class LeakCheck:
         """True once every round has run."""
 
     def __iter__(self) -> Iterator[int]:
+        return self.runs()
+
+    def runs(self) -> Generator[int, None, None]:
+        """The runs, one per iteration; close it to stop early (tracemalloc stops too)."""
         options = self.options
         yield from range(options.warmup)
         result = self.result
@@ -800,8 +804,9 @@ class LeakChecker:
 
     def _run(self, options: LeakCheckOptions, label: str, call: Callable[[], Any]) -> LeakResult:
         check = self._start(options, label)
-        for _ in check:
-            call()
+        with contextlib.closing(check.runs()) as runs:
+            for _ in runs:
+                call()
         return self._judge(check)
 
     async def _run_async(
@@ -813,8 +818,9 @@ class LeakChecker:
         kwargs: dict[str, Any],
     ) -> LeakResult:
         check = self._start(options, label)
-        for _ in check:
-            await fn(*args, **kwargs)
+        with contextlib.closing(check.runs()) as runs:
+            for _ in runs:
+                await fn(*args, **kwargs)
         return self._judge(check)
 
 
@@ -826,11 +832,15 @@ class LeakBlock:
         self._judge = judge
         self.result: LeakResult | None = None
         """The verdict, once the block has ended cleanly."""
+        self._runs: Generator[int, None, None] | None = None
 
-    def __enter__(self) -> LeakCheck:
-        return self._check
+    def __enter__(self) -> Iterator[int]:
+        self._runs = self._check.runs()
+        return self._runs
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if self._runs is not None:
+            self._runs.close()
         if exc_type is not None:
             return
         if not self._check.finished:

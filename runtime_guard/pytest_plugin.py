@@ -8,6 +8,7 @@ the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from collections.abc import Callable, Generator
@@ -162,7 +163,7 @@ def _marker_options(item: pytest.Function, settings: _Settings) -> LeakCheckOpti
                 raise ValueError("no_unreleased takes classes or dotted names only")
             options = options.replace(track=options.track + unreleased.args, unreleased=True)
     except ValueError as exc:
-        raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        _fail(f"{item.nodeid}: {exc}")
     if options.track:
         options = options.replace(unreleased=True)
     if leaks is None and not settings.enabled:
@@ -183,8 +184,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     check = LeakCheck(options, label=pyfuncitem.nodeid)
 
     def repeated(*args: Any, **kwargs: Any) -> None:
-        for _ in check:
-            original(*args, **kwargs)
+        with contextlib.closing(check.runs()) as runs:
+            for _ in runs:
+                original(*args, **kwargs)
 
     pyfuncitem.obj = repeated
     try:

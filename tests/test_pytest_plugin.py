@@ -638,3 +638,64 @@ def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(
         ["*--leak-check-tolerance='lots' is not accepted: expected *512MB*"]
     )
+
+
+BAD_MARKERS = """
+import pytest
+
+
+@pytest.mark.no_leaks(rounds=0)
+def test_no_rounds():
+    pass
+
+
+@pytest.mark.no_leaks(tolerance="a lot")
+def test_bad_tolerance():
+    pass
+
+
+@pytest.mark.no_leaks(check=["heap", "rss"])
+def test_unknown_figure():
+    pass
+"""
+
+
+def test_bad_marker_arguments_fail_the_test_naming_the_argument(
+    pytester: pytest.Pytester,
+) -> None:
+    """A bad marker argument fails that test with the argument, the value and the form."""
+    _write(pytester, "test_bad_markers", BAD_MARKERS)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(failed=3)
+    output = result.stdout.str()
+    assert "rounds=0 is not accepted: expected a whole number of at least 1" in output
+    assert "tolerance='a lot' is not accepted: expected a byte count" in output
+    assert "check=['heap', 'rss'] is not accepted: expected some of 'heap', 'objects'" in output
+
+
+RAISING = """
+import tracemalloc
+
+import pytest
+
+runs = []
+
+
+@pytest.mark.no_leaks
+def test_fails_in_warmup():
+    runs.append(1)
+    assert len(runs) < 2
+
+
+def test_tracing_stopped_after_the_failure():
+    assert runs == [1, 1]
+    assert not tracemalloc.is_tracing()
+"""
+
+
+def test_a_failing_body_fails_as_itself_and_stops_the_check(pytester: pytest.Pytester) -> None:
+    """An assertion in any run is the test's failure, shown as usual; the check is undone."""
+    _write(pytester, "test_raising", RAISING)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*assert 2 < 2*"])
