@@ -39,6 +39,7 @@ __all__ = [
     "LeakCheckOptions",
     "LeakChecker",
     "LeakResult",
+    "Unreleased",
     "settle",
 ]
 
@@ -51,6 +52,8 @@ _BYTES_PER_OBJECT = 64
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
+_PYTEST_FILES = ("*/_pytest/*", "*/pluggy/*")
+
 # Allocations whose most recent frame is here are the measurement, pytest's own call
 # machinery or a one-time import; none of them is the code under test.
 _EXCLUDED_FILES = (
@@ -58,8 +61,7 @@ _EXCLUDED_FILES = (
     tracemalloc.__file__,
     "<frozen importlib._bootstrap>",
     "<frozen importlib._bootstrap_external>",
-    "*/_pytest/*",
-    "*/pluggy/*",
+    *_PYTEST_FILES,
 )
 
 
@@ -534,7 +536,7 @@ class LeakCheck:
         # which would trace every node of the syntax tree.
         if self._baseline is not None and self._latest is not None:
             self.result.sites = diagnosis.diff_snapshots(
-                self._baseline, self._latest, limit=10, exclude=_EXCLUDED_FILES[3:]
+                self._baseline, self._latest, limit=10, exclude=_PYTEST_FILES
             )
 
 
