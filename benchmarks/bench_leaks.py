@@ -157,7 +157,7 @@ def child(kind: str, arg: str, seconds: float) -> None:
 # -- this process: slowdown and per-sample cost --------------------------------------------
 
 
-def alloc_loop(n: int = 100_000) -> float:
+def alloc_loop(n: int = 30_000) -> float:
     """An allocation-heavy loop (dicts and lists, most freed, some kept): seconds taken."""
     keep: collections.deque[object] = collections.deque(maxlen=5000)
     begun = time.perf_counter()
@@ -317,7 +317,7 @@ def main() -> None:
     window_total = statistics.median(total for _, total in windows)
     slow_on = on / base - 1
     slow_window = in_window / base - 1
-    print(f"\nallocation-heavy loop (100,000 dicts; {frames} frames), best of 5:")
+    print(f"\nallocation-heavy loop (30,000 dicts; {frames} frames), best of 5:")
     print(f"  tracemalloc off:             {base * 1000:8.1f} ms  (1.00x)")
     print(f"  tracemalloc always on:       {on * 1000:8.1f} ms  ({on / base:.2f}x)")
     print(

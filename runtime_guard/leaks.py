@@ -70,8 +70,10 @@ _BYTES_PER_BLOCK = 80
 _MAX_BLOCK = 512
 
 # A floor counts as risen in a window only by more than this share of the minimum rate's
-# per-window step: a page or two of RSS noise is not growth.
-_MIN_STEP_SHARE = 0.25
+# per-window step. Below it is creep, not growth: pages of RSS noise, and the guard's own
+# history filling during its first hour (about 140 heap blocks per 10 s window, measured),
+# which beside a one-off step spread over two windows would otherwise pass the N-window rule.
+_MIN_STEP_SHARE = 0.5
 
 # A rate this much higher or lower (as a ratio) than the one last signalled is a material
 # change and is reported again.
