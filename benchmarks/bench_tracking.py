@@ -40,7 +40,7 @@ class Other:
         self.value = value
 
 
-def per_call(fn: Callable[[], object], number: int = NUMBER) -> float:
+def per_call(fn: Callable[[], object], number: int) -> float:
     """Best of ROUNDS, in microseconds of this process's CPU time per call.
 
     CPU time rather than wall time: the figures stay comparable on a shared machine where
@@ -76,31 +76,47 @@ def row(label: str, base: float, other: float, per: int = 1) -> None:
     print(f"{label:<52} {base / per:8.3f} {other / per:8.3f} {added:+8.3f} {other / base:6.2f}x")
 
 
-def bench_constructions() -> None:
-    header("per construction (us)", "untracked", "tracked")
-    per_call(construct_kept(Plain), NUMBER // 100)  # warm-up: allocator, caches
-    kept_base = per_call(construct_kept(Plain), NUMBER // 100)
-    drop_base = per_call(construct_dropped(Plain), NUMBER // 100)
-    other_base = per_call(construct_dropped(Other), NUMBER // 100)
-    tracking.track(Plain)
-    kept = per_call(construct_kept(Plain), NUMBER // 100)
-    gc.collect()
-    dropped = per_call(construct_dropped(Plain), NUMBER // 100)
-    other = per_call(construct_dropped(Other), NUMBER // 100)
-    row("small class, kept alive", kept_base, kept, 100)
-    row("small class, dropped at once (incl. collection)", drop_base, dropped, 100)
-    row("untracked class while another is tracked", other_base, other, 100)
-    tracking.untrack_all()
-    after = per_call(construct_dropped(Plain), NUMBER // 100)
-    row("small class after untrack (vs before tracking)", drop_base, after, 100)
+def paired(
+    measure: Callable[[], float], cls: type, other: Callable[[], float] | None = None
+) -> tuple[float, float]:
+    """Best untracked and best tracked figure, measured in alternation round by round so
+    that a busy neighbour or a clock change hits both sides alike."""
+    untracked, tracked = [], []
+    for _ in range(ROUNDS):
+        untracked.append(measure())
+        tracking.track(cls)
+        tracked.append((other or measure)())
+        tracking.untrack_all()
+        gc.collect()
+    return min(untracked), min(tracked)
 
+
+def once(fn: Callable[[], object], number: int) -> float:
+    start = time.process_time()
+    for _ in range(number):
+        fn()
+    return (time.process_time() - start) / number * 1e6
+
+
+def bench_constructions() -> None:
     import requests
 
-    session_base = per_call(lambda: requests.Session().close(), 2000)
-    tracking.track(requests.Session)
-    session = per_call(lambda: requests.Session().close(), 2000)
+    header("per construction (us)", "untracked", "tracked")
+    rounds = NUMBER // 100
+    once(construct_kept(Plain), rounds)  # warm-up: allocator, caches
+    kept = paired(lambda: once(construct_kept(Plain), rounds), Plain)
+    row("small class, kept alive", *kept, per=100)
+    dropped = paired(lambda: once(construct_dropped(Plain), rounds), Plain)
+    row("small class, dropped at once (incl. collection)", *dropped, per=100)
+    other = paired(lambda: once(construct_dropped(Other), rounds), Plain)
+    row("untracked class while another is tracked", *other, per=100)
+    before = once(construct_dropped(Plain), rounds)
+    tracking.track(Plain)
     tracking.untrack_all()
-    row("requests.Session() + close()", session_base, session)
+    after = once(construct_dropped(Plain), rounds)
+    row("small class after track + untrack (vs before)", before, after, per=100)
+    session = paired(lambda: once(lambda: requests.Session().close(), 2000), requests.Session)
+    row("requests.Session() + close()", *session)
 
 
 def make_modules(directory: str, prefix: str, count: int) -> list[str]:

@@ -112,6 +112,23 @@ class _Entry:
     and the rare lost update elsewhere (site counts) only blurs a diagnostic figure.
     """
 
+    __slots__ = (
+        "borrowed_live",
+        "cls",
+        "collected_sites",
+        "collected_unreleased",
+        "created",
+        "dead",
+        "fallback_sites",
+        "max_live",
+        "name",
+        "patches",
+        "release",
+        "released",
+        "released_live",
+        "weak",
+    )
+
     def __init__(self, cls: type, name: str, max_live: int | None, weak: bool) -> None:
         self.cls = cls
         self.name = name
@@ -209,7 +226,7 @@ def _init_wrapper(
         rec.key = key
         rec.site = capture(1)
         rec.created = monotonic()
-        rec.state = UNRELEASED
+        rec.state = 0  # UNRELEASED, as a constant rather than a global lookup
         records[key] = rec
         entry.created += 1
         try:
