@@ -161,8 +161,13 @@ def capture(skip: int = 1) -> Site:
 def _first_outside_library(frame: FrameType) -> FrameType:
     first: FrameType | None = frame
     walk: FrameType | None = frame
+    cache = _is_library_cache
     while walk is not None:
-        if not is_library(walk.f_code.co_filename):
+        filename = walk.f_code.co_filename
+        library = cache.get(filename)
+        if library is None:
+            library = is_library(filename)
+        if not library:
             return walk
         walk = walk.f_back
     assert first is not None
