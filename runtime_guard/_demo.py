@@ -40,6 +40,8 @@ DEFAULT_DURATION = 60.0
 
 _HEADROOM = 160 * 1024 * 1024
 _APP_FILE = "shop.py"
+_ORDERS_PER_SECOND = 10.0
+_MAX_RECEIPT = 3_000_000
 _LEVELS = ("ok", "elevated", "high", "critical")
 
 
@@ -59,9 +61,21 @@ def _demo_options(duration: float) -> dict[str, str]:
         "relief_cooldown": "4",
         "restart_after": "3",
     }
+    if _tracemalloc_stop_races():
+        # CPython gh-128679: tracemalloc.stop() races with allocations made in other threads
+        # without the GIL and can crash the process (seen here, in the demo's threaded
+        # server, as a segfault in traceback_new). Where that is not fixed, tracemalloc runs
+        # from start-up and is never stopped, which is safe, just slower.
+        wanted["tracemalloc"] = "always"
     # Only options this version knows: the demo must run on any combination of parts.
     known = {f.name for f in dataclasses.fields(Config)}
     return {name: value for name, value in wanted.items() if name in known}
+
+
+def _tracemalloc_stop_races() -> bool:
+    """Whether this Python has the tracemalloc.stop() crash (fixed in 3.12.9 and 3.13.2)."""
+    version = sys.version_info[:3]
+    return version < (3, 12, 9) or (3, 13) <= version < (3, 13, 2)
 
 
 def _free_port() -> int:
@@ -371,11 +385,11 @@ class _Traffic:
         self.pages = 1000
         """Distinct catalog pages asked for (the app caches up to 150)."""
 
-    def hit(self, path: str, ident: int | None = None) -> int:
+    def hit(self, path: str, ident: int | None = None, extra: str = "") -> int:
         self.n += 1
         ident = self.n if ident is None else ident
         try:
-            code, _ = _get(f"{self.base}{path}?id={ident}", timeout=10)
+            code, _ = _get(f"{self.base}{path}?id={ident}{extra}", timeout=10)
         except (OSError, urllib.error.URLError):
             self.state.failed += 1
             return 0
@@ -384,9 +398,9 @@ class _Traffic:
             self.state.refused += 1
         return code
 
-    def mix(self, orders: bool) -> None:
+    def mix(self, orders: bool, size: int = 0) -> None:
         if orders:
-            self.hit("/api/order")
+            self.hit("/api/order", extra=f"&size={size}" if size else "")
         if not orders or self.n % 2 == 0:
             self.hit("/api/catalog", self.n % self.pages)
         if self.n % 3 == 0:
@@ -408,6 +422,7 @@ def _app(
     shutil.copyfile(_demo_app.__file__, app_path)
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash of the app leaves its stacks in app.log
     # The app prints its logs to a file the summary points at; the guard's warnings are there.
     log = open(os.path.join(workdir, "app.log"), "w", encoding="utf-8")  # noqa: SIM115
     command = [sys.executable, "-m", "runtime_guard", "run"]
@@ -558,29 +573,45 @@ def _drive(base: str, state: _State, display: _Display, duration: float, receipt
             _pace(end, 15)
         state.phase = "phase 2/4: orders come in, and every one leaks"
         display.line(state, state.phase)
-        end = time.monotonic() + duration * 0.55
-        # Paced to reach CRITICAL about four fifths into the phase, whatever the baseline.
-        aim = end - duration * 0.1
+        # Paced to reach CRITICAL about four fifths into the phase, whatever the baseline;
+        # on a slow machine the phase runs on (up to twice as long) until it gets there.
+        began, orders = time.monotonic(), 0
+        aim = began + duration * 0.45
+        end = began + duration * 1.1
         critical_since: float | None = None
         while time.monotonic() < end:
-            traffic.mix(orders=True)
-            target = 0.97 * (state.limit or 1)
+            # Receipts are sized from the order rate this machine really reaches, so a busy
+            # machine (fewer orders a second) still gets to the limit in time.
+            elapsed = time.monotonic() - began
+            achieved = orders / elapsed if elapsed > 2 else _ORDERS_PER_SECOND
+            needed = max(0.97 * (state.limit or 1) - state.usage, 0)
             left = max(aim - time.monotonic(), 0.5)
-            rate = max(1.0, min(30.0, (target - state.usage) / left / receipt))
+            # Never more than a sixth of what is left in one order: figures lag a little,
+            # and overshooting the limit by a lot is what the guard is there to prevent.
+            size = int(
+                min(max(needed / left / max(achieved, 1.0), 20_000), needed / 6, _MAX_RECEIPT)
+            )
+            traffic.mix(orders=True, size=size or receipt)
+            orders += 1
             if state.pressure == "critical":
                 critical_since = critical_since or time.monotonic()
                 if state.recycle or time.monotonic() - critical_since > 5:
                     break
-            _pace(end, rate)
+            _pace(end, _ORDERS_PER_SECOND)
         state.phase = "phase 3/4: the operator acts"
         display.line(state, state.phase)
-        # The operator acts once the guard has said where the leak is (or after a while).
+        # The operator acts once the guard has said where the leak is and, if it got to
+        # CRITICAL, asked for a recycle (or after a while).
         deadline = time.monotonic() + 6
-        while not state.leak_site and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            state.leak_site and (state.recycle or state.peak_level < 3)
+        ):
             traffic.mix(orders=False)
             _pace(deadline, 10)
         display.line(
-            state, "operator: GET /admin/fix (drops the receipts, as a deploy of the fix would)"
+            state,
+            "operator: GET /admin/fix (drops the receipts, as a recycle or a deploy of the fix "
+            "would)",
         )
         with contextlib.suppress(OSError):
             _get(base + "/admin/fix", timeout=30)

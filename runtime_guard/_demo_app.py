@@ -70,9 +70,9 @@ class Receipt:
         self.lines = lines
 
 
-def handle_order(order_id: int) -> dict[str, Any]:
+def handle_order(order_id: int, size: int = 0) -> dict[str, Any]:
     """Place an order; keeps every receipt forever (the leak)."""
-    size = _Settings.receipt_bytes
+    size = min(max(size, 1000), 8_000_000) if size else _Settings.receipt_bytes
     _RECEIPTS.append(Receipt(order_id, b"." * size, [str(i) for i in range(200)]))  # LEAKING LINE
     body: dict[str, Any] = {"order": order_id, "receipts": len(_RECEIPTS)}
     if shedding.enabled("recommendations"):
@@ -130,7 +130,6 @@ def snapshot() -> dict[str, Any]:
 
 
 _ROUTES: dict[str, Callable[[int], dict[str, Any]]] = {
-    "/api/order": handle_order,
     "/api/profile": handle_profile,
     "/api/catalog": handle_catalog,
 }
@@ -143,7 +142,10 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         number = int(query.get("id", ["0"])[0])
     except ValueError:
         number = 0
-    if path in _ROUTES:
+    if path == "/api/order":
+        size = query.get("size", ["0"])[0]
+        data = handle_order(number, int(size) if size.isdigit() else 0)
+    elif path in _ROUTES:
         data = _ROUTES[path](number)
     elif path == "/admin/fix":
         data = admin_fix()
