@@ -16,6 +16,7 @@ from runtime_guard.pressure import Pressure
 
 __all__ = [
     "MIDDLEWARE_OPTIONS",
+    "MiddlewareBase",
     "Routes",
     "health_response",
     "metrics_response",
@@ -127,6 +128,57 @@ class Routes:
         if path in self.own_paths:
             return True
         return any(prefix in ("/", path) or path.startswith(prefix + "/") for prefix in self.exempt)
+
+
+class MiddlewareBase:
+    """What the WSGI and ASGI middleware share: their options and the refusal they send.
+
+    ``guard`` defaults to the process-wide guard at request time, so the middleware can be
+    built before :func:`runtime_guard.install` (for instance in a gunicorn master that
+    installs the guard in each worker after the fork); with no guard installed it only
+    answers its routes.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        guard: Guard | None = None,
+        health_path: str | None = "/health",
+        shed_at: str | int | Pressure = "critical",
+        retry_after: int = 10,
+        exempt: Iterable[str] = (),
+        status_path: str | None = None,
+        metrics_path: str | None = None,
+        detail: bool = False,
+    ) -> None:
+        self.app = app
+        """The wrapped application."""
+        self.guard = guard
+        """The guard acted on; ``None`` means the process-wide one."""
+        self.routes = Routes.make(
+            health_path=health_path,
+            shed_at=shed_at,
+            retry_after=retry_after,
+            exempt=exempt,
+            status_path=status_path,
+            metrics_path=metrics_path,
+            detail=detail,
+        )
+        """The validated settings."""
+        self._own = self.routes.own_paths
+        self._shed_at = self.routes.shed_at
+        self._refused_body = overloaded_body(self.routes.retry_after)
+        self._refused_headers = [
+            ("Content-Type", JSON),
+            ("Content-Length", str(len(self._refused_body))),
+            ("Retry-After", str(self.routes.retry_after)),
+            ("Cache-Control", "no-store"),
+        ]
+        if metrics_path is not None:
+            from runtime_guard.integrations.prometheus import install_metrics
+
+            install_metrics()
 
 
 def current_guard(guard: Guard | None) -> Guard | None:

@@ -14,23 +14,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
     JSON,
-    Routes,
+    MiddlewareBase,
     current_guard,
     health_response,
     metrics_response,
-    overloaded_body,
     status_page_response,
 )
-from runtime_guard.pressure import Pressure
 
 if TYPE_CHECKING:
-    from runtime_guard.guard import Guard
+    pass
 
 __all__ = ["GuardMiddleware", "lifespan", "websockets_enabled"]
 
@@ -60,7 +58,7 @@ def websockets_enabled() -> bool:
         return True
 
 
-class GuardMiddleware:
+class GuardMiddleware(MiddlewareBase):
     """Wraps an ASGI app: answers the guard's routes and refuses requests while critical.
 
     HTTP requests are treated as in :class:`runtime_guard.integrations.wsgi.GuardMiddleware`;
@@ -68,46 +66,7 @@ class GuardMiddleware:
     feature is shed, when new ones are closed with code 1013 (try again later).
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        guard: Guard | None = None,
-        health_path: str | None = "/health",
-        shed_at: str | int | Pressure = "critical",
-        retry_after: int = 10,
-        exempt: Iterable[str] = (),
-        status_path: str | None = None,
-        metrics_path: str | None = None,
-        detail: bool = False,
-    ) -> None:
-        self.app = app
-        """The wrapped application."""
-        self.guard = guard
-        """The guard acted on; ``None`` means the process-wide one."""
-        self.routes = Routes.make(
-            health_path=health_path,
-            shed_at=shed_at,
-            retry_after=retry_after,
-            exempt=exempt,
-            status_path=status_path,
-            metrics_path=metrics_path,
-            detail=detail,
-        )
-        """The validated settings."""
-        self._own = self.routes.own_paths
-        self._shed_at = self.routes.shed_at
-        self._refused_body = overloaded_body(self.routes.retry_after)
-        self._refused_headers = [
-            (b"content-type", JSON.encode()),
-            (b"content-length", str(len(self._refused_body)).encode()),
-            (b"retry-after", str(self.routes.retry_after).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        if metrics_path is not None:
-            from runtime_guard.integrations.prometheus import install_metrics
-
-            install_metrics()
+    app: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

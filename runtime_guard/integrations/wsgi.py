@@ -15,17 +15,15 @@ from typing import TYPE_CHECKING, Any
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
     JSON,
-    Routes,
+    MiddlewareBase,
     current_guard,
     health_response,
     metrics_response,
-    overloaded_body,
     status_page_response,
 )
-from runtime_guard.pressure import Pressure
 
 if TYPE_CHECKING:
-    from runtime_guard.guard import Guard
+    pass
 
 __all__ = ["GuardMiddleware"]
 
@@ -36,54 +34,10 @@ _REASONS = {200: "200 OK", 404: "404 Not Found", 500: "500 Internal Server Error
 _REASONS[503] = "503 Service Unavailable"
 
 
-class GuardMiddleware:
-    """Wraps a WSGI app: answers the guard's routes and refuses requests while critical.
+class GuardMiddleware(MiddlewareBase):
+    """Wraps a WSGI app: answers the guard's routes and refuses requests while critical."""
 
-    ``guard`` defaults to the process-wide guard at request time, so the middleware can be
-    built before :func:`runtime_guard.install` (for instance in a gunicorn master that
-    installs the guard in each worker after the fork); with no guard installed it only
-    answers its routes.
-    """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        guard: Guard | None = None,
-        health_path: str | None = "/health",
-        shed_at: str | int | Pressure = "critical",
-        retry_after: int = 10,
-        exempt: Iterable[str] = (),
-        status_path: str | None = None,
-        metrics_path: str | None = None,
-        detail: bool = False,
-    ) -> None:
-        self.app = app
-        """The wrapped application."""
-        self.guard = guard
-        """The guard acted on; ``None`` means the process-wide one."""
-        self.routes = Routes.make(
-            health_path=health_path,
-            shed_at=shed_at,
-            retry_after=retry_after,
-            exempt=exempt,
-            status_path=status_path,
-            metrics_path=metrics_path,
-            detail=detail,
-        )
-        """The validated settings."""
-        self._own = self.routes.own_paths
-        self._shed_at = self.routes.shed_at
-        self._refused_headers = [
-            ("Content-Type", JSON),
-            ("Retry-After", str(self.routes.retry_after)),
-            ("Cache-Control", "no-store"),
-        ]
-        self._refused_body = overloaded_body(self.routes.retry_after)
-        if metrics_path is not None:
-            from runtime_guard.integrations.prometheus import install_metrics
-
-            install_metrics()
+    app: WSGIApp
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
