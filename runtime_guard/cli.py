@@ -204,6 +204,8 @@ def format_health(health: dict[str, Any]) -> str:
     shed = health.get("shed_features") or []
     lines.append(f"shed      {', '.join(map(str, shed)) if shed else 'nothing'}")
     leaks = health.get("suspected_leaks") or []
+    if isinstance(leaks, int):  # the public body carries a count, ``detail`` the reports
+        lines.append(f"leaks     {leaks} suspected")
     for leak in leaks if isinstance(leaks, list) else []:
         lines.append(f"leak      {_one_line(leak)}")
     objects = health.get("unreleased_objects") or {}
