@@ -42,7 +42,10 @@ class ReportError(ValueError):
 
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
     text = value if isinstance(value, str) else "" if value is None else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 page or terminal can take.
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _num(value: Any) -> float | None:

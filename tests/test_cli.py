@@ -180,6 +180,22 @@ def test_report_on_malformed_file_names_it_without_traceback(
     assert not (tmp_path / "out.html").exists()
 
 
+def test_report_with_lone_surrogates_renders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Strings JSON allows but UTF-8 does not (lone surrogates) are replaced, not fatal."""
+    path = tmp_path / "surrogate.json"
+    path.write_text(
+        '{"kind": "leak", "top_sites": [{"filename": "\\ud800app.py", "lineno": 3}]}',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.html"
+    assert main(["report", str(path), "--html", str(out)]) == 0
+    assert "?app.py:3" in out.read_text(encoding="utf-8")
+    assert main(["report", str(path)]) == 0
+    assert "?app.py:3" in capsys.readouterr().out
+
+
 def test_report_on_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing file is named, with the reason."""
     path = tmp_path / "nope.json"
