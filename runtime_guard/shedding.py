@@ -197,7 +197,9 @@ def feature(
         return existing
 
 
-def sheddable(name: str, shed_at: Pressure | str | None = None, fallback: Any = None) -> Any:
+def sheddable(
+    name: str, shed_at: Pressure | str | None = None, fallback: Any = None
+) -> Callable[[F], F]:
     """Decorate a sync or async function that is skipped while feature ``name`` is shed.
 
     While shed, a call returns ``fallback``; a callable ``fallback`` is called with the
