@@ -85,10 +85,8 @@ _REPORT_FILE_SECONDS = 300.0
 # A tracemalloc window shorter than this shows too little growth to be worth its cost.
 _MIN_TRACE_SECONDS = 1.0
 
-_CHAIN_DEPTH = 8
 # Types that grew by fewer instances than this in a diagnosis window get no chain.
 _MIN_CHAIN_GROWTH = 10
-_CHAIN_SECONDS = 0.5
 _TOP = 10
 
 
@@ -226,6 +224,11 @@ class LeakDetector(Component):
     """Watches the heap and RSS floors for sustained growth; diagnoses and reports leaks."""
 
     name = "leaks"
+
+    chain_depth = 8
+    """Links the referrer-chain search follows back from an instance at most."""
+    chain_seconds = 0.5
+    """Seconds the referrer-chain search and the instance search may take, each."""
 
     def __init__(self, config: Config) -> None:
         if config.leak_windows < config.leak_confirm + 1:
@@ -458,7 +461,7 @@ class LeakDetector(Component):
             ][:_TOP]
             chain_type = _chain_type(growing)
             site = (sites[0].filename, sites[0].lineno) if sites else None
-            instance = find_instance(chain_type, site) if chain_type else None
+            instance = find_instance(chain_type, site, self.chain_seconds) if chain_type else None
             heap_walk = time.perf_counter() - begun
         finally:
             if session is not None and session is not self._always:
@@ -466,7 +469,7 @@ class LeakDetector(Component):
                 traced = session.seconds_on
                 self._traced_seconds += traced
         begun = time.perf_counter()
-        chain = referrer_chain(instance, _CHAIN_DEPTH, _CHAIN_SECONDS) if instance else None
+        chain = referrer_chain(instance, self.chain_depth, self.chain_seconds) if instance else None
         del instance
         heap_walk += time.perf_counter() - begun + diag.heap_walk
         with self._lock:
@@ -591,7 +594,10 @@ def _note(report: LeakReport, diag: _Diagnosis, sample: Sample) -> str:
             "every recent window."
         )
     else:
-        grown = max(sample.rss - diag.rss_at_start, 0)
+        # What RSS gained in the window, or what the judged rate says it should have: a
+        # process that freed memory before can grow by reusing it without RSS moving.
+        window = sample.monotonic - diag.started
+        grown = max(sample.rss - diag.rss_at_start, report.rss_bytes_per_min * window / 60)
         parts.append(
             "Only RSS grows; the Python small-object heap is flat. The growth is in large "
             "Python buffers, native memory (a C extension or library allocator) or "

@@ -32,6 +32,9 @@ class Session:
 
 _REGISTRY: dict[str, list[object]] = {"sessions": []}
 
+# The searches are bounded by time; on a loaded machine the tests give them room.
+_BUDGET = 30.0
+
 
 class _Holder:
     def __init__(self) -> None:
@@ -156,7 +159,7 @@ def test_chain_from_module_dict_through_list() -> None:
     """The chain names the module global, the dict key and the leaked instance's type."""
     _REGISTRY["sessions"].append(Session(1))
     try:
-        links = referrer_chain(_REGISTRY["sessions"][-1])
+        links = referrer_chain(_REGISTRY["sessions"][-1], time_budget=_BUDGET)
     finally:
         _REGISTRY["sessions"].clear()
     assert links is not None
@@ -170,7 +173,7 @@ def test_chain_through_instance_attribute() -> None:
     """An object held in an attribute of a global instance is shown as ``.attr``."""
     _HOLDER.by_id[7] = Session(7)
     try:
-        links = referrer_chain(_HOLDER.by_id[7])
+        links = referrer_chain(_HOLDER.by_id[7], time_budget=_BUDGET)
     finally:
         _HOLDER.by_id.clear()
     assert links == [
@@ -183,7 +186,7 @@ def test_chain_through_instance_attribute() -> None:
 def test_chain_none_for_an_object_only_a_local_holds() -> None:
     """An object reachable only from a frame has no chain to a module global."""
     local = Session(3)
-    assert referrer_chain(local) is None
+    assert referrer_chain(local, time_budget=_BUDGET) is None
 
 
 def test_chain_respects_depth() -> None:
@@ -191,8 +194,8 @@ def test_chain_respects_depth() -> None:
     _REGISTRY["deep"] = [[[[Session(4)]]]]
     try:
         deep = _REGISTRY["deep"][0][0][0][0]  # type: ignore[index]
-        assert referrer_chain(deep, max_depth=2) is None
-        assert referrer_chain(deep, max_depth=8) is not None
+        assert referrer_chain(deep, max_depth=2, time_budget=_BUDGET) is None
+        assert referrer_chain(deep, max_depth=8, time_budget=_BUDGET) is not None
     finally:
         del _REGISTRY["deep"]
 
@@ -202,7 +205,8 @@ def test_find_instance_prefers_the_allocating_site(tracing: TracemallocSession) 
     old = [Session(i) for i in range(50)]
     gc.collect()
     new = Session(99)  # instance-line
-    found = find_instance(f"{__name__}.Session", site=(__file__, _line_of("# instance-line")))
+    site = (__file__, _line_of("# instance-line"))
+    found = find_instance(f"{__name__}.Session", site=site, time_budget=_BUDGET)
     assert found is new
     assert old
 
