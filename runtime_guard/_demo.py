@@ -61,21 +61,9 @@ def _demo_options(duration: float) -> dict[str, str]:
         "relief_cooldown": "4",
         "restart_after": "3",
     }
-    if _tracemalloc_stop_races():
-        # CPython gh-128679: tracemalloc.stop() races with allocations made in other threads
-        # without the GIL and can crash the process (seen here, in the demo's threaded
-        # server, as a segfault in traceback_new). Where that is not fixed, tracemalloc runs
-        # from start-up and is never stopped, which is safe, just slower.
-        wanted["tracemalloc"] = "always"
     # Only options this version knows: the demo must run on any combination of parts.
     known = {f.name for f in dataclasses.fields(Config)}
     return {name: value for name, value in wanted.items() if name in known}
-
-
-def _tracemalloc_stop_races() -> bool:
-    """Whether this Python has the tracemalloc.stop() crash (fixed in 3.12.9 and 3.13.2)."""
-    version = sys.version_info[:3]
-    return version < (3, 12, 9) or (3, 13) <= version < (3, 13, 2)
 
 
 def _free_port() -> int:
@@ -357,11 +345,9 @@ class _Monitor(threading.Thread):
 
 
 def _top_client_site(data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The creation site with most unreleased instances, from the report or the live counts."""
+    """The creation site with most unreleased instances in the guard's unreleased reports."""
     unreleased = data.get("unreleased") or {}
     types = dict(unreleased.get("types") or {})
-    if not types and isinstance(data.get("objects"), dict):
-        types = data["objects"]
     candidates = []
     for type_name, entry in types.items():
         for row in (entry or {}).get("sites") or []:
@@ -389,7 +375,10 @@ class _Traffic:
         self.n += 1
         ident = self.n if ident is None else ident
         try:
-            code, _ = _get(f"{self.base}{path}?id={ident}{extra}", timeout=10)
+            code, body = _get(f"{self.base}{path}?id={ident}{extra}", timeout=10)
+            if code == 200 and path == "/api/order":
+                with contextlib.suppress(ValueError, TypeError):
+                    self.state.usage = int(json.loads(body).get("usage", self.state.usage))
         except (OSError, urllib.error.URLError):
             self.state.failed += 1
             return 0

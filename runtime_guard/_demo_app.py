@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -75,6 +75,10 @@ def handle_order(order_id: int, size: int = 0) -> dict[str, Any]:
     size = min(max(size, 1000), 8_000_000) if size else _Settings.receipt_bytes
     _RECEIPTS.append(Receipt(order_id, b"." * size, [str(i) for i in range(200)]))  # LEAKING LINE
     body: dict[str, Any] = {"order": order_id, "receipts": len(_RECEIPTS)}
+    guard = runtime_guard.get_guard()
+    latest = guard.history.latest() if guard is not None else None
+    if latest is not None:  # lets the demo pace its orders on fresh figures
+        body["usage"] = latest.usage
     if shedding.enabled("recommendations"):
         body["recommendations"] = [(order_id * 7 + i) % 100 for i in range(5)]
     return body
@@ -120,12 +124,6 @@ def snapshot() -> dict[str, Any]:
         "profiles": len(_PROFILES),
         "cached_pages": len(_RENDER_CACHE),
     }
-    try:
-        from runtime_guard import tracking
-
-        data["live_objects"] = tracking.live_objects()
-    except Exception:  # tracking is optional for the demo
-        data["live_objects"] = None
     return data
 
 
@@ -175,8 +173,32 @@ def _wrap(wsgi_app: Any) -> Any:
     )
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _Server(WSGIServer):
+    """Serves requests on a fixed pool of threads.
+
+    Not a thread per request (``ThreadingMixIn``): a thread that ends frees its state
+    without the GIL, and on Pythons with CPython gh-128679 that can race with
+    ``tracemalloc.stop()`` when the guard ends a diagnosis window, and crash the process.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shop")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -214,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         sys.stdin.read()  # the demo closes our stdin to stop us
     server.shutdown()
+    server.server_close()
     return 0
 
 

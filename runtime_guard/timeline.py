@@ -11,7 +11,6 @@ written there as an ``episode`` report that ``runtime-guard report`` renders.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import deque
@@ -225,17 +224,6 @@ def snapshot(guard: Guard, since: float | None = None, points: int = MAX_POINTS)
         first = samples[0].wall if samples else 0.0
         data["events"] = [e for e in events if e["wall"] >= first - 1.0]
         data.update(latest)
-    tracking = sys.modules.get("runtime_guard.tracking")
-    if tracking is not None:  # only when in use: importing it would patch client classes
-        try:
-            objects = tracking.live_objects()
-            data["objects"] = {
-                name: counts
-                for name, counts in objects.items()
-                if counts.get("live") or counts.get("collected_unreleased")
-            }
-        except Exception as exc:
-            data["objects"] = {"error": repr(exc)}
     try:
         data["health"] = guard.health()
     except Exception as exc:  # the page must render even when a component misbehaves
