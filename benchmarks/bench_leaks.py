@@ -242,23 +242,8 @@ def detector_cost(samples: int = 36_000) -> tuple[float, float]:
     return total / samples * 1e6, statistics.median(closing) * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clean-seconds", type=float, default=200.0)
-    parser.add_argument("--leak-timeout", type=float, default=260.0)
-    parser.add_argument("--child", nargs=3, metavar=("KIND", "ARG", "SECONDS"))
-    args = parser.parse_args()
-    if args.child:
-        child(args.child[0], args.child[1], float(args.child[2]))
-        return
-
-    defaults = Config.from_options({}, environ={})
-    print(
-        f"defaults: leak_window={defaults.leak_window} s, leak_confirm={defaults.leak_confirm}, "
-        f"leak_min_rate={defaults.leak_min_rate / MB} MB/min, leak_warmup={defaults.leak_warmup}"
-        f" s, leak_diagnosis_window={defaults.leak_diagnosis_window} s, "
-        f"tracemalloc_duty_cycle={defaults.tracemalloc_duty_cycle:.0%}"
-    )
+def detection(args: argparse.Namespace, defaults: Config) -> None:
+    """Latency and false suspicions, from one child process per scenario."""
     jobs = [("leak", str(rate), args.leak_timeout) for rate in RATES]
     jobs += [("clean", name, args.clean_seconds) for name in CLEAN]
     procs = [
@@ -304,6 +289,29 @@ def main() -> None:
             shown = result.get("summary", "")
             print(f"  {result['arg']:<13} {result['signals']} {shown}")
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clean-seconds", type=float, default=200.0)
+    parser.add_argument("--leak-timeout", type=float, default=260.0)
+    parser.add_argument(
+        "--overhead-only", action="store_true", help="skip the detection runs (minutes)"
+    )
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "ARG", "SECONDS"))
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], float(args.child[2]))
+        return
+
+    defaults = Config.from_options({}, environ={})
+    print(
+        f"defaults: leak_window={defaults.leak_window} s, leak_confirm={defaults.leak_confirm}, "
+        f"leak_min_rate={defaults.leak_min_rate / MB} MB/min, leak_warmup={defaults.leak_warmup}"
+        f" s, leak_diagnosis_window={defaults.leak_diagnosis_window} s, "
+        f"tracemalloc_duty_cycle={defaults.tracemalloc_duty_cycle:.0%}"
+    )
+    if not args.overhead_only:
+        detection(args, defaults)
     gc.collect()
     frames = defaults.tracemalloc_frames
     # Rounds interleave the three cases, so load from other processes hits them alike.
