@@ -313,9 +313,10 @@ def type_census() -> Counter[str]:
 
     Counting type objects with ``Counter(map(type, gc.get_objects()))`` and naming the few
     hundred distinct types afterwards is the fastest correct way: the loop stays in C.
-    Measured on a 2M-object heap on the development machine: ``gc.get_objects()`` 0.04 s,
-    this census 0.17 s, ``objgraph.typestats()`` 0.5-0.8 s (a Python loop over every object),
-    pympler's ``summarize(muppy.get_objects())`` 18 s. Run it off any request path.
+    Measured here on a heap of 2.0M GC-tracked objects (Python 3.11): ``gc.get_objects()``
+    0.015 s, this census 0.13 s, ``objgraph.typestats()`` 0.52 s (a Python call per object);
+    the issue's figure for pympler's ``summarize(muppy.get_objects())`` on such a heap is
+    18 s. Run it off any request path.
     """
     objects = gc.get_objects()
     try:
