@@ -8,7 +8,8 @@ relative to the unmarked test, then the totals.
 
     python benchmarks/bench_pytest_plugin.py
 
-The redis body needs ``redis-server`` on PATH; without it that body is skipped.
+The bodies are those of ``tests/test_pytest_plugin.py``. The redis bodies need
+``redis-server`` on PATH; without it they are left out.
 """
 
 from __future__ import annotations
@@ -27,130 +28,19 @@ from pathlib import Path
 
 TOLERANCE = "16KB"
 
-BODIES = """
-import atexit
-import functools
-import itertools
-import logging
-import os
-import re
-import sys
-import warnings
+# The bodies are the plugin tests' own known-leaky and clean sets, marked no_leaks there;
+# each variant swaps that marker for its own.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_pytest_plugin import CLEAN, LEAKY, REDIS  # noqa: E402
 
-import pytest
-
-ids = itertools.count()
-log = logging.getLogger("app")
-
-EVENTS = []
-_CACHE = {}
-_LOGS = []
-_HANDLERS = []
-_settings = None
-
-
-def record_event(request_id):
-    EVENTS.append({"id": request_id, "path": "/items/%d" % request_id})
-
-
-def lookup(key):
-    if key not in _CACHE:
-        _CACHE[key] = ("value-%s" % key) * 10
-    return _CACHE[key]
-
-
-def subscribe(topic):
-    def on_message(message):
-        return topic, message
-
-    _HANDLERS.append(on_message)
-
-
-def settings():
-    global _settings
-    if _settings is None:
-        _settings = {"key-%d" % i: list(range(50)) for i in range(500)}
-    return _settings
-
-
-@functools.lru_cache(maxsize=128)
-def render(n):
-    return "<p>%d</p>" % n * 20
-
-
-{mark}
-def test_leaky_list_append():
-    for _ in range(200):
-        record_event(next(ids))
-
-
-{mark}
-def test_leaky_dict_cache():
-    for _ in range(200):
-        lookup(next(ids))
-
-
-{mark}
-def test_leaky_open_file(tmp_path):
-    handle = open(tmp_path / ("%d.log" % next(ids)), "a")
-    handle.write("started\\n")
-    _LOGS.append(handle)
-
-
-{mark}
-def test_leaky_closure_registry():
-    for _ in range(200):
-        subscribe("topic-%d" % next(ids))
-
-
-{mark}
-def test_leaky_redis_client_per_call():
-    import redis
-
-    client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    atexit.register(client.close)
-    client.get("user:1")
-
-
-{mark}
-def test_clean_lazy_singleton():
-    assert settings()["key-1"][1] == 1
-
-
-{mark}
-def test_clean_bounded_lru_cache():
-    for _ in range(100):
-        render(next(ids))
-
-
-{mark}
-def test_clean_re_compile_cache():
-    for _ in range(100):
-        re.compile(r"item-%d-(\\w+)" % next(ids)).match("item-1-x")
-
-
-{mark}
-def test_clean_logging():
-    for _ in range(20):
-        log.warning("request %s handled", next(ids))
-
-
-{mark}
-def test_clean_string_interning():
-    for _ in range(1000):
-        sys.intern("key-%d" % next(ids))
-
-
-{mark}
-def test_clean_print_under_capture():
-    for _ in range(100):
-        print("handled request", next(ids))
-
-
-{mark}
-def test_clean_warning_once():
-    warnings.warn("call() is deprecated", UserWarning)
-"""
+FILES = {"leaky": LEAKY, "clean": CLEAN, "redis": REDIS}
+LEAKY_TESTS = {
+    "test_list_append",
+    "test_dict_cache",
+    "test_open_file",
+    "test_closure_registry",
+    "test_client_per_call",
+}
 
 # Plugins that play no part here; each variant keeps only the plugin it measures.
 _QUIET = ("no:cacheprovider", "no:hypothesispytest", "no:benchmark", "no:anyio", "no:timeout")
@@ -199,14 +89,17 @@ def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes] | None, str |
 
 def _run(directory: Path, name: str, env: dict[str, str]) -> tuple[float, dict[str, Outcome]]:
     mark, disabled = VARIANTS[name]
-    test_file = directory / f"test_{name.replace('-', '_')}.py"
-    test_file.write_text(textwrap.dedent(BODIES).replace("{mark}", mark))
+    variant = directory / name
+    variant.mkdir()
+    for stem, source in FILES.items():
+        body = textwrap.dedent(source).replace("@pytest.mark.no_leaks", mark)
+        (variant / f"test_{stem}.py").write_text(body)
     report = directory / f"{name}.xml"
-    args = [sys.executable, "-m", "pytest", "-q", str(test_file), f"--junitxml={report}"]
+    args = [sys.executable, "-m", "pytest", "-q", str(variant), f"--junitxml={report}"]
     for plugin in (*_QUIET, *disabled):
         args += ["-p", plugin]
     started = time.perf_counter()
-    subprocess.run(args, cwd=directory, env=env, stdout=subprocess.DEVNULL, check=False)
+    subprocess.run(args, cwd=variant, env=env, stdout=subprocess.DEVNULL, check=False)
     wall = time.perf_counter() - started
     outcomes: dict[str, Outcome] = {}
     for case in ET.parse(report).iter("testcase"):
@@ -224,7 +117,7 @@ def main() -> None:
         redis_proc, redis_url = _start_redis(directory)
         env = dict(os.environ)
         env.pop("PYTEST_ADDOPTS", None)
-        env["BENCH_REDIS_URL"] = redis_url or "redis://127.0.0.1:1/0"
+        env["LEAK_TEST_REDIS_URL"] = redis_url or "redis://127.0.0.1:1/0"
         try:
             results = {name: _run(directory, name, env) for name in VARIANTS}
         finally:
@@ -233,14 +126,15 @@ def main() -> None:
                 redis_proc.wait(10)
 
     plain_wall, plain = results["plain"]
-    tests = [name for name in plain if not (redis_url is None and "redis" in name)]
+    tests = [name for name in plain if redis_url is not None or "client" not in name]
     print(f"leak tests: same bodies unmarked, under no_leaks and under limit_leaks({TOLERANCE})")
-    print(f"{'test':36} {'plain':>8} | {'runtime_guard':>22} | {'pytest-memray':>22}")
+    print(f"{'test (expected)':36} {'plain':>8} | {'runtime_guard':>24} | {'pytest-memray':>24}")
     correct = dict.fromkeys(VARIANTS, 0)
     totals = dict.fromkeys(VARIANTS, 0.0)
     for test in tests:
-        expected_leak = test.startswith("test_leaky")
-        row = f"{test.removeprefix('test_'):36} {plain[test].seconds * 1000:6.0f}ms"
+        expected_leak = test in LEAKY_TESTS
+        label = f"{test.removeprefix('test_')} ({'leak' if expected_leak else 'clean'})"
+        row = f"{label:36} {plain[test].seconds * 1000:6.0f}ms"
         totals["plain"] += plain[test].seconds
         for name in ("runtime_guard", "pytest-memray"):
             outcome = results[name][1][test]
