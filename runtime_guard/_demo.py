@@ -172,11 +172,11 @@ class _State:
     ever_shed: set[str] = dataclasses.field(default_factory=set)
     restored: set[str] = dataclasses.field(default_factory=set)
     events_seen: int = 0
+    leak_began: float | None = None
     leak_at: float | None = None
     leak_site: str = ""
     leak_summary: str = ""
     client_site: str = ""
-    client_summary: str = ""
     reliefs: int = 0
     recycle: bool = False
     snapshot: dict[str, Any] | None = None
@@ -565,6 +565,7 @@ def _drive(base: str, state: _State, display: _Display, duration: float, receipt
         # Paced to reach CRITICAL about four fifths into the phase, whatever the baseline;
         # on a slow machine the phase runs on (up to twice as long) until it gets there.
         began, orders = time.monotonic(), 0
+        state.leak_began = began
         aim = began + duration * 0.45
         end = began + duration * 1.1
         critical_since: float | None = None
@@ -662,6 +663,9 @@ def _summary(
     ]  # fmt: skip
     if state.leak_summary:
         rows.append(("leak rate", f"{state.leak_summary} when diagnosed"))
+    if state.leak_at is not None and state.leak_began is not None:
+        found = state.leak_at - state.leak_began
+        rows.append(("leak reported", f"{found:.1f} s after the leaking orders began"))
     rows.append(("unreleased clients", state.client_site or "none reported"))
     rows.append(("features shed", ", ".join(sorted(state.ever_shed)) or "none"))
     rows.append(("features restored", ", ".join(sorted(state.restored)) or "none"))

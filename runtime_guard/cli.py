@@ -26,7 +26,7 @@ from typing import Any
 from runtime_guard._reportview import ReportError, fmt_bytes, read_view
 from runtime_guard.config import Config, ConfigError, env_name
 
-__all__ = ["build_parser", "load_report", "main"]
+__all__ = ["build_parser", "format_health", "load_report", "main"]
 
 MAX_REPORT_FILE = 64 * 1024 * 1024
 """Larger files are refused before reading: reports the guard writes are capped at 2 MB."""
