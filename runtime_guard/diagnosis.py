@@ -15,6 +15,7 @@ import linecache
 import os
 import sys
 import sysconfig
+import threading
 import time
 import tracemalloc
 import types
@@ -28,6 +29,7 @@ from runtime_guard._sizes import format_size
 
 __all__ = [
     "DEFAULT_FRAMES",
+    "STOP_MAY_CRASH",
     "AllocationSite",
     "TracemallocSession",
     "TypeGrowth",
@@ -35,7 +37,9 @@ __all__ = [
     "diff_snapshots",
     "find_instance",
     "format_chain",
+    "other_threads",
     "referrer_chain",
+    "stop_is_safe",
     "type_census",
     "type_name",
 ]
@@ -242,6 +246,38 @@ def _function_at(filename: str, lineno: int) -> str:
     return best
 
 
+STOP_MAY_CRASH = sys.version_info < (3, 12, 9) or (3, 13) <= sys.version_info < (3, 13, 2)
+"""True on Pythons where ``tracemalloc.stop()`` can crash the process (CPython gh-128679).
+
+There ``stop()`` frees tracemalloc's buffers while another thread that checked "tracing"
+without the GIL (a raw allocation: a thread state, a C extension's buffer) is waiting for
+the GIL to record its allocation; it then writes to freed memory. Fixed in 3.12.9 and
+3.13.2, never in 3.11.
+"""
+
+
+def other_threads() -> list[str]:
+    """Names of live threads besides the main thread, the caller and the guard's own."""
+    current, main = threading.current_thread(), threading.main_thread()
+    return [
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not current
+        and thread is not main
+        and not thread.name.startswith("runtime-guard")
+    ]
+
+
+def stop_is_safe() -> bool:
+    """True when stopping tracemalloc now cannot run into CPython gh-128679.
+
+    On an affected Python that is only when no other thread runs: pure Python code on the
+    main thread allocates with the GIL held, which the race needs released (a C extension
+    allocating with the GIL released on the main thread remains a risk nobody can see).
+    """
+    return not STOP_MAY_CRASH or not other_threads()
+
+
 class TracemallocSession:
     """Tracemalloc for a bounded stretch, without disturbing a host that runs it already.
 
@@ -258,6 +294,13 @@ class TracemallocSession:
         self.seconds_on = 0.0
         """Seconds tracemalloc ran because of this session (zero when the host ran it)."""
         self._started_at: float | None = None
+
+    @property
+    def traced_seconds(self) -> float:
+        """:attr:`seconds_on` plus the current stretch, while this session runs tracemalloc."""
+        started = self._started_at
+        running = time.monotonic() - started if started is not None and self.owned else 0.0
+        return self.seconds_on + running
 
     @property
     def active(self) -> bool:

@@ -42,7 +42,9 @@ from runtime_guard.diagnosis import (
     diff_snapshots,
     find_instance,
     format_chain,
+    other_threads,
     referrer_chain,
+    stop_is_safe,
     type_census,
 )
 
@@ -257,6 +259,7 @@ class LeakDetector(Component):
         self._episode: _Episode | None = None
         self._diag: _Diagnosis | None = None
         self._traced_seconds = 0.0
+        self._lingering: TracemallocSession | None = None
         self._last_file = float("-inf")
 
     # -- the cheap part: every sample ----------------------------------------------------
@@ -264,6 +267,8 @@ class LeakDetector(Component):
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         now = sample.monotonic
         self._latest = now
+        if self._lingering is not None:
+            self._retry_stop()
         if self._diag is not None:
             self._win_tainted = self._win_tainted or self._diag.session is not None
             if now >= self._diag.deadline:
@@ -416,6 +421,13 @@ class LeakDetector(Component):
                     f"tracemalloc skipped: the duty-cycle cap "
                     f"({config.tracemalloc_duty_cycle:.0%} of wall time) is used up"
                 )
+            elif not stop_is_safe():
+                skipped = (
+                    "tracemalloc skipped: on this Python stopping it again can crash a process "
+                    f"whose other threads ({', '.join(other_threads()[:3])}) allocate (CPython "
+                    "gh-128679, fixed in 3.12.9 and 3.13.2); tracemalloc='always' gives "
+                    "allocation sites here"
+                )
             else:
                 length = min(length, budget)
                 session = TracemallocSession(config.tracemalloc_frames)
@@ -465,9 +477,7 @@ class LeakDetector(Component):
             heap_walk = time.perf_counter() - begun
         finally:
             if session is not None and session is not self._always:
-                session.stop()
-                traced = session.seconds_on
-                self._traced_seconds += traced
+                traced = self._stop_tracing(session)
         begun = time.perf_counter()
         chain = referrer_chain(instance, self.chain_depth, self.chain_seconds) if instance else None
         del instance
@@ -491,6 +501,27 @@ class LeakDetector(Component):
             episode.signalled_at = sample.monotonic
             final = dataclasses.replace(report)
         self._publish(guard, final, sample.monotonic)
+
+    def _stop_tracing(self, session: TracemallocSession) -> float:
+        """Stop ``session`` when that is safe, else on a later sample; seconds it ran."""
+        traced = session.traced_seconds
+        if not session.owned or stop_is_safe():
+            session.stop()
+            self._traced_seconds += session.seconds_on
+            return session.seconds_on
+        # A thread appeared during the window: tracing on is safe, stopping now is not.
+        _log.warning(
+            "runtime_guard: tracemalloc stays on until no other thread runs (CPython gh-128679)"
+        )
+        self._lingering = session
+        return traced
+
+    def _retry_stop(self) -> None:
+        session = self._lingering
+        if session is not None and stop_is_safe():
+            self._lingering = None
+            session.stop()
+            self._traced_seconds += session.seconds_on
 
     def _publish(self, guard: Guard, report: LeakReport, now: float) -> None:
         _log.warning("runtime_guard: %s", report)
@@ -537,19 +568,27 @@ class LeakDetector(Component):
 
     def after_fork(self, guard: Guard) -> None:
         # The child inherits tracemalloc as the parent left it; a window the parent opened
-        # is the child's to close, and the parent's floors describe another process.
+        # is the child's to close (safe: the child has one thread), and the parent's floors
+        # describe another process.
         diag = self._diag
-        if diag is not None and diag.session is not None and diag.session is not self._always:
-            diag.session.stop()
+        for session in (diag.session if diag is not None else None, self._lingering):
+            if session is not None and session is not self._always:
+                session.stop()
         self._reset()
 
     def close(self, guard: Guard) -> None:
         diag, self._diag = self._diag, None
-        if diag is not None and diag.session is not None:
-            diag.session.stop()
-        if self._always is not None:
-            self._always.stop()
-            self._always = None
+        if diag is not None and diag.session is not None and diag.session is not self._always:
+            self._stop_tracing(diag.session)
+        for session in (self._lingering, self._always):
+            if session is not None and session.owned and not stop_is_safe():
+                _log.warning(
+                    "runtime_guard: tracemalloc left on: stopping it while other threads "
+                    "run can crash this Python (CPython gh-128679)"
+                )
+            elif session is not None:
+                session.stop()
+        self._lingering = self._always = None
 
 
 def _rising_run(values: list[float], min_step: float) -> int:

@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import os
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from runtime_guard import ConfigError, LeakReport, signals
+from runtime_guard import ConfigError, LeakReport, diagnosis, signals
 from runtime_guard._setup import attach_components
 from runtime_guard.config import Config
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth
@@ -102,6 +103,14 @@ _LEAKS = {
     "cycle": leak_cycle,
     "buffer": leak_buffer,
 }
+
+
+@pytest.fixture(autouse=True)
+def _stop_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Threads that other tests leave behind would make the detector skip tracemalloc on
+    # Pythons with CPython gh-128679; this process's threads run Python code only, so the
+    # scenarios run as on a fixed Python. The switch itself is tested with its own thread.
+    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", False)
 
 
 @pytest.fixture(autouse=True)
@@ -483,6 +492,48 @@ def test_duty_cycle_cap_skips_tracemalloc(feed: Any) -> None:
     assert len(f.reports) == 1
     assert "duty-cycle cap" in f.reports[0].diagnosis
     assert f.reports[0].tracemalloc_seconds == 0
+    assert not tracemalloc.is_tracing()
+
+
+def test_no_tracemalloc_beside_other_threads_where_stop_may_crash(
+    feed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where tracemalloc.stop() can crash (gh-128679), threads running means no tracemalloc."""
+    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait, name="request-worker")
+    worker.start()
+    try:
+        f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
+        f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    finally:
+        done.set()
+        worker.join()
+    assert len(f.reports) == 1
+    assert "gh-128679" in f.reports[0].diagnosis
+    assert "request-worker" in f.reports[0].diagnosis
+    assert not tracemalloc.is_tracing()
+
+
+def test_tracemalloc_stays_on_until_a_new_thread_ends(
+    feed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread started during the window keeps tracemalloc on until it ends, then it stops."""
+    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
+    f.run(61, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert tracemalloc.is_tracing()  # the diagnosis window is open
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait, name="late-worker")
+    worker.start()
+    try:
+        f.run(10, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+        assert len(f.reports) == 1
+        assert tracemalloc.is_tracing()
+    finally:
+        done.set()
+        worker.join()
+    f.run(1, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert not tracemalloc.is_tracing()
 
 
