@@ -716,7 +716,8 @@ def _render(result: LeakResult, verbose: bool) -> str:
             f"{_growth(figure, result.blocks)}{tolerance}"
         )
         if verbose:
-            lines.append(f"    per round: {', '.join(f'{d:+,}' for d in figure.deltas)}")
+            unit = " B" if figure.name == "heap" else ""
+            lines.append(f"    per round: {', '.join(f'{d:+,}{unit}' for d in figure.deltas)}")
     rounds = result.rounds_run
     if result.sites:
         lines.append("  top allocation sites of the growth (per round):")

@@ -225,7 +225,7 @@ def test_verbose_failure_shows_rounds_and_tracebacks(pytester: pytest.Pytester) 
     result = pytester.runpytest_subprocess(*ARGS, "-v", "-k", "list_append")
     result.assert_outcomes(failed=1)
     section = _section(result.stdout.str(), "test_list_append")
-    assert re.search(r"per round: (\+[\d,]+, ){4}\+[\d,]+", section), section
+    assert re.search(r"per round: (\+[\d,]+ B, ){4}\+[\d,]+ B", section), section
     line = _line(source, "list")
     assert f"test_leaky.py:{line}: EVENTS.append(" in section, section
 
