@@ -340,6 +340,30 @@ class LeakResult:
         """The failure text: short by default, every detail with ``verbose``."""
         return _render(self, verbose)
 
+    def __str__(self) -> str:
+        return self.message() if self.leaked else f"no leak in {self.label}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "label": self.label,
+            "leaked": self.leaked,
+            "rounds_run": self.rounds_run,
+            "warmup": self.options.warmup,
+            "tolerance": self.options.tolerance,
+            "figures": {
+                name: {"values": list(f.values), "deltas": f.deltas, "grew": f.grew_every_round}
+                for name, f in self.figures.items()
+            },
+            "blocks": list(self.blocks),
+            "sites": [site.to_dict() for site in self.sites],
+            "types": [growth.to_dict() for growth in self.types],
+            "chain": None if self.chain is None else list(self.chain),
+            "new_fds": list(self.new_fds),
+            "fd_owners": list(self.fd_owners),
+            "unreleased": [dataclasses.asdict(item) for item in self.unreleased],
+        }
+
 
 # -- tracked clients -----------------------------------------------------------------------
 

@@ -455,6 +455,7 @@ def test_with_the_process_wide_guard_installed(pytester: pytest.Pytester) -> Non
 
 FIXTURE = """
 import asyncio
+import json
 
 import pytest
 
@@ -481,6 +482,7 @@ async def aleaky():
 def test_call_clean(leak_check):
     result = leak_check(clean, 100)
     assert not result.leaked and result.rounds_run == 1
+    assert json.loads(json.dumps(result.to_dict()))["figures"]["heap"]["grew"] is False
 
 
 def test_call_leaky(leak_check):
