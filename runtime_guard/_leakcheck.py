@@ -43,6 +43,8 @@ __all__ = [
     "settle",
 ]
 
+_log = logging.getLogger("runtime_guard")
+
 CHECKS = ("heap", "objects", "fds")
 """Figures a check may judge; ``check=`` picks among them."""
 
@@ -500,15 +502,21 @@ class LeakCheck:
                 result.rounds_run += 1
                 if not any(f.grew_every_round for f in figures.values()):
                     break
+            # Tracing that predates the check traces objects older than the baseline too;
+            # then only the objects the freeze left out are known to be new.
+            young = gc.get_objects() if frozen and not self._session.owned else None
             if frozen:
                 frozen = False
                 gc.unfreeze()  # the diagnosis needs the whole heap
             if result.grown:
-                held = self._diagnose_traced()
+                if self._latest is None and self._baseline is not None:
+                    self._latest = tracemalloc.take_snapshot()
+                held = self._diagnose_traced(young)
                 self._session.stop()
                 self._diagnose_untraced()
                 result.chain = _chain(held)
                 held.clear()
+            young = None
             result.unreleased = self._clients.unreleased()
             self.finished = True
         finally:
@@ -537,13 +545,33 @@ class LeakCheck:
         if "clients" in figures and self._clients is not None:
             figures["clients"].values.append(self._clients.count())
         if "heap" in figures:
+            if not tracemalloc.is_tracing():
+                # Someone else (the host, an installed guard's own session) stopped it
+                # mid-check: the traces are gone, so the heap cannot be judged this time.
+                _log.warning(
+                    "runtime_guard: tracemalloc was stopped during the leak check of %s; "
+                    "its heap figure is not judged",
+                    self.result.label,
+                )
+                del figures["heap"]
+                self._baseline = self._latest = None
+                return
+            if not self._session.owned and self._baseline is not None:
+                # Tracing that predates the check holds the whole heap's traces: a snapshot
+                # per round would take seconds. The total traced size is read instead (it
+                # includes the check's own few allocations); snapshots are taken only at the
+                # baseline and, after a leak, at the end.
+                figures["heap"].values.append(tracemalloc.get_traced_memory()[0])
+                return
             snapshot = tracemalloc.take_snapshot()
             if self._baseline is None:
                 self._baseline = snapshot
             self._latest = snapshot
-            figures["heap"].values.append(_traced_bytes(snapshot))
+            owned = self._session.owned
+            traced = _traced_bytes(snapshot) if owned else tracemalloc.get_traced_memory()[0]
+            figures["heap"].values.append(traced)
 
-    def _diagnose_traced(self) -> list[object]:
+    def _diagnose_traced(self, young: list[object] | None) -> list[object]:
         """Descriptor owners and leaked objects: the parts that need live tracebacks."""
         result = self.result
         if self._baseline is None or self._latest is None:
@@ -554,7 +582,7 @@ class LeakCheck:
             if stat.size_diff > 0 and not _excluded(stat.traceback[-1].filename)
         ]
         top = max(grown, key=lambda stat: stat.size_diff).traceback[-1] if grown else None
-        counts, held = _survivors(top)
+        counts, held = _survivors(top, young)
         self._result_fds()
         result.types = [
             diagnosis.TypeGrowth(name, 0, count) for name, count in counts.most_common(10)
@@ -584,7 +612,9 @@ _raw_traceback: Callable[[object], object] = getattr(
 _CANDIDATES = 5
 
 
-def _survivors(site: tracemalloc.Frame | None) -> tuple[Counter[str], list[object]]:
+def _survivors(
+    site: tracemalloc.Frame | None, young: list[object] | None = None
+) -> tuple[Counter[str], list[object]]:
     """Objects allocated during the measured rounds and alive after them, by type name,
     and a few of those allocated at ``site``: the leaked objects themselves.
 
@@ -594,8 +624,9 @@ def _survivors(site: tracemalloc.Frame | None) -> tuple[Counter[str], list[objec
     ``gc.get_objects()`` alone). Only objects with a tracemalloc traceback were allocated
     since the baseline. Containers come first among the leaked objects: an untracked
     string inside an untracked record has no referrer ``gc.get_referrers`` can see.
+    ``young`` replaces the whole heap with the objects known to be new.
     """
-    tracked = gc.get_objects()
+    tracked = gc.get_objects() if young is None else young
     untracked = list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*tracked)))
     # Atomic objects have no referents: asking about all of them costs less than sorting
     # out the dicts and tuples in a Python loop.
