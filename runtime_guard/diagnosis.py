@@ -40,6 +40,7 @@ __all__ = [
     "other_threads",
     "referrer_chain",
     "stop_is_safe",
+    "thread_idents",
     "type_census",
     "type_name",
 ]
@@ -268,14 +269,26 @@ def other_threads() -> list[str]:
     ]
 
 
-def stop_is_safe() -> bool:
-    """True when stopping tracemalloc now cannot run into CPython gh-128679.
+def thread_idents() -> frozenset[int]:
+    """Idents of the live threads besides the caller's: compare two to see threads churn."""
+    current = threading.get_ident()
+    return frozenset(t.ident for t in threading.enumerate() if t.ident and t.ident != current)
 
-    On an affected Python that is only when no other thread runs: pure Python code on the
-    main thread allocates with the GIL held, which the race needs released (a C extension
-    allocating with the GIL released on the main thread remains a risk nobody can see).
+
+def stop_is_safe(previous: frozenset[int] | None = None, now: frozenset[int] | None = None) -> bool:
+    """True when stopping tracemalloc now should not run into CPython gh-128679.
+
+    Always on a fixed Python. On an affected one, when no thread runs besides the main
+    thread and the guard's own, or when the threads are the same as ``previous`` (from
+    :func:`thread_idents` a moment ago; ``now`` saves a second look): no thread is
+    starting or ending, which is where Python code itself allocates without the GIL. A C
+    extension that allocates with the GIL released stays a risk nobody can see from here.
     """
-    return not STOP_MAY_CRASH or not other_threads()
+    if not STOP_MAY_CRASH or not other_threads():
+        return True
+    if previous is None:
+        return False
+    return (thread_idents() if now is None else now) == previous
 
 
 class TracemallocSession:

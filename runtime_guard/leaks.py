@@ -45,6 +45,7 @@ from runtime_guard.diagnosis import (
     other_threads,
     referrer_chain,
     stop_is_safe,
+    thread_idents,
     type_census,
 )
 
@@ -83,6 +84,10 @@ _MATERIAL_CHANGE = 1.5
 
 # Leak report files are written at most this often, whatever the number of episodes.
 _REPORT_FILE_SECONDS = 300.0
+
+# Samples a diagnosis waits for a moment when no thread starts or ends (CPython gh-128679)
+# before it goes on without tracemalloc.
+_SETTLE_SAMPLES = 10
 
 # A tracemalloc window shorter than this shows too little growth to be worth its cost.
 _MIN_TRACE_SECONDS = 1.0
@@ -260,6 +265,8 @@ class LeakDetector(Component):
         self._diag: _Diagnosis | None = None
         self._traced_seconds = 0.0
         self._lingering: TracemallocSession | None = None
+        self._threads: frozenset[int] | None = None
+        self._settle_waits = 0
         self._last_file = float("-inf")
 
     # -- the cheap part: every sample ----------------------------------------------------
@@ -267,12 +274,21 @@ class LeakDetector(Component):
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         now = sample.monotonic
         self._latest = now
-        if self._lingering is not None:
-            self._retry_stop()
+        episode = self._episode
+        looked = (
+            self._diag is not None
+            or self._lingering is not None
+            or bool(episode and episode.diagnose)
+        )
+        settled = self._settled() if looked else True
+        if self._lingering is not None and settled:
+            self._lingering.stop()
+            self._traced_seconds += self._lingering.seconds_on
+            self._lingering = None
         if self._diag is not None:
             self._win_tainted = self._win_tainted or self._diag.session is not None
             if now >= self._diag.deadline:
-                self._finish_diagnosis(guard, sample)
+                self._finish_diagnosis(guard, sample, settled)
         if self._first is None:
             self._first = now
         if now < self._first + self._config.leak_warmup:
@@ -289,8 +305,14 @@ class LeakDetector(Component):
             self._win_rss = min(self._win_rss, sample.rss)
         episode = self._episode
         if episode is not None and episode.diagnose and self._diag is None:
+            if not looked:  # the suspicion is this sample's own
+                settled = self._settled()
+            if not settled and self._settle_waits < _SETTLE_SAMPLES:
+                self._settle_waits += 1  # wait for a sample with the same threads as the last
+                return
+            self._settle_waits = 0
             episode.diagnose = False
-            self._start_diagnosis(sample)
+            self._start_diagnosis(sample, settled)
 
     def _open_window(self, now: float, sample: Sample) -> None:
         self._win_start = now
@@ -402,7 +424,13 @@ class LeakDetector(Component):
 
     # -- the bounded part: after a suspicion, on the sampler thread ----------------------
 
-    def _start_diagnosis(self, sample: Sample) -> None:
+    def _settled(self) -> bool:
+        """True when stopping tracemalloc now is safe; remembers the threads for next time."""
+        now = thread_idents()
+        previous, self._threads = self._threads, now
+        return stop_is_safe(previous, now)
+
+    def _start_diagnosis(self, sample: Sample, settled: bool) -> None:
         config = self._config
         begun = time.perf_counter()
         census = type_census()
@@ -421,12 +449,12 @@ class LeakDetector(Component):
                     f"tracemalloc skipped: the duty-cycle cap "
                     f"({config.tracemalloc_duty_cycle:.0%} of wall time) is used up"
                 )
-            elif not stop_is_safe():
+            elif not settled:
                 skipped = (
-                    "tracemalloc skipped: on this Python stopping it again can crash a process "
-                    f"whose other threads ({', '.join(other_threads()[:3])}) allocate (CPython "
-                    "gh-128679, fixed in 3.12.9 and 3.13.2); tracemalloc='always' gives "
-                    "allocation sites here"
+                    "tracemalloc skipped: threads start and end all the time here "
+                    f"({', '.join(other_threads()[:3])}), and on this Python stopping "
+                    "tracemalloc then can crash the process (CPython gh-128679, fixed in "
+                    "3.12.9 and 3.13.2); tracemalloc='always' gives allocation sites here"
                 )
             else:
                 length = min(length, budget)
@@ -453,7 +481,7 @@ class LeakDetector(Component):
         uptime = max(now - self._attached, 0.0)
         return max((cap * uptime - self._traced_seconds) / (1 - cap), 0.0)
 
-    def _finish_diagnosis(self, guard: Guard, sample: Sample) -> None:
+    def _finish_diagnosis(self, guard: Guard, sample: Sample, settled: bool) -> None:
         diag, self._diag = self._diag, None
         if diag is None:
             return
@@ -477,7 +505,7 @@ class LeakDetector(Component):
             heap_walk = time.perf_counter() - begun
         finally:
             if session is not None and session is not self._always:
-                traced = self._stop_tracing(session)
+                traced = self._stop_tracing(session, settled)
         begun = time.perf_counter()
         chain = referrer_chain(instance, self.chain_depth, self.chain_seconds) if instance else None
         del instance
@@ -502,26 +530,16 @@ class LeakDetector(Component):
             final = dataclasses.replace(report)
         self._publish(guard, final, sample.monotonic)
 
-    def _stop_tracing(self, session: TracemallocSession) -> float:
+    def _stop_tracing(self, session: TracemallocSession, settled: bool) -> float:
         """Stop ``session`` when that is safe, else on a later sample; seconds it ran."""
         traced = session.traced_seconds
-        if not session.owned or stop_is_safe():
+        if not session.owned or settled:
             session.stop()
             self._traced_seconds += session.seconds_on
             return session.seconds_on
-        # A thread appeared during the window: tracing on is safe, stopping now is not.
-        _log.warning(
-            "runtime_guard: tracemalloc stays on until no other thread runs (CPython gh-128679)"
-        )
+        # Threads started or ended just now: tracing on is safe, stopping now is not.
         self._lingering = session
         return traced
-
-    def _retry_stop(self) -> None:
-        session = self._lingering
-        if session is not None and stop_is_safe():
-            self._lingering = None
-            session.stop()
-            self._traced_seconds += session.seconds_on
 
     def _publish(self, guard: Guard, report: LeakReport, now: float) -> None:
         _log.warning("runtime_guard: %s", report)
@@ -579,7 +597,7 @@ class LeakDetector(Component):
     def close(self, guard: Guard) -> None:
         diag, self._diag = self._diag, None
         if diag is not None and diag.session is not None and diag.session is not self._always:
-            self._stop_tracing(diag.session)
+            self._stop_tracing(diag.session, stop_is_safe())
         for session in (self._lingering, self._always):
             if session is not None and session.owned and not stop_is_safe():
                 _log.warning(

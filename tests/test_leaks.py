@@ -495,45 +495,66 @@ def test_duty_cycle_cap_skips_tracemalloc(feed: Any) -> None:
     assert not tracemalloc.is_tracing()
 
 
-def test_no_tracemalloc_beside_other_threads_where_stop_may_crash(
-    feed: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Where tracemalloc.stop() can crash (gh-128679), threads running means no tracemalloc."""
-    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+def _churn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every look at the threads see a new set, as in a thread-per-request server."""
+    from runtime_guard import leaks
+
+    counter = iter(range(1, 1_000_000))
+    monkeypatch.setattr(leaks, "thread_idents", lambda: frozenset({next(counter)}))
+
+
+@pytest.fixture
+def worker() -> Iterator[threading.Thread]:
+    """A live thread besides the main one and the guard's, idle until the test ends."""
     done = threading.Event()
-    worker = threading.Thread(target=done.wait, name="request-worker")
-    worker.start()
-    try:
-        f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
-        f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
-    finally:
-        done.set()
-        worker.join()
+    thread = threading.Thread(target=done.wait, name="request-worker")
+    thread.start()
+    yield thread
+    done.set()
+    thread.join()
+
+
+def test_no_tracemalloc_while_threads_churn_where_stop_may_crash(
+    feed: Any, monkeypatch: pytest.MonkeyPatch, worker: threading.Thread
+) -> None:
+    """Where tracemalloc.stop() can crash (gh-128679), churning threads mean no tracemalloc."""
+    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    _churn(monkeypatch)
+    f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
+    f.run(100, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert len(f.reports) == 1
     assert "gh-128679" in f.reports[0].diagnosis
     assert "request-worker" in f.reports[0].diagnosis
     assert not tracemalloc.is_tracing()
 
 
-def test_tracemalloc_stays_on_until_a_new_thread_ends(
-    feed: Any, monkeypatch: pytest.MonkeyPatch
+def test_tracemalloc_used_beside_a_steady_thread_pool(
+    feed: Any, monkeypatch: pytest.MonkeyPatch, worker: threading.Thread
 ) -> None:
-    """A thread started during the window keeps tracemalloc on until it ends, then it stops."""
+    """Threads that neither start nor end (a fixed pool) leave tracemalloc safe to stop."""
     monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
     f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
-    f.run(61, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    f.run(100, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    assert len(f.reports) == 1
+    assert f.reports[0].diagnosis == "done"
+    assert f.reports[0].tracemalloc_seconds > 0
+    assert not tracemalloc.is_tracing()
+
+
+def test_tracemalloc_stays_on_until_threads_settle(
+    feed: Any, monkeypatch: pytest.MonkeyPatch, worker: threading.Thread
+) -> None:
+    """Threads churning when the window ends keep tracemalloc on until they settle."""
+    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
+    f.run(63, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert tracemalloc.is_tracing()  # the diagnosis window is open
-    done = threading.Event()
-    worker = threading.Thread(target=done.wait, name="late-worker")
-    worker.start()
-    try:
+    with monkeypatch.context() as churning:
+        _churn(churning)
         f.run(10, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
         assert len(f.reports) == 1
         assert tracemalloc.is_tracing()
-    finally:
-        done.set()
-        worker.join()
-    f.run(1, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+    f.run(2, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert not tracemalloc.is_tracing()
 
 
