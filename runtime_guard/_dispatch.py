@@ -11,15 +11,18 @@ from blinker import NamedSignal
 
 from runtime_guard.signals import emit
 
-__all__ = ["Dispatcher"]
+__all__ = ["MAX_QUEUED", "Dispatcher"]
 
 _log = logging.getLogger("runtime_guard")
+
+MAX_QUEUED = 1000
+"""Signals waiting for slow receivers at most; past it the oldest are dropped (and logged)."""
 
 
 class Dispatcher:
     """A bounded queue of signals and the daemon thread that sends them in order."""
 
-    def __init__(self, sender: Any, maxlen: int = 10_000) -> None:
+    def __init__(self, sender: Any, maxlen: int = MAX_QUEUED) -> None:
         self._sender = sender
         self._queue: deque[tuple[NamedSignal, dict[str, Any]]] = deque(maxlen=maxlen)
         self.dropped = 0

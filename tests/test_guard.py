@@ -124,9 +124,10 @@ def test_install_rejects_bad_options_before_starting_anything() -> None:
 
 
 def test_install_uninstall_cycles_leave_no_threads_or_callbacks() -> None:
-    """Fifty install/uninstall cycles leave the thread count and gc.callbacks as they were."""
+    """Fifty install/uninstall cycles leave threads, gc.callbacks and receivers as they were."""
     threads = {t.name for t in threading.enumerate()}
     callbacks = list(gc.callbacks)
+    receivers = {name: len(s.receivers) for name, s in signals.namespace.items()}
     for _ in range(50):
         guard = runtime_guard.install(interval=0.01)
         guard.sample()
@@ -134,6 +135,7 @@ def test_install_uninstall_cycles_leave_no_threads_or_callbacks() -> None:
     time.sleep(0.05)
     assert {t.name for t in threading.enumerate()} == threads
     assert gc.callbacks == callbacks
+    assert {name: len(s.receivers) for name, s in signals.namespace.items()} == receivers
 
 
 def test_raising_receiver_is_isolated_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -101,7 +101,9 @@ class Recycler(Component):
         self._timer = None
 
     def close(self, guard: Guard) -> None:
-        signals.restart_requested.disconnect(self._on_restart, sender=guard)
+        # Without a sender: blinker only forgets a receiver disconnected from ANY, and a
+        # remembered bound method would keep this recycler and its guard alive.
+        signals.restart_requested.disconnect(self._on_restart)
         if self._timer is not None:
             self._timer.cancel()
 
