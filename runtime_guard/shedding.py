@@ -47,6 +47,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 # atomic under the GIL, so readers need no lock.
 _shed: set[str] = set()
 
+FLAP_WINDOW = 60.0
+"""A feature shed again within this many seconds of its restore is flapping."""
+FIRST_HOLD = 10.0
+"""Seconds a flapping feature stays shed after pressure allows it back; doubles per flap."""
+MAX_HOLD = 300.0
+"""The longest a flapping feature is held shed beyond what pressure asks."""
+
 
 def enabled(name: str) -> bool:
     """Whether feature ``name`` is on: a set lookup, no lock, no allocation.
@@ -76,6 +83,11 @@ class Feature:
         """Called (no arguments) right after it is switched back on."""
         self.shed_count = 0
         """How many times it was shed."""
+        self.hold = 0.0
+        """Seconds it stays shed after pressure allows it back: 0 until it flaps (restoring
+        it pushed usage straight back up), then doubling per flap up to ``MAX_HOLD``."""
+        self._restored_at: float | None = None
+        self._hold_until = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -312,6 +324,7 @@ class SheddingComponent(Component):
         self.restart_sent = False
         """Whether ``restart_requested`` was sent in the current CRITICAL episode."""
         self._guard: Guard | None = None
+        self._held = False
         self._applied_emergency = False
         self._critical_since: float | None = None
         with _lock:
@@ -324,7 +337,7 @@ class SheddingComponent(Component):
         with _lock:
             if _governor() is not self:
                 return
-            if _applied_by is not self or level != self.level:
+            if _applied_by is not self or level != self.level or self._held:
                 self._apply(guard, level)
         self._check_restart(guard, sample)
 
@@ -335,6 +348,7 @@ class SheddingComponent(Component):
         old = self.level if mine else Pressure.OK
         newly_emergency = self.emergency and not (mine and self._applied_emergency)
         self._guard, self.level = guard, level
+        self._held = False
         _applied_by = self
         self._applied_emergency = self.emergency
         # Lower levels' features go first and come back last, like nested scopes.
@@ -355,12 +369,23 @@ class SheddingComponent(Component):
             return
         want_shed = self.emergency or self.level >= item.shed_at
         if shed and want_shed and item.name not in _shed:
+            now = self.clock()
+            # A feature whose own footprint pushes usage back over its level would be shed
+            # and restored on every other sample; hold it back longer each time it does.
+            flapped = item._restored_at is not None and now - item._restored_at < FLAP_WINDOW
+            item.hold = min(max(item.hold * 2, FIRST_HOLD), MAX_HOLD) if flapped else 0.0
+            item._hold_until = now + item.hold
             _shed.add(item.name)
             item.shed_count += 1
             _log.warning("runtime_guard: feature %r shed at %s", item.name, self.level.name)
             _call(item.on_shed, item.name, "on_shed")
             guard.send(signals.feature_shed, feature=item, level=self.level)
         elif restore and not want_shed and item.name in _shed:
+            now = self.clock()
+            if now < item._hold_until:
+                self._held = True
+                return
+            item._restored_at = now
             _shed.discard(item.name)
             _log.warning("runtime_guard: feature %r restored at %s", item.name, self.level.name)
             _call(item.on_restore, item.name, "on_restore")

@@ -448,3 +448,43 @@ def test_real_pressure_sheds_clears_narrows_and_restores(events: Events) -> None
         ]
     finally:
         guard.stop()
+
+
+def test_a_flapping_feature_is_held_shed_longer_each_time(
+    clocked: tuple[Guard, FakeProbe, Clock], events: Events
+) -> None:
+    """A feature shed again soon after its restore stays shed for a growing hold, not a flap."""
+    guard, probe, clock = clocked
+    ws = feature("websockets")
+    _at(guard, probe, 0.86)
+    _at(guard, probe, 0.70)
+    assert ws.enabled  # the first restore is immediate
+    clock.now += 5
+    _at(guard, probe, 0.86)  # its own footprint pushed usage straight back: a flap
+    _at(guard, probe, 0.70)
+    assert not ws.enabled
+    assert ws.hold == shedding.FIRST_HOLD
+    clock.now += shedding.FIRST_HOLD - 1
+    _at(guard, probe, 0.70)
+    assert not ws.enabled
+    clock.now += 2
+    _at(guard, probe, 0.70)  # same level: the held restore still happens
+    assert ws.enabled
+    clock.now += 5
+    _at(guard, probe, 0.86)
+    assert ws.hold == 2 * shedding.FIRST_HOLD
+    clock.now += shedding.FLAP_WINDOW + 2 * shedding.FIRST_HOLD
+    _at(guard, probe, 0.70)
+    assert ws.enabled
+    clock.now += shedding.FLAP_WINDOW + 1
+    _at(guard, probe, 0.86)  # long after its restore: not a flap, no hold
+    assert ws.hold == 0
+    assert [kind for kind, _ in _kinds(guard, events)] == [
+        "feature_shed",
+        "feature_restored",
+        "feature_shed",
+        "feature_restored",
+        "feature_shed",
+        "feature_restored",
+        "feature_shed",
+    ]
