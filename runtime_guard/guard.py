@@ -205,9 +205,13 @@ class Guard:
                 if self._sample_failures == 1:
                     _log.exception("runtime_guard: sample failed; retrying every interval")
             next_at += interval
-            delay = next_at - time.monotonic()
-            if delay < 0:  # fell behind (suspended, slow host): skip, never catch up in a burst
-                next_at = time.monotonic()
+            now = time.monotonic()
+            delay = next_at - now
+            # Fell behind (suspended, slow host, clock jumped ahead): skip, never catch up
+            # in a burst. More than one interval ahead means the clock went back: waiting
+            # it out would stall the sampler for as long as the jump.
+            if delay < 0 or delay > interval:
+                next_at = now
                 delay = interval
             self._stop_event.wait(delay)
 

@@ -474,3 +474,79 @@ def test_host_clearing_gc_callbacks_is_repaired() -> None:
     before = guard._gc.collections
     gc.collect()
     assert guard._gc.collections == before + 1
+
+
+class JumpingClock:
+    """Stands in for the guard module's ``time``: monotonic() plus an offset the test moves."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _samples_within(probe: FakeProbe, count: int, timeout: float = 10.0) -> bool:
+    target = probe.reads + count
+    deadline = time.monotonic() + timeout
+    while probe.reads < target and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return probe.reads >= target
+
+
+def test_clock_jumping_an_hour_either_way_neither_bursts_nor_stalls_the_sampler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A monotonic clock that jumps forward an hour causes no catch-up burst, and one that
+    jumps back an hour does not stall sampling for that hour."""
+    import runtime_guard.guard as guard_module
+
+    clock = JumpingClock()
+    monkeypatch.setattr(guard_module, "time", clock)
+    probe = FakeProbe()
+    guard = Guard(Config.from_options({"interval": 0.05}, environ={}), probe=probe)
+    guard.start()
+    try:
+        assert _samples_within(probe, 3)
+        clock.offset += 3600.0
+        before = probe.reads
+        time.sleep(0.5)
+        # An hour of 50 ms intervals caught up would be 72,000 samples.
+        assert probe.reads - before < 40
+        clock.offset -= 7200.0
+        assert _samples_within(probe, 3), "sampler stalled after the clock went back"
+    finally:
+        guard.stop()
+
+
+def test_guard_installed_and_sampled_from_a_thread_pool_worker() -> None:
+    """install(), sample(), health() and uninstall() from ThreadPoolExecutor workers work and
+    the sampler keeps running after the worker that installed it returns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def install_in_worker() -> Guard:
+        guard = runtime_guard.install(interval=0.02)
+        guard.sample()
+        return guard
+
+    def use_in_worker() -> dict[str, Any]:
+        guard = runtime_guard.get_guard()
+        assert guard is not None
+        guard.sample()
+        return guard.health()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        guard = pool.submit(install_in_worker).result(timeout=30)
+        healths = [f.result(timeout=30) for f in [pool.submit(use_in_worker) for _ in range(16)]]
+        taken = len(guard.history)
+        deadline = time.monotonic() + 10
+        while len(guard.history) <= taken + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(guard.history) > taken + 2, "sampler stopped with its installing worker"
+        pool.submit(runtime_guard.uninstall).result(timeout=30)
+    assert all(h["status"] in ("ok", "degraded", "critical") for h in healths)
+    assert runtime_guard.get_guard() is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("runtime-guard")]
