@@ -8,6 +8,8 @@ import gc
 import importlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,16 @@ import cachetools
 import pytest
 
 import runtime_guard
-from runtime_guard import Pressure, enabled, feature, register_cache, sheddable, shedding, signals
+from runtime_guard import (
+    Pressure,
+    enabled,
+    feature,
+    no_overlap,
+    register_cache,
+    sheddable,
+    shedding,
+    signals,
+)
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.probes import RssReader
@@ -488,3 +499,129 @@ def test_a_flapping_feature_is_held_shed_longer_each_time(
         "feature_restored",
         "feature_shed",
     ]
+
+
+def test_64_threads_and_1000_tasks_while_pressure_moves_through_every_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a running guard whose pressure a driver thread moves through all levels, 64
+    threads and 1,000 asyncio tasks using enabled(), a limiter and no_overlap see no
+    exception, never enter a limiter above the capacity in force, never run a no_overlap
+    function twice at once, and all finish (no deadlock)."""
+    probe = FakeProbe()
+    guard = make_guard(probe, interval=0.005, relief=False)
+    feature("hardening-extras", shed_at="high")
+    lim = limiter_module.limiter("hardening-jobs", 8, {"elevated": 4, "high": 2, "critical": 1})
+    log_lock = threading.Lock()
+    capacities = [lim.capacity]
+    inside = [0]
+    errors: list[str] = []
+    seen_enabled: set[bool] = set()
+    original_set_capacity = lim.set_capacity
+
+    def recorded_set_capacity(capacity: int) -> None:
+        with log_lock:
+            capacities.append(max(capacity, 0))
+            original_set_capacity(capacity)
+
+    monkeypatch.setattr(lim, "set_capacity", recorded_set_capacity)
+
+    def entered(start: int) -> None:
+        with log_lock:
+            inside[0] += 1
+            allowed = max(capacities[start:])
+            if inside[0] > allowed:
+                errors.append(f"{inside[0]} inside a limiter whose capacity was {allowed}")
+
+    def left() -> None:
+        with log_lock:
+            inside[0] -= 1
+
+    running = {"sync": 0, "async": 0}
+
+    def overlap_enter(kind: str) -> None:
+        with log_lock:
+            running[kind] += 1
+            if running[kind] > 1:
+                errors.append(f"two {kind} no_overlap calls at once")
+
+    def overlap_leave(kind: str) -> None:
+        with log_lock:
+            running[kind] -= 1
+
+    @no_overlap(name="hardening-sync")
+    def job() -> None:
+        overlap_enter("sync")
+        time.sleep(0)
+        overlap_leave("sync")
+
+    @no_overlap(name="hardening-async")
+    async def async_job() -> None:
+        overlap_enter("async")
+        await asyncio.sleep(0)
+        overlap_leave("async")
+
+    def thread_worker() -> None:
+        try:
+            for _ in range(40):
+                seen_enabled.add(enabled("hardening-extras"))
+                start = len(capacities) - 1
+                with lim:
+                    entered(start)
+                    time.sleep(0)
+                    left()
+                job()
+        except Exception as exc:
+            errors.append(f"thread: {exc!r}")
+
+    async def task_worker() -> None:
+        try:
+            for _ in range(4):
+                seen_enabled.add(enabled("hardening-extras"))
+                start = len(capacities) - 1
+                async with lim:
+                    entered(start)
+                    await asyncio.sleep(0)
+                    left()
+                await async_job()
+        except Exception as exc:
+            errors.append(f"task: {exc!r}")
+
+    async def all_tasks() -> None:
+        await asyncio.gather(*(task_worker() for _ in range(1000)))
+
+    done = threading.Event()
+    levels_seen: set[Pressure] = set()
+
+    def driver() -> None:
+        fractions = [0.1, 0.75, 0.9, 0.97, 0.9, 0.75, 0.5, 0.1]
+        try:
+            while not done.is_set():
+                for fraction in fractions:
+                    probe.set_fraction(fraction)
+                    levels_seen.add(guard.sample().pressure)
+                    time.sleep(0.002)
+        except Exception as exc:
+            errors.append(f"driver: {exc!r}")
+
+    guard.start()
+    moving = threading.Thread(target=driver, name="pressure-driver")
+    moving.start()
+    workers = [threading.Thread(target=thread_worker) for _ in range(64)]
+    workers.append(threading.Thread(target=lambda: asyncio.run(all_tasks())))
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        stuck = [w for w in workers if w.is_alive()]
+    finally:
+        done.set()
+        moving.join(30)
+        guard.stop()
+    assert not stuck, f"{len(stuck)} workers deadlocked: {lim!r}"
+    assert not moving.is_alive()
+    assert errors == []
+    assert levels_seen == set(Pressure)
+    assert seen_enabled == {True, False}
+    assert lim.holders == 0 and lim.waiters == 0
