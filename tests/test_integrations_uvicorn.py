@@ -88,3 +88,83 @@ def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
         proc.wait(30)
     text = log.read_text()
     assert f"recycling uvicorn worker pid {recycled}" in text
+
+
+GUARD_IN_LOOP_APP = textwrap.dedent(
+    """
+    import asyncio, json
+    import runtime_guard
+
+    state = {"inside": 0, "peak": 0}
+    jobs = runtime_guard.limiter("uvicorn-jobs", 2, {"high": 1})
+
+    async def limited():
+        async with jobs:
+            state["inside"] += 1
+            state["peak"] = max(state["peak"], state["inside"])
+            await asyncio.sleep(0.05)
+            state["inside"] -= 1
+        return {"peak": state["peak"], "enabled": runtime_guard.enabled("extras")}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/install":
+            guard = runtime_guard.install(interval=0.05)
+            body = {"samples": len(guard.history), "health": guard.health()}
+        elif path == "/health":
+            guard = runtime_guard.get_guard()
+            guard.sample()
+            body = guard.health()
+        elif path == "/limited":
+            body = await limited()
+        elif path == "/uninstall":
+            runtime_guard.uninstall()
+            body = {"guard": runtime_guard.get_guard() is not None}
+        else:
+            body = {}
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+    """
+)
+
+
+def test_guard_installed_and_used_inside_uvicorns_event_loop(tmp_path: Path) -> None:
+    """A real uvicorn app that calls install(), health(), a limiter and uninstall() from its
+    handlers answers every request, keeps the limiter within capacity and logs no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "loop_app.py").write_text(GUARD_IN_LOOP_APP)
+    port = servers.free_port()
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "loop_app:app", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        installed = None
+        while installed is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                installed = httpx.get(base + "/install", timeout=10)
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert installed is not None and installed.status_code == 200
+        assert installed.json()["health"]["status"] in ("ok", "degraded", "critical")
+        health = httpx.get(base + "/health", timeout=10).json()
+        assert health["samples"] >= 1 and health["rss_bytes"] > 0
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: httpx.get(base + "/limited", timeout=30), range(16)))
+        assert [a.status_code for a in answers] == [200] * 16
+        assert max(a.json()["peak"] for a in answers) <= 2
+        assert httpx.get(base + "/uninstall", timeout=10).json() == {"guard": False}
+        again = httpx.get(base + "/install", timeout=10)
+        assert again.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text
