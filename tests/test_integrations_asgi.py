@@ -49,8 +49,9 @@ def fake() -> Iterator[tuple[FakeProbe, runtime_guard.Guard]]:
     guard.stop()
 
 
-def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+def client(app: Any, address: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 123))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
 @pytest.mark.asyncio
@@ -72,6 +73,35 @@ async def test_http_refused_while_critical_except_exempt(fake: Any) -> None:
         health = await http.get("/health")
         assert (health.status_code, health.json()["status"]) == (503, "critical")
         assert "sources" not in health.json()
+
+
+@pytest.mark.asyncio
+async def test_status_page_and_detail_need_loopback_or_the_token(
+    fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote clients get 403 for the page and figures-only health unless they bring the token."""
+    monkeypatch.delenv("RUNTIME_GUARD_STATUS_TOKEN", raising=False)
+    probe, guard = fake
+    probe.set_fraction(0.1)
+    guard.sample()
+    app = GuardMiddleware(hello, guard=guard, status_path="/status", detail=True)
+    async with client(app, "10.9.8.7") as remote:
+        assert (await remote.get("/status")).status_code == 403
+        health = await remote.get("/health")
+        assert health.status_code == 200
+        assert "sources" not in health.json()
+    async with client(app) as local:
+        assert (await local.get("/status")).status_code == 200
+        assert (await local.get("/health")).json()["sources"] == probe.sources
+        proxied = await local.get("/status", headers={"Forwarded": "for=203.0.113.9"})
+        assert proxied.status_code == 403
+    app = GuardMiddleware(hello, guard=guard, status_path="/status", status_token="k3y")
+    async with client(app, "10.9.8.7") as remote:
+        assert (await remote.get("/status")).status_code == 403
+        bearer = {"Authorization": "Bearer k3y"}
+        assert (await remote.get("/status", headers=bearer)).status_code == 200
+        assert (await remote.get("/status?token=k3y")).status_code == 200
+        assert (await remote.get("/status?token=k3z")).status_code == 403
 
 
 async def _websocket(app: Any) -> list[dict[str, Any]]:

@@ -29,10 +29,11 @@ def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
     return [b"hello " + environ["PATH_INFO"].encode()]
 
 
-def call(app: Any, path: str) -> tuple[int, dict[str, str], bytes]:
-    environ: dict[str, Any] = {"PATH_INFO": path}
+def call(app: Any, path: str, **extra: str) -> tuple[int, dict[str, str], bytes]:
+    environ: dict[str, Any] = {"PATH_INFO": path, "REMOTE_ADDR": "127.0.0.1"}
     setup_testing_defaults(environ)
     environ["PATH_INFO"] = path
+    environ.update(extra)
     seen: dict[str, Any] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
@@ -171,6 +172,52 @@ def test_status_page_is_off_by_default_and_served_when_asked(fake: Any) -> None:
     assert b"<html" in body.lower()
 
 
+def test_status_page_needs_loopback_or_the_token(
+    fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a token only unproxied loopback clients see the page; with one, only its bearer."""
+    monkeypatch.delenv("RUNTIME_GUARD_STATUS_TOKEN", raising=False)
+    app = GuardMiddleware(hello, guard=fake[1], status_path="/status")
+    assert call(app, "/status", REMOTE_ADDR="10.1.2.3")[0] == 403
+    assert call(app, "/status", REMOTE_ADDR="::1")[0] == 200
+    assert call(app, "/status", REMOTE_ADDR="::ffff:127.0.0.1")[0] == 200
+    assert call(app, "/status", HTTP_X_FORWARDED_FOR="203.0.113.9")[0] == 403
+    code, headers, body = call(app, "/status", REMOTE_ADDR="")
+    assert (code, headers["Cache-Control"]) == (403, "no-store")
+    assert b"<" not in body
+    app = GuardMiddleware(hello, guard=fake[1], status_path="/status", status_token="s3cret")
+    assert call(app, "/status", REMOTE_ADDR="10.1.2.3")[0] == 403
+    assert call(app, "/status")[0] == 403  # a token, once set, is asked of loopback too
+    bearer = {"REMOTE_ADDR": "10.1.2.3", "HTTP_AUTHORIZATION": "Bearer s3cret"}
+    assert call(app, "/status", **bearer)[0] == 200
+    assert call(app, "/status", REMOTE_ADDR="10.1.2.3", QUERY_STRING="token=s3cret")[0] == 200
+    assert call(app, "/status", REMOTE_ADDR="10.1.2.3", QUERY_STRING="token=s3cre")[0] == 403
+    wrong = {"REMOTE_ADDR": "10.1.2.3", "HTTP_AUTHORIZATION": "Bearer \u00e9t\u00e9"}
+    assert call(app, "/status", **wrong)[0] == 403
+    monkeypatch.setenv("RUNTIME_GUARD_STATUS_TOKEN", "from-env")
+    app = GuardMiddleware(hello, guard=fake[1], status_path="/status")
+    assert call(app, "/status", HTTP_AUTHORIZATION="bearer from-env")[0] == 200
+    assert "from-env" not in repr(app.routes)
+
+
+def test_detailed_health_falls_back_to_figures_for_other_clients(
+    fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``detail=True`` shows sources to loopback or token holders; others get figures, same code."""
+    monkeypatch.delenv("RUNTIME_GUARD_STATUS_TOKEN", raising=False)
+    probe, guard = fake
+    at(probe, guard, 0.10)
+    app = GuardMiddleware(hello, guard=guard, detail=True)
+    code, _, body = call(app, "/health", REMOTE_ADDR="192.0.2.7")
+    assert code == 200
+    assert "sources" not in json.loads(body)
+    assert json.loads(call(app, "/health")[2])["sources"] == probe.sources
+    app = GuardMiddleware(hello, guard=guard, detail=True, status_token="t")
+    assert "sources" not in json.loads(call(app, "/health")[2])
+    body = call(app, "/health", REMOTE_ADDR="192.0.2.7", QUERY_STRING="a=1&token=t")[2]
+    assert json.loads(body)["sources"] == probe.sources
+
+
 def test_bad_options_fail_loudly() -> None:
     """Bad middleware options raise ConfigError naming the option."""
     with pytest.raises(ConfigError, match="shed_at"):
@@ -179,6 +226,8 @@ def test_bad_options_fail_loudly() -> None:
         GuardMiddleware(hello, retry_after=-1)
     with pytest.raises(ConfigError, match="exempt"):
         GuardMiddleware(hello, exempt=("admin",))
+    with pytest.raises(ConfigError, match="status_token"):
+        GuardMiddleware(hello, status_token=" ")
 
 
 class _Quiet(WSGIRequestHandler):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import ipaddress
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.config import Config, ConfigError
@@ -15,10 +19,14 @@ from runtime_guard.guard import Guard
 from runtime_guard.pressure import Pressure
 
 __all__ = [
+    "FORBIDDEN",
     "MIDDLEWARE_OPTIONS",
+    "PROXY_HEADERS",
+    "STATUS_TOKEN_ENV",
     "MiddlewareBase",
     "Routes",
     "health_response",
+    "is_loopback",
     "metrics_response",
     "missing_extra",
     "overloaded_body",
@@ -30,7 +38,16 @@ __all__ = [
 _log = logging.getLogger("runtime_guard")
 
 MIDDLEWARE_OPTIONS = frozenset(
-    ("health_path", "shed_at", "retry_after", "exempt", "status_path", "metrics_path", "detail")
+    (
+        "health_path",
+        "shed_at",
+        "retry_after",
+        "exempt",
+        "status_path",
+        "metrics_path",
+        "detail",
+        "status_token",
+    )
 )
 """Keywords the middleware takes; every other keyword of the framework helpers is a guard option."""
 
@@ -38,6 +55,12 @@ _GUARD_OPTIONS = frozenset(f.name for f in dataclasses.fields(Config))
 
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
+
+STATUS_TOKEN_ENV = "RUNTIME_GUARD_STATUS_TOKEN"
+"""Variable read for ``status_token`` when the keyword is not given."""
+
+FORBIDDEN = b"forbidden: needs a loopback client or the status token\n"
+"""Body of the 403 sent for the status page to a client that may not see it."""
 
 
 def missing_extra(integration: str, module: str, extra: str) -> ImportError:
@@ -81,6 +104,8 @@ class Routes:
     """Prometheus metrics; off unless set (needs the ``prometheus`` extra)."""
     detail: bool = False
     """Put source paths, leak reports and creation sites in the health body too."""
+    status_token: bytes | None = field(default=None, repr=False)
+    """Token the status page and detailed health need; ``None`` means loopback clients only."""
 
     @classmethod
     def make(
@@ -93,6 +118,7 @@ class Routes:
         status_path: str | None = None,
         metrics_path: str | None = None,
         detail: bool = False,
+        status_token: str | None = None,
     ) -> Routes:
         """Validate the middleware keywords; a bad one raises ``ConfigError``."""
         try:
@@ -114,14 +140,45 @@ class Routes:
         for prefix in prefixes:
             if not prefix.startswith("/"):
                 raise ConfigError(f"exempt={prefix!r} is not accepted: expected paths like '/x'")
+        if status_token is None:
+            status_token = os.environ.get(STATUS_TOKEN_ENV, "").strip() or None
+        elif not isinstance(status_token, str) or not status_token.strip():
+            raise ConfigError("status_token=... is not accepted: expected a non-empty string")
+        token = status_token.strip().encode("utf-8", "replace") if status_token else None
         return cls(
-            health_path, level, retry_after, prefixes, status_path, metrics_path, bool(detail)
+            health_path,
+            level,
+            retry_after,
+            prefixes,
+            status_path,
+            metrics_path,
+            bool(detail),
+            token,
         )
 
     @property
     def own_paths(self) -> frozenset[str]:
         """Paths the middleware answers itself."""
         return frozenset(p for p in (self.health_path, self.status_path, self.metrics_path) if p)
+
+    def allows(
+        self, client: str | None, authorization: str | None, query: str, proxied: bool
+    ) -> bool:
+        """Whether a request may see the status page or detailed health.
+
+        With a token configured, only a request carrying it (``Authorization: Bearer`` or
+        ``?token=``) may; without one, only a loopback client that no proxy forwarded (a
+        proxy on the same host would make every client look local).
+        """
+        if self.status_token is None:
+            return not proxied and is_loopback(client)
+        given = _bearer(authorization)
+        if given is None and "token=" in query:
+            given = next(iter(parse_qs(query).get("token", ())), None)
+        # compare_digest, so the time taken says nothing about how much of a guess matched.
+        return given is not None and hmac.compare_digest(
+            given.encode("utf-8", "replace"), self.status_token
+        )
 
     def is_exempt(self, path: str) -> bool:
         """Whether ``path`` is never refused (own routes, and anything under :attr:`exempt`)."""
@@ -151,6 +208,7 @@ class MiddlewareBase:
         status_path: str | None = None,
         metrics_path: str | None = None,
         detail: bool = False,
+        status_token: str | None = None,
     ) -> None:
         self.app = app
         """The wrapped application."""
@@ -164,6 +222,7 @@ class MiddlewareBase:
             status_path=status_path,
             metrics_path=metrics_path,
             detail=detail,
+            status_token=status_token,
         )
         """The validated settings."""
         self._own = self.routes.own_paths
@@ -179,6 +238,30 @@ class MiddlewareBase:
             from runtime_guard.integrations.prometheus import install_metrics
 
             install_metrics()
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether ``address`` (a client IP as servers report it) is this host's loopback."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+"""Request headers (lower case) that show a proxy relayed the request for another client."""
 
 
 def current_guard(guard: Guard | None) -> Guard | None:

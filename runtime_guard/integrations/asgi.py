@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
+    FORBIDDEN,
     JSON,
+    PROXY_HEADERS,
     MiddlewareBase,
     current_guard,
     health_response,
@@ -98,7 +100,8 @@ class GuardMiddleware(MiddlewareBase):
     async def _answer(self, path: str, scope: Scope, send: Send) -> None:
         guard = current_guard(self.guard)
         if path == self.routes.health_path:
-            code, body = health_response(guard, self.routes.detail)
+            detail = self.routes.detail and self._allows(scope)
+            code, body = health_response(guard, detail)
             content_type = JSON
         elif path == self.routes.metrics_path:
             accept = None
@@ -106,8 +109,10 @@ class GuardMiddleware(MiddlewareBase):
                 if name == b"accept":
                     accept = value.decode("latin-1")
             code, content_type, body = metrics_response(accept)
-        else:
+        elif self._allows(scope):
             code, content_type, body = status_page_response(guard)
+        else:
+            code, content_type, body = 403, "text/plain", FORBIDDEN
         headers = [
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(body)).encode()),
@@ -115,6 +120,20 @@ class GuardMiddleware(MiddlewareBase):
         ]
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    def _allows(self, scope: Scope) -> bool:
+        authorization = None
+        proxied = False
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name.decode("latin-1") in PROXY_HEADERS:
+                proxied = True
+        client = scope.get("client")
+        query: bytes = scope.get("query_string", b"")
+        return self.routes.allows(
+            client[0] if client else None, authorization, query.decode("latin-1"), proxied
+        )
 
 
 def lifespan(

@@ -6,7 +6,8 @@
     RUNTIME_GUARD = {"memory_limit": "1GiB", "exempt": ["/admin"], "metrics_path": "/metrics"}
 
 The dict holds :func:`runtime_guard.install` options and the middleware's (``health_path``,
-``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``),
+``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``,
+``status_token``),
 plus ``"install": False`` to leave installing to someone else (a gunicorn hook). The
 middleware works under WSGI and ASGI alike.
 """
@@ -19,7 +20,9 @@ from typing import Any
 import runtime_guard
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
+    FORBIDDEN,
     JSON,
+    PROXY_HEADERS,
     Routes,
     current_guard,
     health_response,
@@ -103,12 +106,23 @@ class GuardMiddleware:
     def _answer(self, path: str, request: HttpRequest) -> HttpResponse:
         guard = current_guard(self.guard)
         if path == self.routes.health_path:
-            code, body = health_response(guard, self.routes.detail)
+            detail = self.routes.detail and self._allows(request)
+            code, body = health_response(guard, detail)
             content_type = JSON
         elif path == self.routes.metrics_path:
             code, content_type, body = metrics_response(request.headers.get("Accept"))
-        else:
+        elif self._allows(request):
             code, content_type, body = status_page_response(guard)
+        else:
+            code, content_type, body = 403, "text/plain", FORBIDDEN
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"
         return response
+
+    def _allows(self, request: HttpRequest) -> bool:
+        return self.routes.allows(
+            request.META.get("REMOTE_ADDR"),
+            request.headers.get("Authorization"),
+            request.META.get("QUERY_STRING", ""),
+            any(name in request.headers for name in PROXY_HEADERS),
+        )

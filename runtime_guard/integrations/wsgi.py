@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
+    FORBIDDEN,
     JSON,
+    PROXY_HEADERS,
     MiddlewareBase,
     current_guard,
     health_response,
@@ -31,6 +33,8 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _REASONS = {200: "200 OK", 404: "404 Not Found", 500: "500 Internal Server Error"}
+_REASONS[403] = "403 Forbidden"
+_PROXY_KEYS = tuple("HTTP_" + name.upper().replace("-", "_") for name in PROXY_HEADERS)
 _REASONS[503] = "503 Service Unavailable"
 
 
@@ -62,12 +66,15 @@ class GuardMiddleware(MiddlewareBase):
     ) -> Iterable[bytes]:
         guard = current_guard(self.guard)
         if path == self.routes.health_path:
-            code, body = health_response(guard, self.routes.detail)
+            detail = self.routes.detail and self._allows(environ)
+            code, body = health_response(guard, detail)
             content_type = JSON
         elif path == self.routes.metrics_path:
             code, content_type, body = metrics_response(environ.get("HTTP_ACCEPT"))
-        else:
+        elif self._allows(environ):
             code, content_type, body = status_page_response(guard)
+        else:
+            code, content_type, body = 403, "text/plain", FORBIDDEN
         start_response(
             _REASONS.get(code, f"{code} Error"),
             [
@@ -77,3 +84,11 @@ class GuardMiddleware(MiddlewareBase):
             ],
         )
         return [body]
+
+    def _allows(self, environ: dict[str, Any]) -> bool:
+        return self.routes.allows(
+            environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_AUTHORIZATION"),
+            environ.get("QUERY_STRING", ""),
+            any(key in environ for key in _PROXY_KEYS),
+        )
