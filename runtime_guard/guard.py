@@ -86,6 +86,7 @@ class Guard:
         self._started = time.monotonic()
         self._discovered = self._started
         self._sample_failures = 0
+        self._sample_error = ""
         self._closed = False
 
     # -- components -------------------------------------------------------------------
@@ -200,8 +201,9 @@ class Guard:
                 self._gc.ensure_installed()
                 self.sample()
                 self._sample_failures = 0
-            except Exception:
+            except Exception as exc:
                 self._sample_failures += 1
+                self._sample_error = f"no memory reading: {exc!r}"
                 if self._sample_failures == 1:
                     _log.exception("runtime_guard: sample failed; retrying every interval")
             next_at += interval
@@ -293,7 +295,12 @@ class Guard:
             extra = self._call(component, "health")
             if isinstance(extra, Mapping):
                 data.update(extra)
-        if level >= Pressure.CRITICAL:
+        if self._sample_failures:
+            # The figures above are the last good ones; calling them current would hide
+            # that the guard is blind until the source answers again.
+            data["status"] = "unknown"
+            data["error"] = self._sample_error
+        elif level >= Pressure.CRITICAL:
             data["status"] = "critical"
         elif level >= Pressure.HIGH or data["shed_features"] or data["suspected_leaks"]:
             data["status"] = "degraded"

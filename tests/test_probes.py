@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from runtime_guard.config import Config
+from runtime_guard.guard import Guard
 from runtime_guard.probes import MemoryProbe, RssReader, find_cgroup_memory, physical_memory
 
 ROOTS = Path(__file__).parent / "fixtures" / "roots"
@@ -167,3 +171,37 @@ def test_real_machine_sources_are_named() -> None:
     assert p.limit > 0
     assert set(p.sources) >= {"rss", "usage", "limit"}
     p.close()
+
+
+def test_psutil_raising_with_no_statm_makes_health_unknown_and_logs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With statm missing and psutil's memory_info() raising, the running sampler logs the
+    failure once, health() says unknown instead of repeating stale figures, nothing raises
+    into the host, and readings resume when psutil answers again."""
+    probe = MemoryProbe(root=str(tmp_path))  # a root without /proc/self/statm
+    assert probe.sources["rss"] == "psutil"
+    guard = Guard(Config.from_options({"interval": 0.01}, environ={}), probe=probe)
+    assert guard.health()["status"] == "ok"
+
+    def denied(self: psutil.Process) -> None:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "memory_info", denied)
+    with caplog.at_level(logging.WARNING, logger="runtime_guard"):
+        guard.start()
+        try:
+            deadline = time.monotonic() + 10
+            while guard._sample_failures < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            health = guard.health()
+            assert health["status"] == "unknown"
+            assert "AccessDenied" in health["error"]
+            monkeypatch.undo()
+            samples = len(guard.history)
+            while len(guard.history) <= samples and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert guard.health()["status"] == "ok"
+        finally:
+            guard.stop()
+    assert len([r for r in caplog.records if "sample failed" in r.getMessage()]) == 1
