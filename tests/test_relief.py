@@ -216,3 +216,55 @@ def test_health_shows_the_last_automatic_relief(fake: tuple[Guard, FakeProbe, Cl
     last = guard.health()["last_relief"]
     assert last["reason"] == "pressure" and last["level"] == "elevated"
     json.dumps(guard.health())
+
+
+@pytest.fixture
+def relief_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    import runtime_guard.relief as module
+
+    monkeypatch.setattr(module, "_malloc_trim", module._UNSET)
+    return module
+
+
+def test_relief_without_malloc_trim_is_the_collection_alone(
+    relief_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the malloc_trim lookup finds nothing (musl, macOS), relief still collects
+    garbage, reports trimmed=False with no trim time, and raises nothing."""
+    monkeypatch.setattr(relief_module, "_find_malloc_trim", lambda: None)
+    guard = Guard(Config.from_options({"relief": False}, environ={}))
+    try:
+        assert not malloc_trim_available()
+        cycles: list[list[Any]] = [[] for _ in range(1000)]
+        for cycle in cycles:
+            cycle.append(cycle)
+        del cycles, cycle
+        result = guard.relieve()
+    finally:
+        guard.stop()
+    assert result.trimmed is False and result.trim_seconds == 0.0
+    assert result.collected >= 1000
+    assert "no malloc_trim" in str(result)
+    assert result.to_dict()["trimmed"] is False
+
+
+def test_malloc_trim_raising_is_logged_once_and_switched_off(
+    relief_module: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malloc_trim that fails is logged once; later reliefs skip it instead of failing."""
+    calls: list[int] = []
+
+    def broken(pad: int) -> int:
+        calls.append(pad)
+        raise OSError("malloc_trim broke")
+
+    monkeypatch.setattr(relief_module, "_find_malloc_trim", lambda: broken)
+    guard = Guard(Config.from_options({"relief": False}, environ={}))
+    try:
+        with caplog.at_level("ERROR", logger="runtime_guard"):
+            first, second = guard.relieve(), guard.relieve()
+    finally:
+        guard.stop()
+    assert (first.trimmed, second.trimmed) == (False, False)
+    assert calls == [0]
+    assert len([r for r in caplog.records if "malloc_trim failed" in r.getMessage()]) == 1
