@@ -653,3 +653,38 @@ def test_quiet_samples_never_walk_the_heap(feed: Any, monkeypatch: pytest.Monkey
     f.run(600, heap=_flat(100_000), rss=_flat(200 * MB))
     assert calls == []
     assert not tracemalloc.is_tracing()
+
+
+def test_host_tracemalloc_depth_is_kept_and_never_restarted(
+    feed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host tracing with its own frame depth (not the guard's) still traces at that depth
+    after a diagnosis, with its earlier traces intact: the guard neither stopped nor
+    restarted tracemalloc."""
+    host_depth = diagnosis.DEFAULT_FRAMES + 5
+    tracemalloc.start(host_depth)
+    try:
+        kept = [bytearray(1000) for _ in range(10)]
+        assert tracemalloc.get_object_traceback(kept[0]) is not None
+        calls: list[str] = []
+        real_start, real_stop = tracemalloc.start, tracemalloc.stop
+
+        def spy_start(*args: Any) -> None:
+            calls.append("start")
+            real_start(*args)
+
+        def spy_stop() -> None:
+            calls.append("stop")
+            real_stop()
+
+        monkeypatch.setattr(tracemalloc, "start", spy_start)
+        monkeypatch.setattr(tracemalloc, "stop", spy_stop)
+        f = feed(tracemalloc="on-demand")
+        f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
+        assert len(f.reports) == 1 and f.reports[0].diagnosis == "done"
+        assert calls == []
+        assert tracemalloc.is_tracing()
+        assert tracemalloc.get_traceback_limit() == host_depth
+        assert tracemalloc.get_object_traceback(kept[0]) is not None
+    finally:
+        tracemalloc.stop()
