@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from runtime_guard import diagnosis
-from runtime_guard._sizes import format_size, parse_size
+from runtime_guard._sizes import SIZE_FORM, format_size, parse_size
 
 __all__ = [
     "CHECKS",
@@ -109,8 +109,10 @@ class LeakCheckOptions:
             elif name == "tolerance":
                 try:
                     values["tolerance"] = parse_size(value)
-                except ValueError as exc:
-                    raise ValueError(f"tolerance={value!r} is not accepted: {exc}") from None
+                except ValueError:
+                    raise ValueError(
+                        f"tolerance={_arg(value)} is not accepted: expected {SIZE_FORM}"
+                    ) from None
                 values["tolerance_text"] = (
                     value.strip() if isinstance(value, str) else format_size(values["tolerance"])
                 )
@@ -129,34 +131,50 @@ class LeakCheckOptions:
 
 
 def _count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    # isdecimal, not isdigit: int() refuses digits such as "²"; and int() refuses strings
+    # of thousands of digits, so a count longer than any sensible one stays a string.
+    if isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 18:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(
-            f"{name}={value!r} is not accepted: expected a whole number of at least {minimum}"
+            f"{name}={_arg(value)} is not accepted: expected a whole number of at least {minimum}"
         )
     return value
 
 
 def _checks(value: Any) -> tuple[str, ...]:
-    items = (value,) if isinstance(value, str) else tuple(value)
+    items = (value,) if isinstance(value, str) else _items(value)
     unknown = [item for item in items if item not in CHECKS]
     if unknown or not items:
         raise ValueError(
-            f"check={value!r} is not accepted: expected some of {', '.join(map(repr, CHECKS))}"
+            f"check={_arg(value)} is not accepted: expected some of {', '.join(map(repr, CHECKS))}"
         )
     return tuple(name for name in CHECKS if name in items)
 
 
 def _tracked(value: Any) -> tuple[str | type, ...]:
-    items = (value,) if isinstance(value, (str, type)) else tuple(value)
+    items = (value,) if isinstance(value, (str, type)) else _items(value)
     for item in items:
         if not isinstance(item, (str, type)):
             raise ValueError(
-                f"track={value!r} is not accepted: expected classes or dotted names "
+                f"track={_arg(value)} is not accepted: expected classes or dotted names "
                 "such as 'redis.Redis'"
             )
     return items
+
+
+def _arg(value: Any) -> str:
+    """``repr(value)`` short enough for a one-line message, whatever was passed."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _items(value: Any) -> tuple[Any, ...]:
+    """``value`` as a tuple, or ``(value,)`` when it is no collection (refused by the caller)."""
+    try:
+        return tuple(value)
+    except TypeError:
+        return (value,)
 
 
 # -- settling -----------------------------------------------------------------------------

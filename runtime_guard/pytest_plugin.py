@@ -105,15 +105,18 @@ def _resolve(config: pytest.Config) -> _Settings:
         elif str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             enabled = str(value).lower() in ("1", "true", "yes", "on")
         else:
-            raise pytest.UsageError(f"{where}={value!r} is not accepted: expected true or false")
+            raise pytest.UsageError(
+                f"{where}={_arg(value)} is not accepted: expected true or false"
+            )
     rounds: int | None = None
     found = _setting(config, "leak_check_rounds")
     if found is not None:
         value, where = found
         text = str(value).strip()
-        if not text.isdigit() or int(text) < 1:
+        # isdecimal: int() refuses some isdigit() text ("²") and more than 4,300 digits.
+        if not text.isdecimal() or len(text) > 18 or int(text) < 1:
             raise pytest.UsageError(
-                f"{where}={value!r} is not accepted: expected a whole number of at least 1"
+                f"{where}={_arg(value)} is not accepted: expected a whole number of at least 1"
             )
         rounds = int(text)
     tolerance: str | None = None
@@ -124,10 +127,15 @@ def _resolve(config: pytest.Config) -> _Settings:
             parse_size(str(value))
         except ValueError:
             raise pytest.UsageError(
-                f"{where}={value!r} is not accepted: expected {SIZE_FORM}"
+                f"{where}={_arg(value)} is not accepted: expected {SIZE_FORM}"
             ) from None
         tolerance = str(value)
     return _Settings(enabled, rounds, tolerance, config.get_verbosity() > 0)
+
+
+def _arg(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def pytest_configure(config: pytest.Config) -> None:

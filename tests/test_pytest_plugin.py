@@ -659,6 +659,21 @@ def test_bad_tolerance():
 @pytest.mark.no_leaks(check=["heap", "rss"])
 def test_unknown_figure():
     pass
+
+
+@pytest.mark.no_leaks(check=5)
+def test_check_not_a_collection():
+    pass
+
+
+@pytest.mark.no_leaks(round=3)
+def test_misspelt_argument():
+    pass
+
+
+@pytest.mark.no_unreleased(42)
+def test_unreleased_not_a_type():
+    pass
 """
 
 
@@ -668,11 +683,15 @@ def test_bad_marker_arguments_fail_the_test_naming_the_argument(
     """A bad marker argument fails that test with the argument, the value and the form."""
     _write(pytester, "test_bad_markers", BAD_MARKERS)
     result = pytester.runpytest_subprocess(*ARGS)
-    result.assert_outcomes(failed=3)
+    result.assert_outcomes(failed=6)
     output = result.stdout.str()
     assert "rounds=0 is not accepted: expected a whole number of at least 1" in output
     assert "tolerance='a lot' is not accepted: expected a byte count" in output
     assert "check=['heap', 'rss'] is not accepted: expected some of 'heap', 'objects'" in output
+    assert "check=5 is not accepted: expected some of 'heap'" in output
+    assert "unknown leak-check argument 'round'; accepted: rounds, warmup" in output
+    assert "track=(42,) is not accepted: expected classes or dotted names" in output
+    assert "Traceback" not in output and "_leakcheck.py" not in output
 
 
 RAISING = """
