@@ -13,7 +13,7 @@ import runtime_guard
 from runtime_guard import Pressure, signals
 from runtime_guard.cli import main
 from runtime_guard.testing import FakeProbe, make_guard
-from runtime_guard.timeline import MAX_POINTS, Timeline, snapshot
+from runtime_guard.timeline import MAX_EVENTS, MAX_LEAKS, MAX_POINTS, MAX_TYPES, Timeline, snapshot
 
 
 def _walk(probe: FakeProbe, guard: runtime_guard.Guard, fractions: list[float]) -> None:
@@ -109,3 +109,25 @@ def test_stop_disconnects_the_receivers() -> None:
     guard.stop()
     after = {name: len(sig.receivers) for name, sig in signals.namespace.items()}
     assert after == before
+
+
+def test_timeline_keeps_at_most_its_caps() -> None:
+    """However many events, leak reports and tracked types arrive, the timeline keeps at most
+    MAX_EVENTS events, MAX_LEAKS leak reports and MAX_TYPES unreleased reports."""
+    guard = make_guard(FakeProbe())
+    try:
+        timeline = Timeline(guard)
+        for index in range(MAX_EVENTS + 100):
+            timeline.record("pressure", f"event {index}")
+        for index in range(MAX_LEAKS + 5):
+            timeline._on_leak(guard, report={"kind": "leak", "n": index})
+        for index in range(MAX_TYPES + 30):
+            timeline._on_unreleased(guard, report={"type": f"Client{index}"})
+        assert len(timeline.events) == MAX_EVENTS
+        assert timeline.events[-1]["kind"] == "unreleased"  # the newest are the ones kept
+        assert len(timeline._leaks) == MAX_LEAKS
+            MAX_LEAKS + 4 - i for i in range(MAX_LEAKS)
+        ]
+        assert len(timeline._unreleased) == MAX_TYPES
+    finally:
+        guard.stop()
