@@ -122,7 +122,8 @@ def test_timeline_keeps_at_most_its_caps() -> None:
         for index in range(MAX_LEAKS + 5):
             timeline._on_leak(guard, report={"kind": "leak", "n": index})
         for index in range(MAX_TYPES + 30):
-            timeline._on_unreleased(guard, report={"type": f"Client{index}"})
+            report = {"type": f"Client{index}"}
+            timeline._on_unreleased(guard, report=SimpleNamespace(to_dict=report.copy))
         assert len(timeline.events) == MAX_EVENTS
         assert timeline.events[-1]["kind"] == "unreleased"  # the newest are the ones kept
         assert len(timeline._leaks) == MAX_LEAKS
