@@ -6,7 +6,10 @@ import threading
 from typing import Any
 
 from runtime_guard import signals
-from runtime_guard._dispatch import Dispatcher
+from runtime_guard._dispatch import MAX_QUEUED, Dispatcher
+from runtime_guard.config import Config
+from runtime_guard.guard import Guard
+from runtime_guard.testing import FakeProbe
 
 
 def test_signals_arrive_in_order() -> None:
@@ -80,3 +83,29 @@ def test_a_receiver_causing_its_own_signal_does_not_loop() -> None:
         signals.restart_requested.disconnect(echo)
     assert calls == [1]
     assert dispatcher.suppressed == 1
+
+
+def test_a_guards_signal_backlog_is_capped_at_max_queued() -> None:
+    """A guard whose receiver is stuck keeps at most MAX_QUEUED (1,000) signals queued,
+    while sampling goes on and the drops are counted."""
+    guard = Guard(Config.from_options({}, environ={}), probe=FakeProbe())
+    release = threading.Event()
+
+    def stuck(sender: Any, **kw: Any) -> None:
+        release.wait(10)
+
+    signals.sample_taken.connect(stuck)
+    try:
+        guard._dispatcher.start()
+        for _ in range(MAX_QUEUED + 500):
+            guard.sample()
+        assert MAX_QUEUED == 1000
+        assert len(guard._dispatcher._queue) <= MAX_QUEUED
+        assert guard._dispatcher.dropped >= 499
+        assert len(guard.history) == MAX_QUEUED + 500
+        release.set()
+        assert guard.flush_signals(30)
+    finally:
+        release.set()
+        signals.sample_taken.disconnect(stuck)
+        guard.stop()
