@@ -394,3 +394,53 @@ def test_track_rejects_bad_arguments() -> None:
         track("nodots")
     with pytest.raises(TypeError):
         track(42)  # type: ignore[arg-type]
+
+
+def test_collected_without_release_tables_are_capped() -> None:
+    """Instances collected unreleased from more distinct sites than the cap are all counted,
+    but the per-site table holds at most _MAX_COLLECTED_SITES sites and the recent-collection
+    memory at most _RECENT_COLLECTED records."""
+    from runtime_guard import _registry
+
+    class Dropped(Resource):
+        pass
+
+    name = track(Dropped)
+    _registry.marker()
+    sites = _registry._MAX_COLLECTED_SITES + 44
+    for index in range(sites):
+        code = compile("Dropped()", f"/srv/app/site_{index}.py", "eval")
+        eval(code, {"Dropped": Dropped})
+    for _ in range(_registry._RECENT_COLLECTED + 200):
+        Dropped()
+    gc.collect()
+    entry = _registry._entries[name]
+    assert entry.collected_unreleased == sites + _registry._RECENT_COLLECTED + 200
+    assert len(entry.collected_sites) == _registry._MAX_COLLECTED_SITES
+    assert len(_registry._recent_collected) == _registry._RECENT_COLLECTED
+
+
+def test_component_keeps_at_most_its_report_and_point_caps() -> None:
+    """Over many samples and episodes the tracking component keeps 200 points per type and
+    its last 20 reports, however long it runs."""
+
+    class Pooled(Resource):
+        pass
+
+    name = track(Pooled, max_live=0)
+    guard = make_guard()
+    try:
+        component = guard.component("tracking")
+        assert isinstance(component, tracking.TrackingComponent)
+        for _ in range(25):
+            held = Pooled()
+            guard.sample()  # over max_live: an episode and its report
+            held.close()
+            del held
+            gc.collect()
+            for _ in range(tracking.QUIET_SAMPLES):
+                guard.sample()
+        assert len(component.reports) == 20
+        assert len(component._states[name].points) == 200
+    finally:
+        guard.stop()
