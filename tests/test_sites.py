@@ -8,6 +8,8 @@ import sysconfig
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import runtime_guard
 from runtime_guard._sites import STACK_DEPTH, Site, capture, is_library
 
@@ -112,3 +114,16 @@ def test_site_to_dict_is_json_ready_and_str_is_readable() -> None:
     assert str(site).endswith(f":{site.lineno} in _make_site")
     assert os.path.basename(__file__) in str(site)
     assert data["stack"][0] == data["site"]
+
+
+def test_interned_site_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _MAX_INTERNED distinct sites the table stops growing; new sites are still named."""
+    from runtime_guard import _sites
+
+    monkeypatch.setattr(_sites, "_MAX_INTERNED", len(_sites._interned) + 5)
+    found = []
+    for index in range(20):
+        code = compile("capture(0)", f"/srv/app/interned_{index}.py", "eval")
+        found.append(eval(code, {"capture": capture}))
+    assert len(_sites._interned) == _sites._MAX_INTERNED
+    assert [site.filename for site in found] == [f"/srv/app/interned_{i}.py" for i in range(20)]
