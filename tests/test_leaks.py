@@ -688,3 +688,10 @@ def test_host_tracemalloc_depth_is_kept_and_never_restarted(
         assert tracemalloc.get_object_traceback(kept[0]) is not None
     finally:
         tracemalloc.stop()
+
+
+def test_leak_floors_are_capped_at_leak_windows(feed: Any) -> None:
+    """However long the guard watches, the detector keeps leak_windows floors, no more."""
+    f = feed(leak_windows=6)
+    f.run(_WINDOW * 40, heap=_flat(100_000), rss=_flat(200 * MB))
+    assert len(f.detector._floors) == 6
