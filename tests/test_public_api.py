@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import runtime_guard
 from runtime_guard.config import Config
 from runtime_guard.testing import make_guard
+from runtime_guard.tracking import untrack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,3 +103,86 @@ def test_readme_has_the_two_commands() -> None:
     """The README shows a test command that installs the package and runs pytest."""
     readme = (ROOT / "README.md").read_text()
     assert "pip install -e '.[test]' && python -m pytest" in readme
+
+
+# -- the project's own public API under its own no_leaks marker -----------------------------
+
+
+@pytest.fixture(scope="module")
+def long_lived() -> Iterator[runtime_guard.Guard]:
+    """A guard sampled in every round: once its history is full a sample must keep nothing."""
+    guard = make_guard(history_size=16, relief=False, track_clients=False)
+    yield guard
+    guard.stop()
+
+
+@pytest.mark.no_leaks(rounds=5, warmup=2)
+def test_sample_and_health_leave_nothing_behind(long_lived: runtime_guard.Guard) -> None:
+    """Guard.sample() and health() on a long-lived guard keep no memory between rounds."""
+    for _ in range(1000):
+        long_lived.sample()
+    for _ in range(300):
+        assert long_lived.health()["status"] in ("ok", "degraded", "critical")
+
+
+_EXTRAS = runtime_guard.feature("public-api-extras", shed_at="high")
+_JOBS = runtime_guard.limiter("public-api-jobs", 4)
+
+
+@runtime_guard.no_overlap(name="public-api-tick")
+def _tick() -> int:
+    return 1
+
+
+@pytest.mark.no_leaks(rounds=5, warmup=2)
+def test_enabled_limiter_and_no_overlap_leave_nothing_behind() -> None:
+    """enabled(), limiter acquire/release (sync and async) and no_overlap calls keep nothing."""
+    import asyncio
+
+    async def async_rounds() -> None:
+        for _ in range(500):
+            async with _JOBS:
+                pass
+
+    for _ in range(1000):
+        assert runtime_guard.enabled("public-api-extras")
+        with _JOBS:
+            assert _tick() == 1
+    asyncio.run(async_rounds())
+    assert _JOBS.holders == 0 and _EXTRAS.enabled
+
+
+class _TrackedClient:
+    def __init__(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.open = False
+
+
+@pytest.fixture
+def tracked_name() -> Iterator[str]:
+    name = runtime_guard.track(_TrackedClient)
+    yield name
+    untrack(_TrackedClient)
+
+
+@pytest.mark.no_leaks(rounds=5, warmup=2)
+def test_tracked_objects_created_and_closed_leave_nothing_behind(tracked_name: str) -> None:
+    """Creating and closing tracked objects keeps no per-instance memory once they are gone."""
+    for _ in range(500):
+        client = _TrackedClient()
+        client.close()
+    del client
+    counts = runtime_guard.live_objects()[tracked_name]
+    assert counts["live"] == 0 and counts["released"] >= 500
+
+
+@pytest.mark.no_leaks(rounds=5, warmup=2)
+def test_install_uninstall_cycles_leave_nothing_behind() -> None:
+    """install()/uninstall() cycles keep no memory, threads or file descriptors."""
+    for _ in range(5):
+        guard = runtime_guard.install(interval=0.05, track_clients=False)
+        guard.sample()
+        runtime_guard.uninstall()
+    assert runtime_guard.get_guard() is None
