@@ -215,3 +215,27 @@ def test_find_instance_none_for_unknown_type() -> None:
     """No instance of an unknown type name is found."""
     assert find_instance("no.such.Type") is None
     assert diagnosis.type_name(Session) == f"{__name__}.Session"
+
+
+def test_referrer_search_visits_at_most_max_frontier_objects_per_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An object held by thousands of containers is searched through at most _MAX_FRONTIER
+    of them per level, so one popular object cannot blow up the search's memory or time."""
+    target = Session(7)
+    holders = [[target] for _ in range(diagnosis._MAX_FRONTIER + 1500)]
+    asked: list[int] = []
+
+    class CountingGc:
+        def __getattr__(self, name: str) -> object:
+            return getattr(gc, name)
+
+        def get_referrers(self, *objects: object) -> list[object]:
+            asked.append(len(objects))
+            return gc.get_referrers(*objects)
+
+    monkeypatch.setattr(diagnosis, "gc", CountingGc())
+    diagnosis.referrer_chain(target, max_depth=3, time_budget=5.0)
+    assert len(asked) >= 2
+    assert max(asked) <= diagnosis._MAX_FRONTIER
+    del holders
