@@ -40,12 +40,17 @@ class ReportError(ValueError):
     """The data is not a report this version can render; the message says why."""
 
 
+# Control characters other than tab: a hostile report could otherwise move the cursor,
+# recolour or clear the terminal it is printed on ("\x1b[2J"), or forge lines ("\r").
+_CONTROLS = {c: "\ufffd" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+
+
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
     text = value if isinstance(value, str) else "" if value is None else str(value)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     # JSON may carry lone surrogates ("\ud800"), which no UTF-8 page or terminal can take.
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return text.encode("utf-8", "replace").decode("utf-8").translate(_CONTROLS)
 
 
 def _num(value: Any) -> float | None:

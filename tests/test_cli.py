@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import reportdata
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import runtime_guard
 from runtime_guard import _demo_app
@@ -282,3 +287,159 @@ def test_demo_quick_finds_the_leaking_line(tmp_path: Path) -> None:
     page = html.read_text(encoding="utf-8")
     assert 'id="timeline-chart"' in page
     assert "handle_order" in page
+
+
+# -- report files, fuzzed: hostile, malformed and odd-shaped JSON through main() ----------
+
+HOSTILE_STRINGS = [
+    "<script>alert(1)</script>",
+    "<SCRIPT SRC=//evil.example/x.js></SCRIPT>",
+    "</style><script>alert(1)</script>",
+    "</title><script>alert(1)</script>",
+    '"><svg onload=alert(1)>',
+    "'><img src=x onerror=alert(1)>",
+    "<iframe src=javascript:alert(1)>",
+    "javascript:alert(1)",
+    "]]><!--<script>",
+    "\x1b[2J\x1b[31mred\r\nforged line",
+    "\u202eevil\u2028\u2029",
+    "../../../etc/passwd",
+    "\ud800\udfff",
+    "%s%n{0}{{7*7}}",
+    "x" * 5000,
+]
+hostile_values = st.recursive(
+    st.sampled_from(HOSTILE_STRINGS)
+    | st.text(max_size=30)
+    | st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**25), max_value=10**25)
+    | st.floats(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(HOSTILE_STRINGS) | st.text(max_size=6), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+BASES = {
+    "episode": lambda: reportdata.episode(40),
+    "leak": lambda: {"kind": "leak", **reportdata.leak_report()},
+    "unreleased": lambda: {"kind": "unreleased", **reportdata.unreleased_report()},
+    "empty": dict,
+}
+TAGS = ("<script", "<img", "<iframe", "<svg onload", "<title><script")
+
+
+@st.composite
+def mutated_reports(draw: st.DrawFn) -> Any:
+    """A real report with some values, keys or whole branches swapped for hostile ones."""
+
+    # Hypothesis leans towards 0, so 0 means "keep": most of each real report survives.
+    def mutate(value: Any, depth: int) -> Any:
+        if depth > 6 or draw(st.integers(0, 9)) == 9:
+            return draw(hostile_values)
+        if not isinstance(value, (dict, list)):
+            # Mostly the hostile strings themselves: displayed fields are where they bite.
+            return draw(st.sampled_from(HOSTILE_STRINGS) if draw(st.booleans()) else hostile_values)
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if draw(st.integers(0, 7)) == 7:
+                    key = draw(st.sampled_from(HOSTILE_STRINGS))
+                out[key] = mutate(item, depth + 1) if draw(st.integers(0, 2)) == 2 else item
+            return out
+        if isinstance(value, list) and value:
+            value = list(value)
+            for _ in range(draw(st.integers(0, 3))):
+                i = draw(st.integers(0, len(value) - 1))
+                value[i] = mutate(value[i], depth + 1)
+            return value
+        return value
+
+    return mutate(BASES[draw(st.sampled_from(sorted(BASES)))](), 0)
+
+
+def _run_report(path: Path, *extra: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["report", str(path), *extra])  # an exception here fails the test
+    return code, out.getvalue(), err.getvalue()
+
+
+def _assert_rendered_or_refused(path: Path, html: Path) -> bool:
+    """Render ``path`` as text and HTML; True when refused, after checking the one-line error."""
+    code, out, err = _run_report(path, "--html", str(html))
+    if code != 0:
+        assert err.startswith(f"runtime-guard: report: {path}: "), err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert not html.exists()
+        text_code, _, text_err = _run_report(path)
+        assert (text_code, text_err) == (code, err)
+        return True
+    page = html.read_text(encoding="utf-8")
+    html.unlink()
+    assert page.startswith("<!DOCTYPE html>")
+    lowered = page.lower()
+    assert not [tag for tag in TAGS if tag in lowered], "unescaped markup from the report"
+    assert "javascript:" not in lowered.replace("javascript:alert(1)", "")
+    code, out, err = _run_report(path)
+    assert (code, err) == (0, "")
+    assert "\x1b" not in out and "\r" not in out
+    return False
+
+
+report_fuzz = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@report_fuzz
+@given(mutated_reports())
+def test_report_command_on_hostile_json_renders_escaped_or_refuses_by_name(data: Any) -> None:
+    """Any JSON report, however hostile, renders escaped or is refused in one line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "runtime-guard-fuzz.json"
+        path.write_text(json.dumps(data), encoding="utf-8", errors="surrogatepass")
+        _assert_rendered_or_refused(path, Path(tmp) / "out.html")
+
+
+@report_fuzz
+@given(
+    st.sampled_from(sorted(BASES)),
+    st.lists(st.tuples(st.integers(0, 10**6), st.binary(min_size=0, max_size=4)), max_size=4),
+    st.integers(0, 10**6) | st.none(),
+)
+def test_report_command_on_corrupted_bytes_refuses_by_name(
+    base: str, edits: list[tuple[int, bytes]], cut: int | None
+) -> None:
+    """Bytes of a real report spliced, overwritten with non-UTF-8 or cut short never crash it."""
+    raw = bytearray(json.dumps(BASES[base]()).encode())
+    for position, junk in edits:
+        at = position % (len(raw) + 1)
+        raw[at : at + len(junk)] = junk
+    if cut is not None:
+        del raw[cut % (len(raw) + 1) :]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "runtime-guard-fuzz.json"
+        path.write_bytes(bytes(raw))
+        _assert_rendered_or_refused(path, Path(tmp) / "out.html")
+
+
+def test_report_command_on_oversized_and_large_files(tmp_path: Path) -> None:
+    """A file over the size cap is refused unread; a 10 MB report renders capped."""
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:
+        f.truncate(65 * 1024 * 1024)  # sparse: costs no disk
+    assert _assert_rendered_or_refused(huge, tmp_path / "huge.html")
+    assert "too large" in _run_report(huge)[2]
+    large = tmp_path / "large.json"
+    episode = reportdata.episode(40)
+    episode["samples"] = episode["samples"] * 2000
+    episode["events"] = [{"wall": 1.0, "kind": "leak", "label": HOSTILE_STRINGS[0]}] * 50_000
+    large.write_text(json.dumps(episode), encoding="utf-8")
+    assert large.stat().st_size > 10 * 1024 * 1024
+    assert not _assert_rendered_or_refused(large, tmp_path / "large.html")
