@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 import stat
@@ -19,6 +20,33 @@ from runtime_guard._reports import MAX_REPORT_BYTES, MAX_REPORT_FILES, write_rep
 NAME = re.compile(
     r"runtime-guard-(leak|unreleased|relief|pressure|episode)-\d{8}T\d{6}-\d+-\d+\.json"
 )
+
+
+def test_at_most_max_report_files_of_each_kind_are_kept(tmp_path: Path) -> None:
+    """Writing more reports of one kind than the cap keeps only the newest MAX_REPORT_FILES,
+    and never removes another kind's files or files the guard did not write."""
+    (tmp_path / "notes.json").write_text("{}")
+    other = write_report(str(tmp_path), "relief", {"n": -1})
+    paths = [write_report(str(tmp_path), "leak", {"n": n}) for n in range(MAX_REPORT_FILES + 20)]
+    leaks = sorted(tmp_path.glob("runtime-guard-leak-*.json"))
+    assert len(leaks) == MAX_REPORT_FILES
+    assert all(json.loads(p.read_text())["kind"] == "leak" for p in leaks)
+    assert paths[-1] is not None and os.path.exists(paths[-1])
+    assert other is not None and os.path.exists(other)
+    assert (tmp_path / "notes.json").exists()
+
+
+def test_a_report_over_max_report_bytes_is_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A report larger than MAX_REPORT_BYTES as JSON is refused and logged, not written."""
+    with caplog.at_level(logging.WARNING, logger="runtime_guard"):
+        path = write_report(str(tmp_path), "episode", {"blob": "x" * (MAX_REPORT_BYTES + 1)})
+    assert path is None
+    assert list(tmp_path.iterdir()) == []
+    assert any("not written" in r.getMessage() for r in caplog.records)
+    assert write_report(str(tmp_path), "episode", {"blob": "x" * 1000}) is not None
+
 
 HOSTILE = {
     "type": "../../../etc/cron.d/x",
@@ -68,27 +96,6 @@ def test_an_existing_file_or_symlink_is_never_overwritten(
     assert target.read_text() == "keep"
     second = write_report(str(report_dir), "leak", {"x": 2})
     assert second is not None and second.endswith("-8.json")
-
-
-def test_reports_are_capped_per_kind_and_other_files_are_left(tmp_path: Path) -> None:
-    """Only the newest MAX_REPORT_FILES of a kind stay; other kinds and foreign files are kept."""
-    (tmp_path / "notes.json").write_text("{}")
-    write_report(str(tmp_path), "episode", {"n": -1})
-    for n in range(MAX_REPORT_FILES + 5):
-        write_report(str(tmp_path), "leak", {"n": n})
-    leaks = sorted(tmp_path.glob("runtime-guard-leak-*.json"))
-    assert len(leaks) == MAX_REPORT_FILES
-    kept = {json.loads(p.read_text())["n"] for p in leaks}
-    assert kept == set(range(5, MAX_REPORT_FILES + 5))
-    assert (tmp_path / "notes.json").exists()
-    assert len(list(tmp_path.glob("runtime-guard-episode-*.json"))) == 1
-
-
-def test_oversized_or_unserialisable_reports_are_not_written(tmp_path: Path) -> None:
-    """A report over MAX_REPORT_BYTES is dropped with a log line, never half-written."""
-    assert write_report(str(tmp_path), "leak", {"blob": "x" * MAX_REPORT_BYTES}) is None
-    assert write_report(str(tmp_path), "leak", {"bad": float("nan"), 1: {2: 3}}) is not None
-    assert len(list(tmp_path.iterdir())) == 1
 
 
 def test_the_package_never_evaluates_or_unpickles() -> None:
