@@ -111,3 +111,23 @@ def test_example_project_starts_with_its_one_command() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_status_page_and_detail_need_loopback_or_the_token() -> None:
+    """Remote clients get 403 for the page and figures-only health; the token lets them in."""
+    rss = RssReader().read()
+    options = {"memory_limit": rss * 10, "interval": 60, "status_path": "/_guard", "detail": True}
+    with override_settings(RUNTIME_GUARD=options):
+        remote = Client(REMOTE_ADDR="10.0.0.5")
+        assert remote.get("/_guard").status_code == 403
+        assert "sources" not in remote.get("/health").json()
+        local = Client()
+        assert local.get("/_guard").status_code == 200
+        assert "sources" in local.get("/health").json()
+        assert local.get("/_guard", HTTP_X_FORWARDED_FOR="203.0.113.1").status_code == 403
+    runtime_guard.uninstall()
+    with override_settings(RUNTIME_GUARD={**options, "status_token": "tok"}):
+        remote = Client(REMOTE_ADDR="10.0.0.5")
+        assert remote.get("/_guard", HTTP_AUTHORIZATION="Bearer tok").status_code == 200
+        assert remote.get("/_guard?token=tok").status_code == 200
+        assert Client().get("/_guard").status_code == 403
