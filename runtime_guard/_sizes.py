@@ -58,7 +58,8 @@ def parse_size(value: object) -> int:
             unit = _UNITS.get(match.group(2).lower())
             if unit is not None:
                 return int(float(match.group(1)) * unit)
-    raise ValueError(f"expected {SIZE_FORM}, got {value!r}")
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ValueError(f"expected {SIZE_FORM}, got {shown}")
 
 
 def format_size(n: float) -> str:

@@ -48,6 +48,13 @@ def test_error_message_quotes_the_form() -> None:
     assert SIZE_FORM in str(info.value)
 
 
+def test_error_for_a_huge_string_stays_short() -> None:
+    """A megabyte of garbage gives a message of a line, not a megabyte."""
+    with pytest.raises(ValueError) as info:
+        parse_size("x" * 10**6)
+    assert len(str(info.value)) < 300
+
+
 def test_format_size_binary_units() -> None:
     """Sizes are shown in binary units with one decimal."""
     assert format_size(512) == "512 B"
