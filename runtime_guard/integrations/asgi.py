@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
@@ -28,9 +28,6 @@ from runtime_guard.integrations._http import (
     metrics_response,
     status_page_response,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["GuardMiddleware", "lifespan", "websockets_enabled"]
 

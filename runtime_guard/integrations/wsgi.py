@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
@@ -23,9 +23,6 @@ from runtime_guard.integrations._http import (
     metrics_response,
     status_page_response,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["GuardMiddleware"]
 
