@@ -34,18 +34,23 @@ def guard_bytes() -> int:
 
 def phase(
     name: str, total: int, step: Callable[[int], None], warm: int = 0
-) -> tuple[str, int, int, int, float]:
-    """Run ``step(i)`` ``total`` times; measure after ``warm`` steps (default a tenth) and at
-    the end."""
+) -> tuple[str, int, int, int, int, float]:
+    """Run ``step(i)`` ``total`` times; measure after ``warm`` steps (default a tenth), at
+    half-way and at the end. Caps fill during the first half; the second half shows whether
+    anything grows past them."""
     warm = min(warm or max(total // 10, 1), total)
+    half = max(total // 2, warm)
     start = time.perf_counter()
     for i in range(warm):
         step(i)
     after_warm = guard_bytes()
-    for i in range(warm, total):
+    for i in range(warm, half):
+        step(i)
+    at_half = guard_bytes()
+    for i in range(half, total):
         step(i)
     end = guard_bytes()
-    return name, total, after_warm, end, time.perf_counter() - start
+    return name, total, after_warm, at_half, end, time.perf_counter() - start
 
 
 class Client:
@@ -114,12 +119,13 @@ def main() -> None:
     tracemalloc.stop()
 
     print(
-        f"{'phase':32} {'count':>9} {'after warm-up':>14} {'at end':>12} {'growth':>11} {'secs':>7}"
+        f"{'phase':30} {'count':>9} {'after warm-up':>14} {'half-way':>10} {'at end':>10} "
+        f"{'2nd half':>10} {'secs':>6}"
     )
-    for name, total, warm, end, secs in rows:
+    for name, total, warm, half, end, secs in rows:
         print(
-            f"{name:32} {total:>9,} {format_size(warm):>14} {format_size(end):>12} "
-            f"{format_size(end - warm):>11} {secs:>7.1f}"
+            f"{name:30} {total:>9,} {format_size(warm):>14} {format_size(half):>10} "
+            f"{format_size(end):>10} {format_size(end - half):>10} {secs:>6.1f}"
         )
     print(f"signals received: {received[0]:,}")
 
