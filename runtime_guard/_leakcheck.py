@@ -9,6 +9,7 @@ early: no figure can have grown in every round any more, so the verdict is alrea
 
 from __future__ import annotations
 
+import _thread
 import _tracemalloc
 import asyncio
 import contextlib
@@ -27,7 +28,7 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from runtime_guard import diagnosis
 from runtime_guard._sizes import SIZE_FORM, format_size, parse_size
@@ -600,7 +601,7 @@ class LeakCheck:
             if stat.size_diff > 0 and not _excluded(stat.traceback[-1].filename)
         ]
         top = max(grown, key=lambda stat: stat.size_diff).traceback[-1] if grown else None
-        counts, held = _survivors(top, young)
+        counts, held = _on_short_stack(_survivors, top, young)
         self._result_fds(new)
         result.types = [
             diagnosis.TypeGrowth(name, 0, count) for name, count in counts.most_common(10)
@@ -636,6 +637,7 @@ def _frames_of(obj: object) -> tuple[tuple[str, int], ...] | None:
 
 _raw_traceback: Callable[[object], Any] = getattr(_tracemalloc, "_get_object_traceback", _frames_of)
 _CANDIDATES = 5
+_T = TypeVar("_T")
 
 
 def _survivors(
@@ -686,6 +688,46 @@ def _survivors(
     for cls, count in by_type.items():
         names[diagnosis.type_name(cls)] += count
     return names, (found + atomic)[:_CANDIDATES]
+
+
+def _on_short_stack(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` on a fresh thread, waited for.
+
+    While tracemalloc runs, each allocation costs a walk of the calling stack; the scan of
+    the heap allocates a raw traceback per survivor, and from a thread of its own the stack
+    is a couple of frames instead of pytest's eight or more (measured on leaky bodies: the
+    scan took 45-55% less). ``_thread`` rather than ``threading``: a Thread object and its
+    lock and event would themselves be allocations the scan counts.
+    """
+    outcome: list[Any] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # handed back to the caller's thread below
+            outcome.append((False, exc))
+        finally:
+            done.release()
+
+    before = _thread._count()
+    try:
+        _thread.start_new_thread(run, ())
+    except RuntimeError:  # no thread to be had: the same scan, only slower
+        return fn(*args)
+    done.acquire()
+    # tracemalloc is stopped soon after, and stopping it while a thread is ending can crash
+    # an affected Python (CPython gh-128679, see diagnosis.stop_is_safe): wait until the
+    # thread is counted out, then a moment for the last of its teardown.
+    deadline = time.monotonic() + 1.0
+    while _thread._count() > before and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(0.002)
+    ok, value = outcome.pop()
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _chain(candidates: list[object]) -> list[str] | None:
