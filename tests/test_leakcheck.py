@@ -163,3 +163,28 @@ def test_leak_check_options_are_accepted_or_usage_errors_naming_the_source(
             return
     _check_valid(pytest_plugin._defaults(resolved))
     assert isinstance(resolved.enabled, bool)
+
+
+def _checked(body: Any, **options: Any) -> Any:
+    from runtime_guard._leakcheck import LeakCheck
+
+    check = LeakCheck(LeakCheckOptions().replace(**options), label="body")
+    for _ in check.runs():
+        body()
+    return check.result
+
+
+def test_a_body_that_keeps_nothing_is_clean_even_at_zero_tolerance() -> None:
+    """The check's own readings between rounds never count as growth of the body's heap."""
+    result = _checked(lambda: None, tolerance=0, rounds=5, check=("heap",))
+    assert not result.leaked, result.message(verbose=True)
+
+
+def test_a_heap_leak_is_judged_and_diagnosed_in_process() -> None:
+    """A body keeping 64 KiB per run fails on the heap and names its line and type."""
+    kept: list[bytearray] = []
+    result = _checked(lambda: kept.append(bytearray(65_536)), rounds=3, check=("heap",))
+    assert result.leaked
+    assert result.figures["heap"].grew_every_round
+    assert any(site.filename == __file__ for site in result.sites), result.message(True)
+    assert any(growth.type_name == "bytearray" for growth in result.types), result.message(True)
