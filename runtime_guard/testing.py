@@ -8,7 +8,7 @@ from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.probes import Reading
 
-__all__ = ["FakeProbe", "make_guard"]
+__all__ = ["FakeProbe", "ManualClock", "make_guard"]
 
 
 class FakeProbe:
@@ -48,6 +48,18 @@ class FakeProbe:
 
     def close(self) -> None:
         pass
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand (``clock.now += 30``), for the components'
+    injectable ``clock`` (relief cool-down, shedding holds, restart delay)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        """The time it reads, in seconds."""
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def make_guard(probe: FakeProbe | None = None, **options: Any) -> Guard:

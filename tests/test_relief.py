@@ -15,19 +15,9 @@ from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.probes import RssReader
 from runtime_guard.relief import ReliefComponent, malloc_trim_available, trim
-from runtime_guard.testing import FakeProbe, make_guard
+from runtime_guard.testing import FakeProbe, ManualClock, make_guard
 
 MiB = 1024 * 1024
-
-
-class Clock:
-    """A hand-driven monotonic clock for cool-down tests."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -48,10 +38,10 @@ def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[Guard, FakeProbe, Clock]]:
+def fake() -> Iterator[tuple[Guard, FakeProbe, ManualClock]]:
     probe = FakeProbe()
     guard = make_guard(probe, relief_cooldown=30)
-    clock = Clock()
+    clock = ManualClock()
     component = guard.component("relief")
     assert isinstance(component, ReliefComponent)
     component.clock = clock
@@ -136,7 +126,7 @@ def test_relieve_reports_bytes_returned() -> None:
 
 
 def test_policy_relieves_on_entering_elevated_then_once_per_cooldown(
-    fake: tuple[Guard, FakeProbe, Clock], received: list[tuple[str, dict[str, Any]]]
+    fake: tuple[Guard, FakeProbe, ManualClock], received: list[tuple[str, dict[str, Any]]]
 ) -> None:
     """Relief runs on entering ELEVATED, not on every sample, and again after the cool-down."""
     guard, probe, clock = fake
@@ -156,7 +146,7 @@ def test_policy_relieves_on_entering_elevated_then_once_per_cooldown(
 
 
 def test_policy_relieves_at_once_on_a_rise_but_not_on_flapping(
-    fake: tuple[Guard, FakeProbe, Clock], received: list[tuple[str, dict[str, Any]]]
+    fake: tuple[Guard, FakeProbe, ManualClock], received: list[tuple[str, dict[str, Any]]]
 ) -> None:
     """A rise past the level last relieved runs relief at once; falling and rising back waits."""
     guard, probe, clock = fake
@@ -191,7 +181,7 @@ def test_policy_does_nothing_below_its_level_or_when_off(
 
 
 def test_shedding_comes_before_relief_in_the_same_sample(
-    fake: tuple[Guard, FakeProbe, Clock], received: list[tuple[str, dict[str, Any]]]
+    fake: tuple[Guard, FakeProbe, ManualClock], received: list[tuple[str, dict[str, Any]]]
 ) -> None:
     """On a jump to HIGH, features are shed first, then relief collects what they let go."""
     guard, probe, _clock = fake
@@ -207,7 +197,7 @@ def test_shedding_comes_before_relief_in_the_same_sample(
     assert kinds.index("feature_shed") < kinds.index("gc_forced")
 
 
-def test_health_shows_the_last_automatic_relief(fake: tuple[Guard, FakeProbe, Clock]) -> None:
+def test_health_shows_the_last_automatic_relief(fake: tuple[Guard, FakeProbe, ManualClock]) -> None:
     """health() carries the last automatic relief, JSON-ready."""
     guard, probe, _clock = fake
     assert guard.health()["last_relief"] is None

@@ -31,7 +31,7 @@ from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.probes import RssReader
 from runtime_guard.shedding import SheddingComponent
-from runtime_guard.testing import FakeProbe, make_guard
+from runtime_guard.testing import FakeProbe, ManualClock, make_guard
 
 # ``runtime_guard.limiter`` is the function (re-exported); the module is reached this way.
 limiter_module = importlib.import_module("runtime_guard.limiter")
@@ -66,16 +66,6 @@ def events() -> Iterator[Events]:
     yield got
     for name, receiver in receivers:
         getattr(signals, name).disconnect(receiver)
-
-
-class Clock:
-    """A hand-driven monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -337,10 +327,10 @@ def test_limiter_capacity_follows_pressure(fake: tuple[Guard, FakeProbe]) -> Non
 
 
 @pytest.fixture
-def clocked() -> Iterator[tuple[Guard, FakeProbe, Clock]]:
+def clocked() -> Iterator[tuple[Guard, FakeProbe, ManualClock]]:
     probe = FakeProbe()
     guard = make_guard(probe, relief=False, restart_after=30)
-    clock = Clock()
+    clock = ManualClock(50.0)
     component = guard.component("shedding")
     assert isinstance(component, SheddingComponent)
     component.clock = clock
@@ -349,7 +339,7 @@ def clocked() -> Iterator[tuple[Guard, FakeProbe, Clock]]:
 
 
 def test_restart_requested_once_after_critical_persists(
-    clocked: tuple[Guard, FakeProbe, Clock], events: Events
+    clocked: tuple[Guard, FakeProbe, ManualClock], events: Events
 ) -> None:
     """restart_requested is sent once when CRITICAL outlasts restart_after, and re-arms after."""
     guard, probe, clock = clocked
@@ -375,7 +365,7 @@ def test_restart_requested_once_after_critical_persists(
 
 
 def test_restart_request_is_logged_and_nothing_drastic_happens(
-    clocked: tuple[Guard, FakeProbe, Clock], caplog: pytest.LogCaptureFixture
+    clocked: tuple[Guard, FakeProbe, ManualClock], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The request is logged; the guard itself neither exits nor raises."""
     guard, probe, clock = clocked
@@ -462,7 +452,7 @@ def test_real_pressure_sheds_clears_narrows_and_restores(events: Events) -> None
 
 
 def test_a_flapping_feature_is_held_shed_longer_each_time(
-    clocked: tuple[Guard, FakeProbe, Clock], events: Events
+    clocked: tuple[Guard, FakeProbe, ManualClock], events: Events
 ) -> None:
     """A feature shed again soon after its restore stays shed for a growing hold, not a flap."""
     guard, probe, clock = clocked
