@@ -192,6 +192,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     check = LeakCheck(options, label=pyfuncitem.nodeid)
 
     def repeated(*args: Any, **kwargs: Any) -> None:
+        # The test's own frame is gone when the diagnosis runs; its fixtures are here.
+        check.roots.append(("fixture", kwargs))
         with contextlib.closing(check.runs()) as runs:
             for _ in runs:
                 original(*args, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
@@ -188,3 +189,75 @@ def test_a_heap_leak_is_judged_and_diagnosed_in_process() -> None:
     assert result.figures["heap"].grew_every_round
     assert any(site.filename == __file__ for site in result.sites), result.message(True)
     assert any(growth.type_name == "bytearray" for growth in result.types), result.message(True)
+
+
+def test_a_clean_body_never_runs_under_tracemalloc() -> None:
+    """Untraced rounds settle a clean body's verdict; tracemalloc is never started for it."""
+    tracing: list[bool] = []
+    result = _checked(lambda: tracing.append(tracemalloc.is_tracing()), rounds=5)
+    assert not result.leaked, result.message(verbose=True)
+    assert result.rounds_run == 1 and result.traced_rounds == 0
+    assert not any(tracing)
+
+
+def test_a_leaky_body_is_traced_in_its_last_round_only() -> None:
+    """Every round but the last runs untraced; the last one names the growth."""
+    kept: list[object] = []
+    tracing: list[bool] = []
+
+    def body() -> None:
+        tracing.append(tracemalloc.is_tracing())
+        kept.extend({"n": str(n)} for n in range(200))
+
+    result = _checked(body, rounds=4)
+    assert result.leaked and result.traced_rounds == 1
+    assert tracing == [False] * 5 + [True]  # 2 warm-up runs, 3 untraced rounds, 1 traced
+    assert not tracemalloc.is_tracing()
+    assert "the last one traced" in result.message()
+    assert result.chain is not None and "kept (list)" in result.chain[0], result.message(True)
+
+
+def test_without_an_allocator_reading_every_round_is_traced() -> None:
+    """Where malloc cannot be read the heap is judged from traces in every round instead."""
+    from runtime_guard._leakcheck import LeakCheck
+
+    kept: list[bytearray] = []
+    for body, leaks in ((lambda: kept.append(bytearray(65_536)), True), (lambda: None, False)):
+        check = LeakCheck(LeakCheckOptions().replace(rounds=3), label="body", malloc=None)
+        for _ in check.runs():
+            body()
+        assert check.result.leaked is leaks, check.result.message(verbose=True)
+        assert check.result.traced_rounds == check.result.rounds_run
+
+
+def test_replacing_a_buffer_each_run_is_not_growth_even_when_traced_alone() -> None:
+    """A traced round that frees an untraced buffer and makes a new one has not grown."""
+    holder: dict[str, bytearray] = {}
+    result = _checked(lambda: holder.__setitem__("buffer", bytearray(100_000)), rounds=1)
+    assert result.traced_rounds == 1
+    assert not result.leaked, result.message(verbose=True)
+
+
+def test_zero_tolerance_catches_one_small_object_per_round() -> None:
+    """At tolerance 0 a single 16-byte object kept per run is a leak, and its line is named."""
+    kept: list[object] = []
+    result = _checked(lambda: kept.append(object()), tolerance=0, rounds=5)
+    assert result.leaked, result.message(verbose=True)
+    assert any(
+        site.filename == __file__ and site.function.endswith("<lambda>") for site in result.sites
+    ), result.message(verbose=True)
+
+
+def test_a_host_tracing_already_keeps_its_tracing_and_gets_verdicts() -> None:
+    """With tracemalloc started by the host, every round is traced and it is never stopped."""
+    kept: list[bytearray] = []
+    tracemalloc.start(5)
+    try:
+        leaky = _checked(lambda: kept.append(bytearray(65_536)), rounds=3)
+        clean = _checked(lambda: None, rounds=3)
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+    assert leaky.leaked and leaky.traced_rounds == leaky.rounds_run == 3
+    assert any(site.filename == __file__ for site in leaky.sites), leaky.message(True)
+    assert not clean.leaked, clean.message(True)

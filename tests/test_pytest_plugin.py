@@ -220,14 +220,52 @@ def test_referrer_chain_names_the_module_level_root(pytester: pytest.Pytester) -
 
 
 def test_verbose_failure_shows_rounds_and_tracebacks(pytester: pytest.Pytester) -> None:
-    """With -v the failure adds each round's growth and the allocation tracebacks."""
+    """With -v the failure adds each round's growth (untraced rounds as a bound, the traced
+    one exactly) and the allocation tracebacks."""
     source = _write(pytester, "test_leaky", LEAKY)
     result = pytester.runpytest_subprocess(*ARGS, "-v", "-k", "list_append")
     result.assert_outcomes(failed=1)
     section = _section(result.stdout.str(), "test_list_append")
-    assert re.search(r"per round: (\+[\d,]+ B, ){4}\+[\d,]+ B", section), section
+    assert "5 measured rounds, the last one traced" in section, section
+    assert re.search(r"per round: (at most \+[\d,]+ B, ){4}\+[\d,]+ B\n", section), section
     line = _line(source, "list")
     assert f"test_leaky.py:{line}: EVENTS.append(" in section, section
+
+
+FIXTURE_HOLDER = """
+import pytest
+
+
+class App:
+    def __init__(self):
+        self.sessions = {}
+
+    def login(self, user):
+        record = {"user": user, "token": "t-%d" % len(self.sessions)}  # LEAK: session
+        self.sessions[len(self.sessions)] = record
+
+
+@pytest.fixture
+def app():
+    return App()
+
+
+@pytest.mark.no_leaks
+def test_login(app):
+    for n in range(100):
+        app.login("user-%d" % n)
+"""
+
+
+def test_referrer_chain_starts_at_the_fixture_holding_the_leak(pytester: pytest.Pytester) -> None:
+    """A leak held by a fixture's object, not by a module global, is traced to the fixture."""
+    source = _write(pytester, "test_app", FIXTURE_HOLDER)
+    result = pytester.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(failed=1)
+    section = _section(result.stdout.str(), "test_login")
+    assert f"test_app.py:{_line(source, 'session')} in App.login" in section, section
+    assert "held by: fixture.app (test_app.App) -> .sessions dict -> " in section, section
+    assert "growing types (per round): " in section and "dict +100" in section, section
 
 
 @pytest.mark.parametrize("attempt", range(3))
