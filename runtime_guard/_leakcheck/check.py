@@ -205,6 +205,7 @@ class LeakCheck:
         self._baseline: tracemalloc.Snapshot | None = None
         self._fds: dict[int, str] = {}
         self._last: _Reading | None = None
+        self._frozen = False
         # Readings of the check's own making (its lists of figures, a snapshot), taken off
         # every later reading so a tolerance of zero holds for a body that keeps nothing.
         self._book = _Reading(0, 0, 0, 0, 0, 0)
@@ -244,7 +245,7 @@ class LeakCheck:
         # pytest heap: 30 ms; of the young objects: under 1 ms). Garbage frozen with it is
         # never collected during the rounds, so it cannot hide a round's growth either.
         # A host that froze objects itself keeps its own freeze untouched, and settles fully.
-        frozen = gc.get_freeze_count() == 0
+        frozen = self._frozen = gc.get_freeze_count() == 0
         if frozen:
             gc.freeze()
         # Collecting after the freeze costs nothing and still empties the free lists.
@@ -292,6 +293,10 @@ class LeakCheck:
 
     def _trace(self) -> None:
         """Start tracing for the rounds to come; the last reading becomes their baseline."""
+        if self._frozen and self._last is not None:
+            # Frozen again, the young objects at the end are the traced rounds' alone: the
+            # only ones with a traceback to read.
+            gc.freeze()
         self._session.start()
         if not self._session.owned:
             # The host's traces predate the baseline: growth is what the end adds to them.

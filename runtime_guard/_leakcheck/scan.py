@@ -17,6 +17,7 @@ import functools
 import gc
 import io
 import itertools
+import operator
 import os
 import re
 import socket
@@ -192,8 +193,36 @@ class Findings:
 def _traced(objects: Iterable[object]) -> list[Traced]:
     """The objects that have a traceback, each with it: one C pass, no Python per object."""
     objects = list(objects)
-    frames = list(map(_raw_traceback, objects))
+    frames = _frameless_map(_raw_traceback, objects)
     return list(itertools.compress(zip(objects, frames, strict=True), frames))
+
+
+def _frameless_map(fn: Callable[[object], _T], items: list[object]) -> list[_T]:
+    """``list(map(fn, items))`` on a thread that runs no Python frame at all.
+
+    Reading a traceback makes a tuple per frame, and while tracing each of those is a
+    traced allocation whose own traceback is read from the calling stack. On a thread
+    started straight into C (``list.extend`` over a ``map``) that stack is empty (measured on
+    leaky bodies: 200 survivors among 1,400 objects read in 9.7 ms from the survey's own
+    thread, in 3.9 ms here).
+    """
+    out: list[_T] = []
+    if not items:
+        return out
+    before = _thread._count()
+    try:
+        _thread.start_new_thread(out.extend, (map(fn, items),))
+    except RuntimeError:  # no thread to be had: the same reads, only slower
+        return list(map(fn, items))
+    deadline = time.monotonic() + 2.0
+    # The count goes up inside the new thread, so completion is read from the output.
+    while len(out) < len(items) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    while _thread._count() > before and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    if len(out) != len(items):  # it failed (out of memory): read them here instead
+        return list(map(fn, items))
+    return out
 
 
 def _with_held(objects: list[object]) -> list[Traced]:
@@ -212,18 +241,20 @@ def _with_held(objects: list[object]) -> list[Traced]:
 
 def _top_line(latest: tracemalloc.Snapshot, baseline: tracemalloc.Snapshot | None) -> Line | None:
     """The line whose traced allocations grew most from ``baseline`` (or from nothing)."""
-    sizes: dict[Line, int] = {}
-    # Raw traces are (domain, size, frames most recent first, depth); summing them by line
-    # here cost a tenth of Snapshot.statistics("lineno"), which makes a Trace, a Traceback
-    # and a Frame per trace, each itself traced (measured on leaky bodies: 8 ms to 0.8).
+    by_traceback: dict[tuple[Line, ...], int] = {}
+    # Raw traces are (domain, size, frames most recent first, depth); summing them here
+    # cost a tenth of Snapshot.statistics("lineno"), which makes a Trace, a Traceback and a
+    # Frame per trace, each itself traced (measured on leaky bodies: 8 ms to 0.8).
     for sign, snapshot in ((1, latest), (-1, baseline)):
         if snapshot is None:
             continue
         for trace in _raw_traces(snapshot):
             frames = trace[2]
-            if frames and not machinery(frames):
-                line = frames[0]
-                sizes[line] = sizes.get(line, 0) + sign * trace[1]
+            by_traceback[frames] = by_traceback.get(frames, 0) + sign * trace[1]
+    sizes: dict[Line, int] = {}
+    for frames, size in by_traceback.items():
+        if frames and not machinery(frames):
+            sizes[frames[0]] = sizes.get(frames[0], 0) + size
     best: Line | None = None
     best_size = 0
     for line, size in sizes.items():
@@ -331,11 +362,13 @@ def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) 
                 break
         budget -= len(found)
         levels.append((found, holders))
-        traced = list(map(_raw_traceback, found))
+        traced = _frameless_map(_raw_traceback, found)
         hits = itertools.compress(zip(found, traced, holders, strict=True), traced)
         for child, frames, holder in hits:
             if frames[0] == top:
-                findings.survivors.append(_with_held([holder]))
+                # The holder's other new items are the rest of the growth; one level down
+                # is enough to count them, and each traceback read costs while tracing.
+                findings.survivors.append(_traced(gc.get_referents(holder)))
                 findings.path = _path(levels, child)
                 findings.root = next(name for name, ns in starts if ns is findings.path[0])
                 return
@@ -348,7 +381,9 @@ def _path(levels: list[tuple[list[object], list[object]]], target: object) -> li
     """From a root namespace (the first level) down to ``target`` (in the last level)."""
     path = [target]
     for objects, holders in reversed(levels[1:]):
-        path.append(next(h for o, h in zip(objects, holders, strict=True) if o is path[-1]))
+        # Found by identity in C: a generator over the level made a traced tuple per object.
+        at = list(map(operator.is_, objects, itertools.repeat(path[-1]))).index(True)
+        path.append(holders[at])
     path.reverse()
     return path
 
@@ -392,7 +427,10 @@ def survey(
     growing line's module, where a holder of the growth may be found. Call
     :meth:`Findings.finish` on the result once tracing has stopped.
     """
-    findings = Findings(tracemalloc.take_snapshot())
+    # The snapshot's raw traces are read frameless too: a tuple per trace and per frame.
+    call: Callable[[Any], list[Any]] = operator.call
+    raw = _frameless_map(call, [_tracemalloc._get_traces])[0]
+    findings = Findings(tracemalloc.Snapshot(raw, tracemalloc.get_traceback_limit()))
     findings.top = _top_line(findings.snapshot, baseline)
     findings.survivors.append(_with_held(young))
     if findings.top is not None:
