@@ -4,7 +4,9 @@ The same known-leaky and clean test bodies run three times, each in its own pyte
 session: unmarked (the baseline), marked ``@pytest.mark.no_leaks`` (runtime_guard) and
 marked ``@pytest.mark.limit_leaks("16KB")`` (pytest-memray, from the ``bench`` extra). It
 prints, from this one run, whether each verdict was right and each test's wall time
-relative to the unmarked test, then the totals.
+relative to the unmarked test, then the totals, and the totals over the tests on which both
+plugins agree. Each variant's session runs ``--repeat`` times (default 3), interleaved;
+times are medians, and a verdict is a variant's only when every session gave it.
 
     python benchmarks/bench_pytest_plugin.py
 
@@ -14,9 +16,11 @@ The bodies are those of ``tests/test_pytest_plugin.py``. The redis bodies need
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,7 +94,7 @@ def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes] | None, str |
 def _run(directory: Path, name: str, env: dict[str, str]) -> tuple[float, dict[str, Outcome]]:
     mark, disabled = VARIANTS[name]
     variant = directory / name
-    variant.mkdir()
+    variant.mkdir(parents=True)
     for stem, source in FILES.items():
         body = textwrap.dedent(source).replace("@pytest.mark.no_leaks", mark)
         (variant / f"test_{stem}.py").write_text(body)
@@ -111,7 +115,17 @@ def _run(directory: Path, name: str, env: dict[str, str]) -> tuple[float, dict[s
     return wall, outcomes
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="sessions per variant, interleaved (median shown)"
+    )
+    repeat = max(parser.parse_args().repeat, 1)
+    runs: dict[str, list[tuple[float, dict[str, Outcome]]]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="bench-pytest-plugin-") as tmp:
         directory = Path(tmp)
         redis_proc, redis_url = _start_redis(directory)
@@ -119,48 +133,81 @@ def main() -> None:
         env.pop("PYTEST_ADDOPTS", None)
         env["LEAK_TEST_REDIS_URL"] = redis_url or "redis://127.0.0.1:1/0"
         try:
-            results = {name: _run(directory, name, env) for name in VARIANTS}
+            for attempt in range(repeat):
+                for name in VARIANTS:
+                    runs[name].append(_run(directory / str(attempt), name, env))
         finally:
             if redis_proc is not None:
                 redis_proc.terminate()
                 redis_proc.wait(10)
 
-    plain_wall, plain = results["plain"]
-    tests = [name for name in plain if redis_url is not None or "client" not in name]
-    print(f"leak tests: same bodies unmarked, under no_leaks and under limit_leaks({TOLERANCE})")
+    walls = {name: _median([wall for wall, _ in results]) for name, results in runs.items()}
+    tests = [name for name in runs["plain"][0][1] if redis_url is not None or "client" not in name]
+    seconds = {
+        (name, test): _median([outcomes[test].seconds for _, outcomes in results])
+        for name, results in runs.items()
+        for test in tests
+    }
+    # A verdict counts as the variant's when every session gave it.
+    failed = {
+        (name, test): [outcomes[test].failed for _, outcomes in results]
+        for name, results in runs.items()
+        for test in tests
+    }
+    print(
+        f"leak tests: same bodies unmarked, under no_leaks and under limit_leaks({TOLERANCE}); "
+        f"median of {repeat} sessions each"
+    )
     print(f"{'test (expected)':36} {'plain':>8} | {'runtime_guard':>24} | {'pytest-memray':>24}")
     correct = dict.fromkeys(VARIANTS, 0)
     totals = dict.fromkeys(VARIANTS, 0.0)
     by_kind = {(name, kind): 0.0 for name in VARIANTS for kind in ("leak", "clean")}
+    same: list[str] = []
     for test in tests:
         expected_leak = test in LEAKY_TESTS
-        label = f"{test.removeprefix('test_')} ({'leak' if expected_leak else 'clean'})"
-        row = f"{label:36} {plain[test].seconds * 1000:6.0f}ms"
         kind = "leak" if expected_leak else "clean"
-        totals["plain"] += plain[test].seconds
-        by_kind["plain", kind] += plain[test].seconds
+        label = f"{test.removeprefix('test_')} ({kind})"
+        plain = seconds["plain", test]
+        row = f"{label:36} {plain * 1000:6.0f}ms"
+        totals["plain"] += plain
+        by_kind["plain", kind] += plain
+        verdicts = {}
         for name in ("runtime_guard", "pytest-memray"):
-            outcome = results[name][1][test]
-            right = outcome.failed == expected_leak
+            spent = seconds[name, test]
+            outcomes = failed[name, test]
+            verdict = "leak" if all(outcomes) else "clean" if not any(outcomes) else "flaky"
+            verdicts[name] = verdict
+            right = verdict == kind
             correct[name] += right
-            totals[name] += outcome.seconds
-            by_kind[name, kind] += outcome.seconds
-            verdict = ("leak" if outcome.failed else "clean") + (" ok " if right else " BAD")
+            totals[name] += spent
+            by_kind[name, kind] += spent
             # junit times are rounded to the millisecond: a 0 ms plain test counts as 1 ms.
-            ratio = outcome.seconds / max(plain[test].seconds, 1e-3)
-            row += f" | {verdict:10} {outcome.seconds * 1000:5.0f}ms x{ratio:6.1f}"
+            ratio = spent / max(plain, 1e-3)
+            mark = " ok " if right else " BAD"
+            row += f" | {verdict + mark:10} {spent * 1000:5.0f}ms x{ratio:6.1f}"
+        if verdicts["runtime_guard"] == verdicts["pytest-memray"]:
+            same.append(test)
         print(row)
     print()
     for name in ("runtime_guard", "pytest-memray"):
-        wall = results[name][0]
+        wall = walls[name]
         print(
             f"{name:14} correct verdicts {correct[name]}/{len(tests)}; "
             f"test time {totals[name]:.2f}s = x{totals[name] / max(totals['plain'], 1e-6):.1f} "
             f"the plain tests ({totals['plain']:.2f}s); "
-            f"session wall {wall:.2f}s = x{wall / plain_wall:.2f} the plain session "
-            f"({plain_wall:.2f}s); clean bodies {by_kind[name, 'clean']:.2f}s, "
+            f"session wall {wall:.2f}s = x{wall / walls['plain']:.2f} the plain session "
+            f"({walls['plain']:.2f}s); clean bodies {by_kind[name, 'clean']:.2f}s, "
             f"leaky bodies {by_kind[name, 'leak']:.2f}s"
         )
+    shared = {name: sum(seconds[name, test] for test in same) for name in VARIANTS}
+    print(
+        f"the {len(same)} tests with the same verdict from both: "
+        f"runtime_guard {shared['runtime_guard']:.2f}s = "
+        f"x{shared['runtime_guard'] / max(shared['plain'], 1e-6):.1f} the plain tests, "
+        f"pytest-memray {shared['pytest-memray']:.2f}s = "
+        f"x{shared['pytest-memray'] / max(shared['plain'], 1e-6):.1f} "
+        f"({shared['plain']:.2f}s plain)"
+    )
     if redis_url is None:
         print("redis-server not found: the redis bodies were left out")
 

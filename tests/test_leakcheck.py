@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
 from dataclasses import dataclass, field
@@ -261,3 +262,13 @@ def test_a_host_tracing_already_keeps_its_tracing_and_gets_verdicts() -> None:
     assert leaky.leaked and leaky.traced_rounds == leaky.rounds_run == 3
     assert any(site.filename == __file__ for site in leaky.sites), leaky.message(True)
     assert not clean.leaked, clean.message(True)
+
+
+def test_a_leak_made_inside_a_stdlib_helper_names_the_line_that_called_it() -> None:
+    """Records json.loads builds and the body keeps are reported at the body's line."""
+    kept: list[object] = []
+    payload = json.dumps([{"id": n, "name": f"item-{n}"} for n in range(100)])
+    result = _checked(lambda: kept.append(json.loads(payload)), rounds=3)
+    assert result.leaked
+    top = result.sites[0]
+    assert top.filename == __file__ and top.function.endswith("<lambda>"), result.message(True)

@@ -43,6 +43,12 @@ _BYTES_PER_OBJECT = 64
 # most this big. Larger requests go to malloc, whose bytes in use are read as they are.
 _SMALL_BLOCK_MAX = 512
 
+# Frames kept per traced allocation. Enough to climb from a stdlib helper (json.loads,
+# logging) to the line that called it; more reach into pytest's own frames, whose line
+# numbers cost the most to read: a redis client made per call ran traced in 16 ms with one
+# frame, 31 ms with three, 33 ms with four and 45 ms with eight (measured in a pytest run).
+_FRAMES = 4
+
 _MALLOC = readings.malloc_reader()
 
 _DEFAULT: Any = object()
@@ -201,7 +207,7 @@ class LeakCheck:
         self.result = LeakResult(label, options)
         self._malloc = _MALLOC if malloc is _DEFAULT else malloc
         self._clients: ClientWatch | None = None
-        self._session = diagnosis.TracemallocSession()
+        self._session = diagnosis.TracemallocSession(frames=_FRAMES)
         self._baseline: tracemalloc.Snapshot | None = None
         self._fds: dict[int, str] = {}
         self._last: _Reading | None = None

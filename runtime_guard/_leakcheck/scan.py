@@ -77,6 +77,9 @@ Line = tuple[str, int]
 # Never followed by the forward search: leaves, or paths into everything.
 _LEAVES = (*_ATOMIC, types.ModuleType, type(None), bool)
 
+# Below this many reads a thread costs more than it saves.
+_FRAMELESS_MIN = 64
+
 _T = TypeVar("_T")
 
 
@@ -207,8 +210,8 @@ def _frameless_map(fn: Callable[[object], _T], items: list[object]) -> list[_T]:
     thread, in 3.9 ms here).
     """
     out: list[_T] = []
-    if not items:
-        return out
+    if len(items) < _FRAMELESS_MIN:  # fewer reads than a thread's start costs
+        return list(map(fn, items))
     before = _thread._count()
     try:
         _thread.start_new_thread(out.extend, (map(fn, items),))
