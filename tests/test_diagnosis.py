@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import gc
+import importlib.util
 import json
+import json.decoder
+import linecache
+import sys
+import textwrap
 import tracemalloc
+import types
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +248,255 @@ def test_referrer_search_visits_at_most_max_frontier_objects_per_level(
     assert len(asked) >= 2
     assert max(asked) <= diagnosis._MAX_FRONTIER
     del holders
+
+
+# -- naming the function around a line -------------------------------------------------------
+
+_PROBE_SOURCE = textwrap.dedent(
+    """\
+    import contextlib
+    import functools
+
+    def deco(func):
+        @functools.wraps(func)
+        def wrapper(*args):
+            return func(*args)
+        return wrapper
+
+    TABLE = {"a": 1}  # module-line
+
+    class Shape:
+        def area(self):
+            return 0  # method-line
+
+        @staticmethod
+        def unit():
+            return 1  # static-line
+
+        @property
+        def name(self):
+            return "shape"  # property-line
+
+    def outer():
+        def inner():
+            return 1  # inner-line
+        return inner
+
+    def factory():
+        class Local:
+            kind = "local"  # local-class-body-line
+            def method(self):
+                return 2  # local-class-line
+        return Local
+
+    def makers():
+        return [lambda: n for n in range(3)]  # comprehension-lambda-line
+
+    def by_name(names):
+        return sorted(names, key=lambda name: (  # trailing-lambda-line
+            name.lower(),
+            len(name),
+        ))
+
+    @deco  # decorator-line
+    def decorated():
+        return 3  # decorated-line
+
+    def bare(func):
+        def wrapper(*args):
+            return func(*args)
+        return wrapper
+
+    @bare
+    def unwrapped():
+        return 6  # bare-decorated-line
+
+    @functools.lru_cache(maxsize=None)
+    def cached():
+        return 4  # cached-line
+
+    @contextlib.contextmanager
+    def managed():
+        yield 5  # managed-line
+
+    @functools.singledispatch
+    def show(value):
+        return str(value)  # dispatch-line
+
+    def constant(): return lambda: 0  # one-line-def-line
+
+    ZERO = constant()
+    """
+)
+
+
+def _marker_line(path: Path, marker: str) -> int:
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.endswith(f"# {marker}"):
+            return number
+    raise AssertionError(marker)
+
+
+@pytest.fixture
+def import_file(tmp_path: Path) -> Iterator[Callable[[str], tuple[types.ModuleType, Path]]]:
+    """Write source to a file and import it under a fresh name; sys.modules is cleaned after."""
+    names: list[str] = []
+
+    def load(source: str) -> tuple[types.ModuleType, Path]:
+        name = f"_rg_probe_{uuid.uuid4().hex}"
+        path = tmp_path / f"{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        names.append(name)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module, path
+
+    yield load
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def _no_parsing(filename: str, lineno: int) -> str:
+    raise AssertionError(f"parsed {filename}:{lineno}")
+
+
+@pytest.mark.parametrize(
+    ("marker", "expected"),
+    [
+        ("method-line", "Shape.area"),
+        ("static-line", "Shape.unit"),
+        ("property-line", "Shape.name"),
+        ("inner-line", "outer.<locals>.inner"),
+        ("local-class-line", "factory.<locals>.Local.method"),
+        ("decorated-line", "decorated"),
+        ("bare-decorated-line", "unwrapped"),
+        ("cached-line", "cached"),
+        ("managed-line", "managed"),
+        ("dispatch-line", "show"),
+        ("one-line-def-line", "constant"),
+        ("local-class-body-line", "factory"),
+        ("comprehension-lambda-line", "makers.<locals>.<lambda>"),
+        ("trailing-lambda-line", "by_name.<locals>.<lambda>"),
+    ],
+)
+def test_function_at_names_lines_of_an_imported_module_without_parsing(
+    import_file: Callable[[str], tuple[types.ModuleType, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    marker: str,
+    expected: str,
+) -> None:
+    """A line inside a function of an imported module is named from its code objects alone."""
+    _, path = import_file(_PROBE_SOURCE)
+    monkeypatch.setattr(diagnosis, "_parsed_function_at", _no_parsing)
+    assert diagnosis._function_at(str(path), _marker_line(path, marker)) == expected
+
+
+@pytest.mark.parametrize("marker", ["module-line", "decorator-line"])
+def test_function_at_calls_module_level_code_module(
+    import_file: Callable[[str], tuple[types.ModuleType, Path]], marker: str
+) -> None:
+    """Module-level code, a decorator line included (it runs at import), is ``<module>``."""
+    _, path = import_file(_PROBE_SOURCE)
+    assert diagnosis._function_at(str(path), _marker_line(path, marker)) == "<module>"
+
+
+def test_function_at_names_a_lambda_in_a_default_argument_as_python_does(
+    import_file: Callable[[str], tuple[types.ModuleType, Path]],
+) -> None:
+    """A lambda in a default argument gets the name Python compiled it with, not the parse's."""
+    source = "class Sorter:\n    def sort(self, items, key=lambda item: item):\n        pass\n"
+    module, path = import_file(source)
+    key = module.Sorter.sort.__defaults__[0]
+    assert key.__qualname__ == "Sorter.<lambda>"
+    assert diagnosis._function_at(str(path), 2) == "Sorter.<lambda>"
+    assert diagnosis._parsed_function_at(str(path), 2) == "Sorter.sort.<locals>.<lambda>"
+
+
+@pytest.mark.parametrize("module", [json.decoder, collections], ids=lambda m: m.__name__)
+def test_function_at_agrees_with_the_parse_on_every_line(module: types.ModuleType) -> None:
+    """Every line of a real stdlib module gets the name the ast parse of its source gives."""
+    filename = module.__file__
+    assert filename is not None
+    numbers = range(1, len(linecache.getlines(filename)) + 2)
+    parsed = {n: diagnosis._parsed_function_at(filename, n) for n in numbers}
+    assert {n: diagnosis._function_at(filename, n) for n in numbers} == parsed
+    assert len(set(parsed.values())) > 5
+
+
+def test_function_at_agrees_with_the_parse_on_every_line_of_the_probe(
+    import_file: Callable[[str], tuple[types.ModuleType, Path]],
+) -> None:
+    """Every line of the probe module, nested and decorated code included, is named as parsed."""
+    _, path = import_file(_PROBE_SOURCE)
+    numbers = range(1, len(_PROBE_SOURCE.splitlines()) + 2)
+    parsed = {n: diagnosis._parsed_function_at(str(path), n) for n in numbers}
+    assert {n: diagnosis._function_at(str(path), n) for n in numbers} == parsed
+
+
+def test_function_at_names_every_function_line_of_json_decoder_without_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each line json/decoder.py has inside a function is named from its code objects alone."""
+    filename = json.decoder.__file__
+    assert filename is not None
+    numbers = range(1, len(linecache.getlines(filename)) + 1)
+    parsed = {n: diagnosis._parsed_function_at(filename, n) for n in numbers}
+    in_functions = {n: name for n, name in parsed.items() if name != "<module>"}
+    monkeypatch.setattr(diagnosis, "_parsed_function_at", _no_parsing)
+    assert {n: diagnosis._function_at(filename, n) for n in in_functions} == in_functions
+    assert "JSONDecoder.raw_decode" in in_functions.values()
+
+
+def test_function_at_parses_a_file_no_module_was_loaded_from(tmp_path: Path) -> None:
+    """A file that was never imported is named by parsing its source."""
+    path = tmp_path / f"_rg_never_imported_{uuid.uuid4().hex}.py"
+    path.write_text(_PROBE_SOURCE)
+    assert all(getattr(m, "__file__", None) != str(path) for m in list(sys.modules.values()))
+    assert diagnosis._function_at(str(path), _marker_line(path, "inner-line")) == (
+        "outer.<locals>.inner"
+    )
+    assert diagnosis._function_at(str(path), _marker_line(path, "method-line")) == "Shape.area"
+    assert diagnosis._function_at(str(path), _marker_line(path, "module-line")) == "<module>"
+
+
+def test_function_at_parses_a_module_whose_objects_defy_the_walk(
+    import_file: Callable[[str], tuple[types.ModuleType, Path]],
+) -> None:
+    """A class whose ``__dict__`` raises leaves its file to the parse instead of failing."""
+    source = textwrap.dedent(
+        """\
+        class Meta(type):
+            @property
+            def __dict__(cls):
+                raise RuntimeError("no namespace here")
+
+        class Odd(metaclass=Meta):
+            def method(self):
+                return 1  # odd-line
+        """
+    )
+    _, path = import_file(source)
+    assert diagnosis._function_at(str(path), _marker_line(path, "odd-line")) == "Odd.method"
+
+
+def test_function_at_never_runs_a_lazily_loaded_module(tmp_path: Path) -> None:
+    """Mapping files to modules leaves a module that importlib's LazyLoader holds back unrun."""
+    name = f"_rg_lazy_{uuid.uuid4().hex}"
+    path = tmp_path / f"{name}.py"
+    ran = tmp_path / "ran"
+    path.write_text(f"open({str(ran)!r}, 'w').close()\n\ndef f():\n    return 1\n")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert diagnosis._function_at(__file__, _line_of("# leak-line")) == "_leak_buffers"
+        assert diagnosis._function_at(str(path), 4) == "f"
+        assert not ran.exists()
+    finally:
+        sys.modules.pop(name, None)
