@@ -9,16 +9,18 @@ newcomer cannot overtake the queue.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime_guard.pressure import Pressure
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["DEFAULT_AT", "Limiter", "LimiterTimeout", "all_limiters", "apply_pressure", "limiter"]
 
@@ -66,6 +68,10 @@ class _TaskWaiter:
         self.future: asyncio.Future[None] = loop.create_future()
 
     def wake(self) -> bool:
+        # asyncio is imported where a task waits, not with the module: `import runtime_guard`
+        # (done by pytest for the plugin in every session) would pay 25 ms for it.
+        import asyncio
+
         if self.loop.is_closed():
             return False
         self.granted = True
@@ -220,6 +226,8 @@ class Limiter:
         await self._wait_async(timeout)
 
     async def _wait_async(self, timeout: float | None) -> None:
+        import asyncio
+
         with self._lock:
             if self._held < self._capacity and not self._waiters:  # room made meanwhile
                 self._held += 1
