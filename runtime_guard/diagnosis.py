@@ -751,6 +751,23 @@ def referrer_chain(
         del level
 
 
+def chain_from_path(root: str, path: Sequence[object]) -> list[str]:
+    """Links like :func:`referrer_chain`'s for a path found going forwards.
+
+    ``path`` starts at a namespace dict (a module's globals, a frame's locals) named
+    ``root`` and ends at the held object; each item holds the next.
+    """
+    down: dict[int, object] = {
+        id(holder): (holder, held) for holder, held in itertools.pairwise(path[1:])
+    }
+    return _render(root, path[0], path[1], down, path[-1])
+
+
+def is_stdlib_file(filename: str) -> bool:
+    """True for standard-library (and generated, ``<...>``) code; not site-packages."""
+    return _is_library_frame(filename)
+
+
 def _render(
     module_name: str,
     namespace: object,

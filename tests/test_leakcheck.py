@@ -272,3 +272,21 @@ def test_a_leak_made_inside_a_stdlib_helper_names_the_line_that_called_it() -> N
     assert result.leaked
     top = result.sites[0]
     assert top.filename == __file__ and top.function.endswith("<lambda>"), result.message(True)
+
+
+def test_a_host_that_froze_objects_keeps_its_freeze_and_gets_verdicts() -> None:
+    """A heap the host froze itself is left frozen as it was, and verdicts still hold."""
+    import gc
+
+    kept: list[bytearray] = []
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        leaky = _checked(lambda: kept.append(bytearray(65_536)), rounds=3)
+        clean = _checked(lambda: None, rounds=3)
+        # Frozen objects may still die; unfrozen, none would be left.
+        assert gc.get_freeze_count() > frozen // 2
+    finally:
+        gc.unfreeze()
+    assert leaky.leaked and any(site.filename == __file__ for site in leaky.sites)
+    assert not clean.leaked, clean.message(True)

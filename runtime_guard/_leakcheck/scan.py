@@ -1,7 +1,8 @@
 """What a leaky round left behind: its survivors by type and line, and what holds them.
 
 Everything here that needs an object's allocation traceback runs while tracemalloc still
-traces, inside :func:`survey`, on a thread of its own (:func:`on_short_stack`). Only
+traces, inside :func:`survey`, on a thread of its own (:func:`on_short_stack`), and reads
+the tracebacks in bulk from threads that run no Python frame at all. Only
 objects allocated since the baseline are looked at: the baseline heap is frozen
 (``gc.freeze()``), so ``gc.get_objects()`` lists the young objects alone. Walking the whole
 heap instead cost 40 ms untraced and 100 ms traced per failing test on a pytest heap of
@@ -89,9 +90,7 @@ def excluded(filename: str) -> bool:
     return _EXCLUDED_RE.match(filename) is not None
 
 
-@functools.cache
-def _stdlib(filename: str) -> bool:
-    return diagnosis._is_library_frame(filename)
+_stdlib = functools.cache(diagnosis.is_stdlib_file)
 
 
 def machinery(frames: tuple[Line, ...]) -> bool:
@@ -185,7 +184,7 @@ class Findings:
         for cls, count in by_type.items():
             self.types[diagnosis.type_name(cls)] += count
         if self.path is not None:
-            self.chain = _chain_text(self.root, self.path)
+            self.chain = diagnosis.chain_from_path(self.root, self.path)
             self.path = None
         else:
             self.held = (containers + atomic)[:_CANDIDATES]
@@ -389,14 +388,6 @@ def _path(levels: list[tuple[list[object], list[object]]], target: object) -> li
         path.append(holders[at])
     path.reverse()
     return path
-
-
-def _chain_text(root: str, path: list[object]) -> list[str]:
-    """``path`` (a namespace first, the survivor last) as referrer-chain links."""
-    down: dict[int, object] = {
-        id(holder): (holder, held) for holder, held in itertools.pairwise(path[1:])
-    }
-    return diagnosis._render(root, path[0], path[1], down, path[-1])
 
 
 def _fd_owners(fds: set[int], files: list[Traced]) -> list[str]:
