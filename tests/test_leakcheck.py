@@ -290,3 +290,18 @@ def test_a_host_that_froze_objects_keeps_its_freeze_and_gets_verdicts() -> None:
         gc.unfreeze()
     assert leaky.leaked and any(site.filename == __file__ for site in leaky.sites)
     assert not clean.leaked, clean.message(True)
+
+
+def test_a_buffer_grown_in_place_is_a_leak_though_no_object_is_made() -> None:
+    """Growth with no new object or block (a bytearray extended in place) is seen untraced."""
+    buffer = bytearray()
+    items: list[None] = []
+
+    def body() -> None:
+        buffer.extend(b"x" * 40_000)
+        items.extend([None] * 5_000)
+
+    result = _checked(body, rounds=4, check=("heap",))
+    assert result.leaked, result.message(verbose=True)
+    assert result.figures["heap"].grew_every_round
+    assert any(site.filename == __file__ for site in result.sites), result.message(True)
