@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -57,6 +56,8 @@ class LeakChecker:
             return LeakBlock(self._start(options, "the block"), self._judge)
         label = getattr(fn, "__qualname__", repr(fn))
         if inspect.iscoroutinefunction(fn):
+            import asyncio  # here, not with the module: 20 ms that sync checks never need
+
             try:
                 asyncio.get_running_loop()
             except RuntimeError:

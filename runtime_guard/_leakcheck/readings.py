@@ -6,7 +6,6 @@ None of them starts tracemalloc; they are what an untraced round is judged on.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 
@@ -72,8 +71,9 @@ def malloc_reader() -> MallocReader | None:
     us a call, where a tracemalloc reading needs tracemalloc running (3-12x slower bodies).
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        function = libc.mallinfo2
+        # The process's own symbols, libc's among them: ctypes.util.find_library would run
+        # ldconfig in a subprocess for the same answer.
+        function = ctypes.CDLL(None).mallinfo2
     except (OSError, AttributeError):  # not glibc, or glibc before 2.33
         return None
     function.restype = _Mallinfo2
