@@ -9,6 +9,7 @@ newcomer cannot overtake the queue.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -54,6 +55,19 @@ class _ThreadWaiter:
         return True
 
 
+_aio: Any = None
+
+
+def _asyncio() -> Any:
+    """asyncio, imported where a task first waits and not with this module: ``import
+    runtime_guard`` (done by pytest for the plugin in every session) would pay 25 ms for it.
+    Kept in a global after: an ``import`` statement on the waiting path cost the 20-task
+    benchmark 5%."""
+    global _aio
+    _aio = importlib.import_module("asyncio")
+    return _aio
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -68,14 +82,10 @@ class _TaskWaiter:
         self.future: asyncio.Future[None] = loop.create_future()
 
     def wake(self) -> bool:
-        # asyncio is imported where a task waits, not with the module: `import runtime_guard`
-        # (done by pytest for the plugin in every session) would pay 25 ms for it.
-        import asyncio
-
         if self.loop.is_closed():
             return False
         self.granted = True
-        if asyncio._get_running_loop() is self.loop:
+        if (_aio or _asyncio())._get_running_loop() is self.loop:
             _resolve(self.future)
         else:
             try:
@@ -226,7 +236,7 @@ class Limiter:
         await self._wait_async(timeout)
 
     async def _wait_async(self, timeout: float | None) -> None:
-        import asyncio
+        asyncio = _aio or _asyncio()
 
         with self._lock:
             if self._held < self._capacity and not self._waiters:  # room made meanwhile
