@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,31 @@ def test_design_name_is_importable_from_the_package(name: str) -> None:
     """Every name the design card promises is importable from runtime_guard."""
     assert hasattr(runtime_guard, name)
     assert name in runtime_guard.__all__
+
+
+def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() -> None:
+    """pytest loads the plugin in every session: that imports neither asyncio nor the guard,
+    and each public name still resolves (to the object, not a module of the same name)."""
+    code = (
+        "import sys, runtime_guard.pytest_plugin\n"
+        "loaded = sorted(m for m in sys.modules if m == 'asyncio' or m.startswith('runtime_g'))\n"
+        "print(' '.join(loaded))\n"
+        "import runtime_guard.shedding, runtime_guard.limiter\n"
+        "print(callable(runtime_guard.limiter), runtime_guard.install.__module__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded, resolved = result.stdout.splitlines()
+    assert set(loaded.split()) <= {
+        "runtime_guard",
+        "runtime_guard._sizes",
+        "runtime_guard.config",
+        "runtime_guard.limiter",
+        "runtime_guard.pressure",
+        "runtime_guard.pytest_plugin",
+    }, loaded
+    assert resolved == "True runtime_guard.guard"
 
 
 def test_all_is_sorted_and_complete() -> None:
