@@ -240,10 +240,12 @@ def test_replacing_a_buffer_each_run_is_not_growth_even_when_traced_alone() -> N
 
 
 def test_zero_tolerance_catches_one_small_object_per_round() -> None:
-    """At tolerance 0 a single 16-byte object kept per run is a leak, and its line is named."""
+    """At tolerance 0 a single 16-byte object kept per run is a leak, and its line is named:
+    finer than the untraced bound can tell, every round is traced."""
     kept: list[object] = []
     result = _checked(lambda: kept.append(object()), tolerance=0, rounds=5)
     assert result.leaked, result.message(verbose=True)
+    assert result.traced_rounds == result.rounds_run == 5
     assert any(
         site.filename == __file__ and site.function.endswith("<lambda>") for site in result.sites
     ), result.message(verbose=True)
