@@ -354,28 +354,30 @@ def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) 
     for _ in range(_SEARCH_DEPTH):
         found: list[object] = []
         holders: list[object] = []
+        levels.append((found, holders))
         for holder in level:
             if isinstance(holder, _LEAVES):
                 continue
             children = list(_children(holder, module_name))
+            # Each holder's children are read as they are met, so the search ends at the
+            # first holder with the growth in it, not after its whole level (other globals
+            # of the module may hold thousands of older objects).
+            traced = _frameless_map(_raw_traceback, children)
+            hits = list(itertools.compress(zip(children, traced, strict=True), traced))
+            for child, frames in hits:
+                if frames[0] == top:
+                    # The holder's other new items are the rest of the growth; one level
+                    # down is enough to count them, and each traceback read costs while
+                    # tracing.
+                    findings.survivors.append(hits)
+                    findings.path = [*_path(levels[:-1], holder), child]
+                    findings.root = next(name for name, ns in starts if ns is findings.path[0])
+                    return
             found += children
             holders += itertools.repeat(holder, len(children))
-            if len(found) >= budget:
-                break
-        budget -= len(found)
-        levels.append((found, holders))
-        traced = _frameless_map(_raw_traceback, found)
-        hits = itertools.compress(zip(found, traced, holders, strict=True), traced)
-        for child, frames, holder in hits:
-            if frames[0] == top:
-                # The holder's other new items are the rest of the growth; one level down
-                # is enough to count them, and each traceback read costs while tracing.
-                findings.survivors.append(_traced(gc.get_referents(holder)))
-                findings.path = _path(levels, child)
-                findings.root = next(name for name, ns in starts if ns is findings.path[0])
+            budget -= len(children)
+            if budget <= 0 or time.monotonic() >= deadline:
                 return
-        if budget <= 0 or time.monotonic() >= deadline:
-            return
         level = found
 
 
