@@ -296,7 +296,10 @@ def _in_finalizer(depth: int) -> bool:
     # ``redis.Redis.__del__`` calls ``close()``: a release run by the finalizer is the
     # collected-without-release case, not a release by the program. Frame 3 is the caller
     # of the release wrapper.
-    frame: Any = sys._getframe(3)
+    try:
+        frame: Any = sys._getframe(3)
+    except ValueError:  # called with no caller at all (from atexit, a C callback)
+        return False
     while frame is not None and depth > 0:
         if frame.f_code.co_name == "__del__":
             return True
@@ -316,14 +319,20 @@ def _calling_first(
 
         @functools.wraps(original)
         async def arelease(self: Any, *args: Any, **kwargs: Any) -> Any:
-            release(self)
+            try:
+                release(self)
+            except Exception:  # the host's close() must close whatever the counting does
+                _warn_once("release", "runtime_guard: counting a release failed", exc_info=True)
             return await original(self, *args, **kwargs)
 
         return arelease
 
     @functools.wraps(original)
     def srelease(self: Any, *args: Any, **kwargs: Any) -> Any:
-        release(self)
+        try:
+            release(self)
+        except Exception:  # the host's close() must close whatever the counting does
+            _warn_once("release", "runtime_guard: counting a release failed", exc_info=True)
         return original(self, *args, **kwargs)
 
     return srelease

@@ -444,3 +444,27 @@ def test_component_keeps_at_most_its_report_and_point_caps() -> None:
         assert len(component._states[name].points) == 200
     finally:
         guard.stop()
+
+
+def test_a_release_called_with_no_caller_frame_still_closes(tmp_path: Path) -> None:
+    """close() run by atexit (or any C callback, with no Python caller) closes, silently."""
+    script = tmp_path / "shutdown.py"
+    script.write_text(
+        "import atexit\n"
+        "from runtime_guard import tracking\n"
+        "class Client:\n"
+        "    def close(self):\n"
+        "        print('closed')\n"
+        "tracking.track(Client)\n"
+        "atexit.register(Client().close)\n"
+    )
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "closed\n"
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, (
+        result.stderr
+    )
