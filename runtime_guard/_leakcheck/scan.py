@@ -370,7 +370,7 @@ def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) 
                     # down is enough to count them, and each traceback read costs while
                     # tracing.
                     findings.survivors.append(hits)
-                    findings.path = [*_path(levels[:-1], holder), child]
+                    findings.path = [*_path(levels[:-1], holder), _held_value(holder, child)]
                     findings.root = next(name for name, ns in starts if ns is findings.path[0])
                     return
             found += children
@@ -379,6 +379,21 @@ def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) 
             if budget <= 0 or time.monotonic() >= deadline:
                 return
         level = found
+
+
+def _held_value(holder: object, child: object) -> object:
+    """The value stored under ``child`` when ``child`` is a dict key, else ``child``.
+
+    A line like ``cache[len(cache)] = record`` allocates the key; what the chain should
+    end at is the record the key holds.
+    """
+    if isinstance(holder, dict):
+        try:
+            if child in holder:
+                return holder[child]
+        except TypeError:  # unhashable: a value, not a key
+            pass
+    return child
 
 
 def _path(levels: list[tuple[list[object], list[object]]], target: object) -> list[object]:
