@@ -168,3 +168,58 @@ def test_guard_installed_and_used_inside_uvicorns_event_loop(tmp_path: Path) -> 
         proc.wait(30)
     text = log.read_text()
     assert "Traceback" not in text and "ERROR" not in text, text
+
+
+def test_a_connection_accepted_just_before_a_recycle_is_answered(tmp_path: Path) -> None:
+    """A client whose connection a recycling worker has accepted but whose request it has not
+    read yet gets its answer, not a reset: the worker stops accepting before shutting down."""
+    import socket
+    import threading
+
+    (tmp_path / "app.py").write_text(APP)
+    port = servers.free_port()
+    env = {
+        **os.environ,
+        "RUNTIME_GUARD_RECYCLE_MIN_LIFETIME": "0",
+        "RUNTIME_GUARD_RECYCLE_JITTER": "0",
+    }
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(base + "/pid", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=10)
+        time.sleep(0.1)  # accepted, and idle: no request yet
+        asked = threading.Thread(
+            target=httpx.get, args=(base + "/restart",), kwargs={"timeout": 30}
+        )
+        asked.start()
+        time.sleep(0.3)  # the worker has been told to recycle
+        waiting.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        try:
+            while chunk := waiting.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        finally:
+            waiting.close()
+        asked.join(30)
+        assert answer.startswith(b"HTTP/1.1 200"), (answer, log.read_text())
+        assert proc.wait(30) == 0  # one worker: it recycled by exiting, gracefully
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    assert "recycling uvicorn worker pid" in log.read_text()

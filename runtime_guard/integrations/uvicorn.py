@@ -1,7 +1,8 @@
 """uvicorn: recycle a worker on ``restart_requested`` through uvicorn's own graceful shutdown.
 
-The worker sets ``Server.should_exit``, exactly what ``--limit-max-requests`` does: uvicorn
-stops accepting, finishes in-flight requests, runs the lifespan shutdown and exits. Under
+The worker stops accepting, then sets ``Server.should_exit``, exactly what
+``--limit-max-requests`` does: uvicorn finishes in-flight requests, runs the lifespan shutdown
+and exits. Under
 ``uvicorn --workers N`` the supervisor then starts a fresh worker on the same socket; with a
 single process, whatever supervises uvicorn (systemd, Kubernetes) restarts it.
 
@@ -24,7 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise missing_extra("uvicorn", "uvicorn", "fastapi") from exc
 
-__all__ = ["enable_recycling", "find_server", "shutdown"]
+__all__ = ["DRAIN_SECONDS", "enable_recycling", "find_server", "shutdown"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -39,16 +40,46 @@ def find_server() -> uvicorn.Server | None:
     return server if isinstance(server, uvicorn.Server) else None
 
 
+# How long a worker keeps serving after it stops accepting, before uvicorn's shutdown.
+DRAIN_SECONDS = 0.5
+
+
 def shutdown(reason: str = "") -> None:
-    """Shut this uvicorn worker down gracefully (the ``--limit-max-requests`` path)."""
+    """Shut this uvicorn worker down gracefully (the ``--limit-max-requests`` path).
+
+    The worker first stops accepting, and only :data:`DRAIN_SECONDS` later sets
+    ``should_exit``: uvicorn's shutdown closes every connection with no request in progress,
+    and one accepted a moment before, whose request the loop has not read yet, counts as
+    such; its client got a reset instead of an answer (seen in the proof under load: a
+    handful of resets each time a worker recycled). The other workers accept meanwhile.
+    """
     server = find_server()
     if server is not None:
-        server.should_exit = True
+        _stop_accepting_then_exit(server)
         return
     # Not serving from the main thread (a custom runner): SIGTERM is uvicorn's documented
     # graceful shutdown too.
     _log.info("runtime_guard: uvicorn server not found; sending SIGTERM to pid %d", os.getpid())
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_accepting_then_exit(server: uvicorn.Server) -> None:
+    listening = list(getattr(server, "servers", None) or ())
+    if not listening:
+        server.should_exit = True
+        return
+
+    def stop() -> None:
+        for listener in listening:
+            listener.close()
+        loop.call_later(DRAIN_SECONDS, setattr, server, "should_exit", True)
+
+    try:
+        loop = listening[0].get_loop()
+        # Signals arrive on the guard's own thread; the servers belong to the loop's.
+        loop.call_soon_threadsafe(stop)
+    except Exception:  # the loop is closing: uvicorn's own path, at once
+        server.should_exit = True
 
 
 def enable_recycling(
