@@ -8,7 +8,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -179,6 +179,27 @@ class Routes:
         return given is not None and hmac.compare_digest(
             given.encode("utf-8", "replace"), self.status_token
         )
+
+    def answer(
+        self,
+        path: str,
+        guard: Guard | None,
+        allows: Callable[[], bool],
+        accept: Callable[[], str | None],
+    ) -> tuple[int, str, bytes]:
+        """``(code, content type, body)`` for one of :attr:`own_paths`.
+
+        ``allows`` and ``accept`` read the request (its access, its ``Accept`` header) only
+        for the routes that need them.
+        """
+        if path == self.health_path:
+            code, body = health_response(guard, self.detail and allows())
+            return code, JSON, body
+        if path == self.metrics_path:
+            return metrics_response(accept())
+        if allows():
+            return status_page_response(guard)
+        return 403, "text/plain", FORBIDDEN
 
     def is_exempt(self, path: str) -> bool:
         """Whether ``path`` is never refused (own routes, and anything under :attr:`exempt`)."""

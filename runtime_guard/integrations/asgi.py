@@ -19,14 +19,9 @@ from typing import Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
-    FORBIDDEN,
-    JSON,
     PROXY_HEADERS,
     MiddlewareBase,
     current_guard,
-    health_response,
-    metrics_response,
-    status_page_response,
 )
 
 __all__ = ["GuardMiddleware", "lifespan", "websockets_enabled"]
@@ -95,21 +90,9 @@ class GuardMiddleware(MiddlewareBase):
         await self.app(scope, receive, send)
 
     async def _answer(self, path: str, scope: Scope, send: Send) -> None:
-        guard = current_guard(self.guard)
-        if path == self.routes.health_path:
-            detail = self.routes.detail and self._allows(scope)
-            code, body = health_response(guard, detail)
-            content_type = JSON
-        elif path == self.routes.metrics_path:
-            accept = None
-            for name, value in scope.get("headers", ()):
-                if name == b"accept":
-                    accept = value.decode("latin-1")
-            code, content_type, body = metrics_response(accept)
-        elif self._allows(scope):
-            code, content_type, body = status_page_response(guard)
-        else:
-            code, content_type, body = 403, "text/plain", FORBIDDEN
+        code, content_type, body = self.routes.answer(
+            path, current_guard(self.guard), lambda: self._allows(scope), lambda: _accept(scope)
+        )
         headers = [
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(body)).encode()),
@@ -162,3 +145,11 @@ def lifespan(
             runtime_guard.uninstall()
 
     return guard_lifespan
+
+
+def _accept(scope: Scope) -> str | None:
+    accept = None
+    for name, value in scope.get("headers", ()):
+        if name == b"accept":
+            accept = value.decode("latin-1")
+    return accept

@@ -20,17 +20,13 @@ from typing import Any
 import runtime_guard
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
-    FORBIDDEN,
     JSON,
     PROXY_HEADERS,
     Routes,
     current_guard,
-    health_response,
-    metrics_response,
     missing_extra,
     overloaded_body,
     split_options,
-    status_page_response,
 )
 
 try:
@@ -104,17 +100,12 @@ class GuardMiddleware:
         return None
 
     def _answer(self, path: str, request: HttpRequest) -> HttpResponse:
-        guard = current_guard(self.guard)
-        if path == self.routes.health_path:
-            detail = self.routes.detail and self._allows(request)
-            code, body = health_response(guard, detail)
-            content_type = JSON
-        elif path == self.routes.metrics_path:
-            code, content_type, body = metrics_response(request.headers.get("Accept"))
-        elif self._allows(request):
-            code, content_type, body = status_page_response(guard)
-        else:
-            code, content_type, body = 403, "text/plain", FORBIDDEN
+        code, content_type, body = self.routes.answer(
+            path,
+            current_guard(self.guard),
+            lambda: self._allows(request),
+            lambda: request.headers.get("Accept"),
+        )
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"
         return response

@@ -14,14 +14,9 @@ from typing import Any
 
 from runtime_guard import guard as _guard_module
 from runtime_guard.integrations._http import (
-    FORBIDDEN,
-    JSON,
     PROXY_HEADERS,
     MiddlewareBase,
     current_guard,
-    health_response,
-    metrics_response,
-    status_page_response,
 )
 
 __all__ = ["GuardMiddleware"]
@@ -61,17 +56,12 @@ class GuardMiddleware(MiddlewareBase):
     def _answer(
         self, path: str, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
-        guard = current_guard(self.guard)
-        if path == self.routes.health_path:
-            detail = self.routes.detail and self._allows(environ)
-            code, body = health_response(guard, detail)
-            content_type = JSON
-        elif path == self.routes.metrics_path:
-            code, content_type, body = metrics_response(environ.get("HTTP_ACCEPT"))
-        elif self._allows(environ):
-            code, content_type, body = status_page_response(guard)
-        else:
-            code, content_type, body = 403, "text/plain", FORBIDDEN
+        code, content_type, body = self.routes.answer(
+            path,
+            current_guard(self.guard),
+            lambda: self._allows(environ),
+            lambda: environ.get("HTTP_ACCEPT"),
+        )
         start_response(
             _REASONS.get(code, f"{code} Error"),
             [
