@@ -39,13 +39,8 @@ APP = textwrap.dedent(
 )
 
 
-def test_find_server_is_none_outside_uvicorn() -> None:
-    """Outside a serving uvicorn no server is found (SIGTERM is not uvicorn's)."""
-    assert guard_uvicorn.find_server() is None
-
-
-def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
-    """On restart_requested a worker finishes in-flight requests and uvicorn starts a new one."""
+def _serve_app(tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """uvicorn serving APP, recycling as soon as asked: the process, its log, its port."""
     (tmp_path / "app.py").write_text(APP)
     port = servers.free_port()
     env = {
@@ -54,11 +49,22 @@ def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
         "RUNTIME_GUARD_RECYCLE_JITTER": "0",
     }
     log = tmp_path / "uvicorn.log"
-    command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", "app:app", *options, "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
         )
+    return proc, log, port
+
+
+def test_find_server_is_none_outside_uvicorn() -> None:
+    """Outside a serving uvicorn no server is found (SIGTERM is not uvicorn's)."""
+    assert guard_uvicorn.find_server() is None
+
+
+def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
+    """On restart_requested a worker finishes in-flight requests and uvicorn starts a new one."""
+    proc, log, port = _serve_app(tmp_path, "--workers", "2")
     base = f"http://127.0.0.1:{port}"
 
     def pids(count: int) -> set[str]:
@@ -176,19 +182,7 @@ def test_a_connection_accepted_just_before_a_recycle_is_answered(tmp_path: Path)
     import socket
     import threading
 
-    (tmp_path / "app.py").write_text(APP)
-    port = servers.free_port()
-    env = {
-        **os.environ,
-        "RUNTIME_GUARD_RECYCLE_MIN_LIFETIME": "0",
-        "RUNTIME_GUARD_RECYCLE_JITTER": "0",
-    }
-    log = tmp_path / "uvicorn.log"
-    command = [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    proc, log, port = _serve_app(tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
