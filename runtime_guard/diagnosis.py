@@ -303,6 +303,19 @@ def _modules_loaded_from(filename: str) -> tuple[tuple[str, int, int], ...]:
     return found
 
 
+def module_globals(filename: str) -> tuple[str, dict[str, Any]] | None:
+    """``(module name, globals)`` of a loaded module run from ``filename``, or None.
+
+    Read without running any code of the module (see :func:`_namespace`).
+    """
+    for key, _, _ in _modules_loaded_from(filename):
+        namespace = _namespace(sys.modules.get(key))
+        if namespace is not None:
+            name = namespace.get("__name__")
+            return (name if isinstance(name, str) else key), namespace
+    return None
+
+
 def _still_loaded(keys: Iterable[str], filename: str) -> tuple[tuple[str, int, int], ...]:
     found = []
     for key in keys:

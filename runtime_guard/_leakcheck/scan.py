@@ -288,13 +288,6 @@ def stack_roots() -> list[tuple[str, object]]:
     return roots
 
 
-def _module_of(filename: str) -> types.ModuleType | None:
-    for module in list(sys.modules.values()):
-        if isinstance(module, types.ModuleType) and getattr(module, "__file__", None) == filename:
-            return module
-    return None
-
-
 def _children(holder: object, module_name: str) -> Iterable[object]:
     """What the forward search follows from ``holder``: data, not code or other modules."""
     if isinstance(holder, dict):
@@ -340,11 +333,11 @@ def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) 
 
     # A library's own globals rarely hold what user code leaks through it, and walking a
     # large library module spent the whole budget (measured: redis.client, 50 ms a test).
-    module = None if is_library(top[0]) else _module_of(top[0])
+    module = None if is_library(top[0]) else diagnosis.module_globals(top[0])
     starts = list(roots)
     if module is not None:
-        starts.insert(0, (module.__name__, vars(module)))
-    module_name = module.__name__ if module is not None else ""
+        starts.insert(0, module)
+    module_name = module[0] if module is not None else ""
     # Each level: the objects met, and beside each the holder it was met in.
     levels: list[tuple[list[object], list[object]]] = []
     level: list[object] = [namespace for _, namespace in starts]
