@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from runtime_guard._version import __version__
+
 # Imported now: importing the module of the same name anywhere would otherwise leave the
 # module, not the function, as runtime_guard.limiter.
 from runtime_guard.limiter import limiter
@@ -37,6 +39,7 @@ __all__ = [
     "ReliefResult",
     "Sample",
     "UnreleasedReport",
+    "__version__",
     "enabled",
     "feature",
     "get_guard",

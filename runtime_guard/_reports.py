@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+from runtime_guard._version import __version__
+
 __all__ = ["MAX_REPORT_BYTES", "MAX_REPORT_FILES", "write_report"]
 
 _log = logging.getLogger("runtime_guard")
@@ -36,7 +38,9 @@ def write_report(report_dir: str, kind: str, data: dict[str, Any]) -> str | None
     if kind not in _KINDS:
         raise ValueError(f"unknown report kind {kind!r}")
     try:
-        payload = json.dumps({"kind": kind, **data}, indent=1, default=str)
+        payload = json.dumps(
+            {"kind": kind, "runtime_guard_version": __version__, **data}, indent=1, default=str
+        )
     except (TypeError, ValueError):
         _log.exception("runtime_guard: %s report is not JSON-ready; not written", kind)
         return None

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime_guard._reportview import ReportError, fmt_bytes, read_view
+from runtime_guard._version import __version__
 from runtime_guard.config import Config, ConfigError, env_name
 
 __all__ = ["build_parser", "format_health", "load_report", "main"]
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runtime-guard", description="In-process memory guard for Python servers."
     )
+    parser.add_argument("--version", action="version", version=f"runtime-guard {__version__}")
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     _add_run(sub)
     demo = sub.add_parser(

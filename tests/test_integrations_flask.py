@@ -76,5 +76,5 @@ def test_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without Flask installed, importing the integration says which extra to install."""
     monkeypatch.setitem(sys.modules, "flask", None)
     monkeypatch.delitem(sys.modules, "runtime_guard.integrations.flask")
-    with pytest.raises(ImportError, match=r"pip install runtime-guard\[flask\]"):
+    with pytest.raises(ImportError, match=r"pip install 'runtime-guard-server\[flask\]'"):
         importlib.import_module("runtime_guard.integrations.flask")

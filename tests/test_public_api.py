@@ -70,6 +70,7 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
     assert set(loaded.split()) <= {
         "runtime_guard",
         "runtime_guard._sizes",
+        "runtime_guard._version",
         "runtime_guard.config",
         "runtime_guard.limiter",
         "runtime_guard.pressure",
@@ -213,3 +214,28 @@ def test_install_uninstall_cycles_leave_nothing_behind() -> None:
         guard.sample()
         runtime_guard.uninstall()
     assert runtime_guard.get_guard() is None
+
+
+def test_version_is_the_installed_distributions_and_the_commands() -> None:
+    """``__version__``, the installed metadata and ``runtime-guard --version`` say the same."""
+    from importlib.metadata import version
+
+    assert runtime_guard.__version__ == version("runtime-guard-server")
+    out = subprocess.run(
+        [sys.executable, "-m", "runtime_guard", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == f"runtime-guard {runtime_guard.__version__}"
+
+
+def test_written_reports_carry_the_version(tmp_path: Path) -> None:
+    """Every report file names the version that wrote it."""
+    import json
+
+    from runtime_guard._reports import write_report
+
+    path = write_report(str(tmp_path), "relief", {"reason": "manual"})
+    assert path is not None
+    assert json.loads(Path(path).read_text())["runtime_guard_version"] == runtime_guard.__version__

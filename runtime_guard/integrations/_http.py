@@ -67,7 +67,7 @@ def missing_extra(integration: str, module: str, extra: str) -> ImportError:
     """The error raised when an integration's framework is not installed: names the extra."""
     return ImportError(
         f"runtime_guard.integrations.{integration} needs {module!r}, which is not installed: "
-        f"pip install runtime-guard[{extra}]"
+        f"pip install 'runtime-guard-server[{extra}]'"
     )
 
 
