@@ -17,7 +17,7 @@ import psutil
 
 import runtime_guard
 from runtime_guard import Guard
-from runtime_guard._setup import attach_components
+from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 
 

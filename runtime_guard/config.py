@@ -9,16 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime_guard._sizes import SIZE_FORM, parse_size
+from runtime_guard._errors import ConfigError
+from runtime_guard._units import SIZE_FORM, parse_size
+from runtime_guard.pressure import level_name
 
 __all__ = ["ENV_PREFIX", "Config", "ConfigError", "env_name"]
 
 ENV_PREFIX = "RUNTIME_GUARD_"
 """Every option ``name`` is also read from the variable ``RUNTIME_GUARD_<NAME>``."""
-
-
-class ConfigError(ValueError):
-    """A bad option: the message names the option (or variable), the value and the form."""
 
 
 def env_name(option: str) -> str:
@@ -174,7 +172,7 @@ class Config:
     relief: bool = _opt(True, _bool, "Run relief (full GC, malloc_trim) automatically.")
     relief_at: str = _opt(
         "elevated",
-        _choice("elevated", "high", "critical"),
+        level_name,
         "Lowest pressure level at which automatic relief runs.",
     )
     relief_cooldown: float = _opt(

@@ -1,19 +1,26 @@
-"""The process-wide guard: the sampler thread, pressure levels, health, install/uninstall."""
+"""The guard: one sampler thread, pressure levels, the components it drives, and health.
+
+A :class:`Guard` reads memory through a probe on every interval, folds the reading into a
+pressure level, records the sample, runs its components' hooks and queues the signals.
+It imports none of its components: they are attached from outside (the process-wide one by
+:func:`runtime_guard.install`) and talk to it through its public methods: :meth:`read`,
+:attr:`clock`, :attr:`config`, :meth:`send`.
+"""
 
 from __future__ import annotations
 
-import atexit
 import gc
 import logging
-import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runtime_guard import signals
+from blinker import NamedSignal
+
+from runtime_guard import relief, signals
 from runtime_guard._component import Component
 from runtime_guard._dispatch import Dispatcher
 from runtime_guard._gcstats import GcStats
@@ -23,7 +30,14 @@ from runtime_guard.pressure import Pressure, PressureTracker
 from runtime_guard.probes import MemoryProbe, Reading
 from runtime_guard.sample import Sample
 
-__all__ = ["Guard", "get_guard", "install", "uninstall"]
+if TYPE_CHECKING:
+    from runtime_guard.leaks.report import LeakReport
+    from runtime_guard.relief import ReliefResult
+
+__all__ = ["Clock", "Guard", "Probe"]
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.monotonic``); tests pass a hand-driven one."""
 
 _log = logging.getLogger("runtime_guard")
 
@@ -57,9 +71,17 @@ class Guard:
     which is what deterministic tests and the pytest plugin do.
     """
 
-    def __init__(self, config: Config | None = None, *, probe: Probe | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        probe: Probe | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config if config is not None else Config.from_options({})
         """The validated options."""
+        self.clock: Clock = clock or time.monotonic
+        """The monotonic clock of samples and of every component's delays and windows."""
         self._probe: Probe = probe or MemoryProbe(
             memory_limit=self.config.memory_limit, process_limit=self.config.process_limit
         )
@@ -83,7 +105,7 @@ class Guard:
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started = time.monotonic()
+        self._started = self.clock()
         self._discovered = self._started
         self._sample_failures = 0
         self._sample_error = ""
@@ -92,8 +114,20 @@ class Guard:
     # -- components -------------------------------------------------------------------
 
     def add_component(self, component: Component) -> None:
-        """Attach a part that the sampler drives (internal: used by the guard's own modules)."""
+        """Attach a part that the sampler drives (see :class:`~runtime_guard.Component`).
+
+        A component of the same name attached earlier is closed and replaced.
+        """
+        old = self.component(component.name)
+        if old is not None:
+            self.remove_component(old)
         self._components.append(component)
+
+    def remove_component(self, component: Component) -> None:
+        """Close ``component`` and detach it; nothing happens if it is not attached."""
+        if component in self._components:
+            self._components.remove(component)
+            self._call(component, "close")
 
     def component(self, name: str) -> Component | None:
         """Return the attached component called ``name``, if any."""
@@ -129,10 +163,19 @@ class Guard:
         """The memory limit in bytes that usage is measured against."""
         return self._probe.limit
 
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each figure is read from (``rss``, ``usage``, ``limit``), for health."""
+        return dict(self._probe.sources)
+
+    def read(self) -> Reading:
+        """One memory reading now, without recording a sample or running any component."""
+        return self._probe.read()
+
     def sample(self) -> Sample:
         """Take one reading now, record it, run the components and queue the signals."""
         reading = self._probe.read()
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             old = self._tracker.level
             new = self._tracker.update(reading.fraction)
@@ -164,24 +207,30 @@ class Guard:
 
     # -- actions that components provide ---------------------------------------------
 
-    def check_leaks(self) -> Any:
-        """Judge the recent history for a growth leak now; a ``LeakReport`` or ``None``."""
+    def check_leaks(self) -> LeakReport | None:
+        """Judge the recent history for a growth leak now; a ``LeakReport`` or ``None``
+        (also ``None`` when leak detection is off)."""
         component = self.component("leaks")
-        return None if component is None else self._call(component, "check")
+        report = None if component is None else self._call(component, "check")
+        return report  # type: ignore[no-any-return]
 
-    def relieve(self) -> Any:
+    def relieve(self) -> ReliefResult:
         """Run relief now (full GC, then ``malloc_trim`` on glibc); returns a ``ReliefResult``."""
-        from runtime_guard.relief import relieve
-
-        return relieve(self)
+        return relief.relieve(self)
 
     def set_emergency(self, on: bool) -> None:
-        """Shed (or restore) every sheddable feature at once, as an operator's switch."""
-        from runtime_guard.shedding import set_emergency
+        """Shed (or restore) every sheddable feature at once, as an operator's switch.
 
-        set_emergency(self, on)
+        Without a shedding component (a bare ``Guard``) there is nothing to shed: logged.
+        """
+        component = self.component("shedding")
+        switch = getattr(component, "set_emergency", None)
+        if switch is None:
+            _log.warning("runtime_guard: set_emergency(%s): no shedding component attached", on)
+            return
+        switch(self, on)
 
-    def send(self, signal: Any, **payload: Any) -> None:
+    def send(self, signal: NamedSignal, **payload: Any) -> None:
         """Queue ``signal`` for delivery with this guard as sender (never raises)."""
         self._dispatcher.send(signal, **payload)
 
@@ -195,8 +244,8 @@ class Guard:
         next_at = time.monotonic()
         while not self._stop_event.is_set():
             try:
-                if time.monotonic() - self._discovered >= _REDISCOVER_SECONDS:
-                    self._discovered = time.monotonic()
+                if self.clock() - self._discovered >= _REDISCOVER_SECONDS:
+                    self._discovered = self.clock()
                     self._probe.discover()
                 self._gc.ensure_installed()
                 self.sample()
@@ -244,7 +293,15 @@ class Guard:
         self._components.clear()
         self._gc.uninstall()
 
-    def _after_fork_in_child(self) -> None:
+    def stop_threads(self, timeout: float = 2.0) -> None:
+        """Stop the sampler and signal threads only, leaving components as they are; for
+        the end of the process, when undoing patches would be wasted work."""
+        self._stop_event.set()
+        self._dispatcher.stop(timeout)
+
+    def after_fork_in_child(self) -> None:
+        """Reset in a forked child: no history, no threads of the parent, files reopened;
+        the sampler restarts if it ran. The process-wide guard gets this call by itself."""
         was_running = self._thread is not None
         self._init_runtime_state()
         self._dispatcher.after_fork()
@@ -278,8 +335,8 @@ class Guard:
             "usage_fraction": round(latest.usage_fraction, 4),
             "rss_bytes": latest.rss,
             "process_limit_bytes": self.config.process_limit,
-            "sources": dict(self._probe.sources),
-            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "sources": self.sources,
+            "uptime_seconds": round(self.clock() - self._started, 3),
             "samples": len(self.history),
             "heap_blocks": latest.heap_blocks,
             "threads": latest.threads,
@@ -311,70 +368,11 @@ class Guard:
         return f"<Guard {state} pressure={self.pressure.name} limit={self.limit}>"
 
 
-_guard: Guard | None = None
-_install_lock = threading.Lock()
+def __getattr__(name: str) -> Any:
+    # install/uninstall/get_guard live in runtime_guard._install since 0.2; these names are
+    # kept for code written against 0.1 (``from runtime_guard.guard import install``).
+    if name in ("install", "uninstall", "get_guard"):
+        from runtime_guard import _install
 
-
-def install(**options: Any) -> Guard:
-    """Install the process-wide guard and start its sampler; returns the existing one if any.
-
-    Options are validated first (keywords over ``RUNTIME_GUARD_*`` variables); a bad one
-    raises :class:`~runtime_guard.ConfigError`. Calling again with other options keeps the
-    running guard and logs that the new options were ignored.
-    """
-    global _guard
-    config = Config.from_options(options)
-    with _install_lock:
-        if _guard is not None:
-            if options and config != _guard.config:
-                _log.warning(
-                    "runtime_guard: already installed; options %s ignored (uninstall() first)",
-                    sorted(options),
-                )
-            return _guard
-        guard = Guard(config)
-        from runtime_guard._setup import attach_components
-
-        try:
-            attach_components(guard)
-            guard.start()
-        except BaseException:
-            guard.stop()
-            raise
-        _guard = guard
-        return guard
-
-
-def uninstall() -> None:
-    """Stop the process-wide guard and undo everything it did; safe to call when none is."""
-    global _guard
-    with _install_lock:
-        guard, _guard = _guard, None
-    if guard is not None:
-        guard.stop()
-
-
-def get_guard() -> Guard | None:
-    """Return the process-wide guard, or ``None`` before :func:`install`."""
-    return _guard
-
-
-def _after_fork_in_child() -> None:
-    global _install_lock
-    _install_lock = threading.Lock()
-    if _guard is not None:
-        _guard._after_fork_in_child()
-
-
-def _at_exit() -> None:
-    # Stopping before interpreter finalisation means the sampler never runs while modules
-    # are being torn down.
-    guard = _guard
-    if guard is not None:
-        guard._stop_event.set()
-        guard._dispatcher.stop(0.5)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_at_exit)
+        return getattr(_install, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

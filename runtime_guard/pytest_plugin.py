@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from runtime_guard._sizes import SIZE_FORM, parse_size
+from runtime_guard._units import SIZE_FORM, parse_size
 from runtime_guard.config import env_name
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
 from runtime_guard._component import Component
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
 from runtime_guard.pressure import Pressure
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def trim() -> bool:
 
 
 def _read(guard: Guard) -> tuple[int, int]:
-    reading = guard._probe.read()
+    reading = guard.read()
     return reading.usage, reading.rss
 
 

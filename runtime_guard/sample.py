@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
 from runtime_guard.pressure import Pressure
 
 __all__ = ["Sample"]

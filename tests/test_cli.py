@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runtime_guard
-from runtime_guard import _demo_app
+from runtime_guard.cli import demo_app as _demo_app
 from runtime_guard.cli import main
 from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.testing import FakeProbe, make_guard

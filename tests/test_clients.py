@@ -17,7 +17,7 @@ import pytest
 import servers
 
 from runtime_guard import signals, tracking
-from runtime_guard._setup import attach_components
+from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.tracking import UnreleasedReport, live_objects
@@ -367,7 +367,7 @@ _HOOK_SCRIPT = textwrap.dedent(
     import json, sys
     import requests                      # imported before the guard
     import runtime_guard
-    from runtime_guard._clients import watcher
+    from runtime_guard.tracking.clients import watcher
     runtime_guard.install(interval=60)
     assert "httpx" not in sys.modules
     before = list(sys.meta_path)

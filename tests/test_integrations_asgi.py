@@ -32,15 +32,6 @@ async def hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello " + scope["path"].encode()})
 
 
-@pytest.fixture(autouse=True)
-def _forget_features() -> Iterator[None]:
-    """Features are process-wide: take this file's out again so other tests never see them."""
-    yield
-    with shedding._lock:
-        shedding._features.pop("websockets", None)
-        shedding._shed.discard("websockets")
-
-
 @pytest.fixture
 def fake() -> Iterator[tuple[FakeProbe, runtime_guard.Guard]]:
     probe = FakeProbe()

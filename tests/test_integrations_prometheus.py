@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,6 @@ from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.testing import FakeProbe, make_guard
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture(autouse=True)
-def _forget_features() -> Iterator[None]:
-    """Features are process-wide: take this file's out again so other tests never see them."""
-    yield
-    with shedding._lock:
-        shedding._features.pop("metrics-test-feature", None)
-        shedding._shed.discard("metrics-test-feature")
 
 
 def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from runtime_guard import ConfigError, LeakReport, diagnosis, signals
-from runtime_guard._setup import attach_components
+from runtime_guard._install import attach_components
 from runtime_guard.config import Config
-from runtime_guard.diagnosis import AllocationSite, TypeGrowth
+from runtime_guard.diagnosis import AllocationSite, TypeGrowth, tracing
 from runtime_guard.guard import Guard
-from runtime_guard.leaks import MB, LeakDetector
+from runtime_guard.leaks import LeakDetector
+from runtime_guard.leaks.report import MB
 from runtime_guard.probes import RssReader
 from runtime_guard.testing import FakeProbe, make_guard
 
@@ -110,7 +111,7 @@ def _stop_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
     # Threads that other tests leave behind would make the detector skip tracemalloc on
     # Pythons with CPython gh-128679; this process's threads run Python code only, so the
     # scenarios run as on a fixed Python. The switch itself is tested with its own thread.
-    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", False)
+    monkeypatch.setattr(tracing, "STOP_MAY_CRASH", False)
 
 
 @pytest.fixture(autouse=True)
@@ -497,7 +498,7 @@ def test_duty_cycle_cap_skips_tracemalloc(feed: Any) -> None:
 
 def _churn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every look at the threads see a new set, as in a thread-per-request server."""
-    from runtime_guard import leaks
+    from runtime_guard.leaks import detector as leaks
 
     counter = iter(range(1, 1_000_000))
     monkeypatch.setattr(leaks, "thread_idents", lambda: frozenset({next(counter)}))
@@ -518,7 +519,7 @@ def test_no_tracemalloc_while_threads_churn_where_stop_may_crash(
     feed: Any, monkeypatch: pytest.MonkeyPatch, worker: threading.Thread
 ) -> None:
     """Where tracemalloc.stop() can crash (gh-128679), churning threads mean no tracemalloc."""
-    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    monkeypatch.setattr(tracing, "STOP_MAY_CRASH", True)
     _churn(monkeypatch)
     f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
     f.run(100, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
@@ -532,7 +533,7 @@ def test_tracemalloc_used_beside_a_steady_thread_pool(
     feed: Any, monkeypatch: pytest.MonkeyPatch, worker: threading.Thread
 ) -> None:
     """Threads that neither start nor end (a fixed pool) leave tracemalloc safe to stop."""
-    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    monkeypatch.setattr(tracing, "STOP_MAY_CRASH", True)
     f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
     f.run(100, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert len(f.reports) == 1
@@ -545,7 +546,7 @@ def test_tracemalloc_stays_on_until_threads_settle(
     feed: Any, monkeypatch: pytest.MonkeyPatch, worker: threading.Thread
 ) -> None:
     """Threads churning when the window ends keep tracemalloc on until they settle."""
-    monkeypatch.setattr(diagnosis, "STOP_MAY_CRASH", True)
+    monkeypatch.setattr(tracing, "STOP_MAY_CRASH", True)
     f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.5)
     f.run(63, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert tracemalloc.is_tracing()  # the diagnosis window is open
@@ -610,8 +611,8 @@ def test_report_is_json_ready_and_readable() -> None:
     assert data["top_sites"][0]["lineno"] == 42
     assert data["growing_types"][0]["growth"] == 900
     text = str(report)
-    assert text.startswith("leak suspected: Python heap grows 2.50 MB/min for 5 min")
-    assert "limit reached in ~90 min" in text
+    assert text.startswith("leak suspected: Python heap grows 2.50 MB/min for 5.0 min")
+    assert "limit reached in ~90.0 min" in text
     assert "app/views.py:42 in handler" in text
     assert "app.views._cache (dict) -> ['sessions'] list -> app.Session" in text
     assert "tracemalloc on 20.0 s, heap walks 0.25 s" in text
@@ -645,7 +646,7 @@ def test_always_mode_keeps_tracemalloc_on_until_stop() -> None:
 
 def test_quiet_samples_never_walk_the_heap(feed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a suspicion the detector only compares numbers: no census, no tracemalloc."""
-    from runtime_guard import leaks
+    from runtime_guard.leaks import detector as leaks
 
     calls: list[str] = []
     monkeypatch.setattr(leaks, "type_census", lambda: calls.append("census") or {})

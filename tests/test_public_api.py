@@ -60,7 +60,7 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
         "import sys, runtime_guard.pytest_plugin\n"
         "loaded = sorted(m for m in sys.modules if m == 'asyncio' or m.startswith('runtime_g'))\n"
         "print(' '.join(loaded))\n"
-        "import runtime_guard.shedding, runtime_guard.limiter\n"
+        "import runtime_guard.shedding, runtime_guard.limiters\n"
         "print(callable(runtime_guard.limiter), runtime_guard.install.__module__)\n"
     )
     result = subprocess.run(
@@ -69,14 +69,14 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
     loaded, resolved = result.stdout.splitlines()
     assert set(loaded.split()) <= {
         "runtime_guard",
-        "runtime_guard._sizes",
+        "runtime_guard._units",
         "runtime_guard._version",
         "runtime_guard.config",
-        "runtime_guard.limiter",
+        "runtime_guard._errors",
         "runtime_guard.pressure",
         "runtime_guard.pytest_plugin",
     }, loaded
-    assert resolved == "True runtime_guard.guard"
+    assert resolved == "True runtime_guard._install"
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -234,7 +234,7 @@ def test_written_reports_carry_the_version(tmp_path: Path) -> None:
     """Every report file names the version that wrote it."""
     import json
 
-    from runtime_guard._reports import write_report
+    from runtime_guard.reports.files import write_report
 
     path = write_report(str(tmp_path), "relief", {"reason": "manual"})
     assert path is not None

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-import runtime_guard
-from runtime_guard._sites import STACK_DEPTH, Site, capture, is_library
+from runtime_guard.tracking.sites import STACK_DEPTH, Site, capture
 
 
 def _make_site() -> Site:
@@ -94,17 +93,6 @@ def test_same_line_gives_the_same_interned_site() -> None:
     assert sites[0] is sites[1] is sites[2]
 
 
-def test_is_library_classifies_stdlib_site_packages_and_runtime_guard() -> None:
-    """Stdlib, installed packages and runtime_guard itself are library; tests are not."""
-    assert is_library(json.__file__)
-    assert is_library(runtime_guard.__file__)
-    import pytest
-
-    assert is_library(pytest.__file__)
-    assert is_library("<frozen importlib._bootstrap>")
-    assert not is_library(__file__)
-
-
 def test_site_to_dict_is_json_ready_and_str_is_readable() -> None:
     """A site renders as 'path:line in function' and serialises with its stack."""
     site = _make_site()
@@ -118,7 +106,7 @@ def test_site_to_dict_is_json_ready_and_str_is_readable() -> None:
 
 def test_interned_site_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past _MAX_INTERNED distinct sites the table stops growing; new sites are still named."""
-    from runtime_guard import _sites
+    from runtime_guard.tracking import sites as _sites
 
     monkeypatch.setattr(_sites, "_MAX_INTERNED", len(_sites._interned) + 5)
     found = []

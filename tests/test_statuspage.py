@@ -16,7 +16,7 @@ import runtime_guard
 from runtime_guard import Pressure
 from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.probes import RssReader
-from runtime_guard.statuspage import render_status_page
+from runtime_guard.reports.statuspage import render_status_page
 from runtime_guard.testing import FakeProbe, make_guard
 
 MB = 1024 * 1024

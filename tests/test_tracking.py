@@ -19,9 +19,11 @@ import pytest
 
 import runtime_guard
 from runtime_guard import signals, tracking
-from runtime_guard._clients import watcher
 from runtime_guard.testing import make_guard
-from runtime_guard.tracking import UnreleasedReport, judge_growth, live_objects, track
+from runtime_guard.tracking import UnreleasedReport, live_objects, track
+from runtime_guard.tracking import component as tracking_component
+from runtime_guard.tracking.clients import watcher
+from runtime_guard.tracking.component import judge_growth
 
 
 @pytest.fixture(autouse=True)
@@ -299,7 +301,7 @@ def test_component_reports_max_live_once_per_episode(tmp_path: Path) -> None:
             resource.close()
         del kept, resource
         gc.collect()
-        for _ in range(tracking.QUIET_SAMPLES):
+        for _ in range(tracking_component.QUIET_SAMPLES):
             guard.sample()
         again = make_resources(5)
         guard.sample()
@@ -338,8 +340,8 @@ def test_component_reports_steady_growth() -> None:
     kept: list[Resource] = []
     try:
         track(Resource)
-        window = tracking.WINDOW_SAMPLES * 0.001
-        for _ in range(tracking.GROWTH_WINDOWS + 3):
+        window = tracking_component.WINDOW_SAMPLES * 0.001
+        for _ in range(tracking_component.GROWTH_WINDOWS + 3):
             kept += make_resources(3)
             guard.sample()
             time.sleep(window * 1.2)
@@ -400,7 +402,7 @@ def test_collected_without_release_tables_are_capped() -> None:
     """Instances collected unreleased from more distinct sites than the cap are all counted,
     but the per-site table holds at most _MAX_COLLECTED_SITES sites and the recent-collection
     memory at most _RECENT_COLLECTED records."""
-    from runtime_guard import _registry
+    from runtime_guard.tracking import registry as _registry
 
     class Dropped(Resource):
         pass
@@ -438,7 +440,7 @@ def test_component_keeps_at_most_its_report_and_point_caps() -> None:
             held.close()
             del held
             gc.collect()
-            for _ in range(tracking.QUIET_SAMPLES):
+            for _ in range(tracking_component.QUIET_SAMPLES):
                 guard.sample()
         assert len(component.reports) == 20
         assert len(component._states[name].points) == 200

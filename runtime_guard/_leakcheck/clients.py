@@ -37,7 +37,8 @@ class ClientWatch:
 
     @classmethod
     def start(cls, track: Sequence[str | type]) -> ClientWatch:
-        from runtime_guard import _clients, tracking
+        from runtime_guard import tracking
+        from runtime_guard.tracking import clients as _clients
 
         known = [spec.name for spec in _clients.CLIENTS]
         watch = cls(None)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from runtime_guard import diagnosis
 from runtime_guard._leakcheck.scan import shown
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
 
 if TYPE_CHECKING:
     from runtime_guard._leakcheck.check import Figure, LeakResult

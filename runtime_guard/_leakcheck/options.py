@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_guard._sizes import SIZE_FORM, format_size, parse_size
+from runtime_guard._units import SIZE_FORM, format_size, parse_size
 
 __all__ = ["CHECKS", "LeakCheckOptions"]
 

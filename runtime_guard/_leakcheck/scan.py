@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from runtime_guard import diagnosis
+from runtime_guard import _frames, diagnosis
+from runtime_guard.diagnosis import functions
 
 __all__ = [
     "PYTEST_FILES",
@@ -90,7 +91,7 @@ def excluded(filename: str) -> bool:
     return _EXCLUDED_RE.match(filename) is not None
 
 
-_stdlib = functools.cache(diagnosis.is_stdlib_file)
+_stdlib = _frames.is_stdlib
 
 
 def machinery(frames: tuple[Line, ...]) -> bool:
@@ -329,11 +330,11 @@ def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) 
     ``gc.get_objects()`` never lists. ``roots`` are ``(name, namespace)`` pairs: a dict of
     names to the objects they hold. Levels are lists walked by C iterators.
     """
-    from runtime_guard._sites import is_library
+    from runtime_guard._frames import is_library
 
     # A library's own globals rarely hold what user code leaks through it, and walking a
     # large library module spent the whole budget (measured: redis.client, 50 ms a test).
-    module = None if is_library(top[0]) else diagnosis.module_globals(top[0])
+    module = None if is_library(top[0]) else functions.module_globals(top[0])
     starts = list(roots)
     if module is not None:
         starts.insert(0, module)
@@ -404,7 +405,7 @@ def _fd_owners(fds: set[int], files: list[Traced]) -> list[str]:
     """Name the file and socket objects holding ``fds``, and where they were made."""
     if not fds:
         return []
-    from runtime_guard._sites import is_library
+    from runtime_guard._frames import is_library
 
     owners: Counter[str] = Counter()
     for obj, frames in files:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from runtime_guard import guard as _guard_module
+from runtime_guard import _install
 from runtime_guard.config import Config, ConfigError
 from runtime_guard.guard import Guard
-from runtime_guard.pressure import Pressure
+from runtime_guard.pressure import Pressure, parse_level
 
 __all__ = [
     "FORBIDDEN",
@@ -121,12 +121,7 @@ class Routes:
         status_token: str | None = None,
     ) -> Routes:
         """Validate the middleware keywords; a bad one raises ``ConfigError``."""
-        try:
-            level = Pressure.parse(shed_at)
-        except ValueError as exc:
-            raise ConfigError(f"shed_at={shed_at!r} is not accepted: {exc}") from None
-        if level == Pressure.OK:
-            raise ConfigError("shed_at='ok' is not accepted: it would refuse every request")
+        level = parse_level(shed_at, "shed_at")
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ConfigError(f"retry_after={retry_after!r} is not accepted: expected seconds >= 0")
         if isinstance(exempt, str):
@@ -287,7 +282,7 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 def current_guard(guard: Guard | None) -> Guard | None:
     """The guard a middleware acts on: its own, else the process-wide one (a global read)."""
-    return guard if guard is not None else _guard_module._guard
+    return guard if guard is not None else _install._guard
 
 
 # Health keys that are figures about the process; anything else a component adds (report
@@ -366,7 +361,7 @@ def overloaded_body(retry_after: int) -> bytes:
 def status_page_response(guard: Guard | None) -> tuple[int, str, bytes]:
     """``(code, content type, body)`` of the live status page, when its module exists."""
     try:
-        from runtime_guard.statuspage import render_status_page  # type: ignore[import-not-found]
+        from runtime_guard.reports.statuspage import render_status_page  # type: ignore[import-not-found]
     except ImportError:
         return 404, "text/plain", b"status page not available in this version\n"
     if guard is None:

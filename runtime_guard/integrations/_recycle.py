@@ -132,10 +132,6 @@ def attach_recycler(
     jitter: float | None = None,
 ) -> Recycler:
     """Attach a :class:`Recycler` to ``guard``, replacing one attached earlier."""
-    old = guard.component(Recycler.name)
-    if old is not None:
-        old.close(guard)
-        guard._components.remove(old)
     recycler = Recycler(guard, stop, server=server, min_lifetime=min_lifetime, jitter=jitter)
     guard.add_component(recycler)
     return recycler

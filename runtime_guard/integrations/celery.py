@@ -29,7 +29,7 @@ from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._http import missing_extra
 from runtime_guard.integrations._recycle import Recycler, attach_recycler
-from runtime_guard.pressure import Pressure
+from runtime_guard.pressure import Pressure, parse_level
 
 try:
     import billiard.pool
@@ -82,7 +82,7 @@ def enable_recycling(
 
 def _levels(shed: Mapping[str, Any] | Iterable[str]) -> dict[str, Pressure]:
     if isinstance(shed, Mapping):
-        return {name: Pressure.parse(level) for name, level in shed.items()}
+        return {name: parse_level(level, f"shed[{name!r}]") for name, level in shed.items()}
     return dict.fromkeys(shed, Pressure.HIGH)
 
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from runtime_guard import _clients, _sites
-from runtime_guard._sites import Site
+from runtime_guard.tracking import clients as _clients
+from runtime_guard.tracking import sites as _sites
+from runtime_guard.tracking.sites import Site
 
 __all__ = [
     "TOP_SITES",
@@ -620,7 +621,7 @@ def untrack_all() -> None:
 
 
 def enable_known_clients() -> None:
-    """Track every class of :data:`runtime_guard._clients.CLIENTS`, now or once imported."""
+    """Track every class of :data:`runtime_guard.tracking.clients.CLIENTS`, now or once imported."""
     for spec in _clients.CLIENTS:
         if spec.name in _entries or any(
             r.name == spec.name for rs in _pending.values() for r in rs

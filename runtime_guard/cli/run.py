@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -14,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from runtime_guard._bootstrap import BOOTSTRAP_DIR_ENV, SITECUSTOMIZE_SOURCE
-from runtime_guard.config import Config, env_name
+from runtime_guard.cli._common import err
+from runtime_guard.cli.bootstrap import BOOTSTRAP_DIR_ENV, SITECUSTOMIZE_SOURCE
+from runtime_guard.config import Config, ConfigError, env_name
 
-__all__ = ["FORWARDED_SIGNALS", "child_environment", "run_command"]
+__all__ = ["FORWARDED_SIGNALS", "child_environment", "command", "register", "run_command"]
 
 FORWARDED_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name)
@@ -95,3 +97,52 @@ def run_command(
         return 128 - returncode if returncode < 0 else returncode
     finally:
         shutil.rmtree(bootstrap_dir, ignore_errors=True)
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to the ``runtime-guard`` parser."""
+    run = sub.add_parser(
+        "run",
+        help="run a program with the guard installed",
+        description="Run CMD with the guard installed at its start-up (through a "
+        "sitecustomize on a temporary path; an existing sitecustomize still runs). "
+        "Options become RUNTIME_GUARD_* variables; the exit code is CMD's.",
+        usage="runtime-guard run [options] -- CMD [ARG...]",
+    )
+    for name, default, doc in Config.describe():
+        run.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar="VALUE",
+            help=f"{doc} ({env_name(name)}; default {default})".replace("%", "%%"),
+        )
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``runtime-guard run``."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        err("run: no command given; usage: runtime-guard run [options] -- CMD [ARG...]")
+        return 2
+    options = {
+        name: getattr(args, name)
+        for name, _, _ in Config.describe()
+        if getattr(args, name) is not None
+    }
+    try:
+        Config.from_options(options)  # names the flag, not the variable, in the error
+    except ConfigError as exc:
+        name, sep, rest = str(exc).partition("=")
+        err(f"run: --{name.replace('_', '-')}{sep}{rest}")
+        return 2
+    try:
+        return run_command(command, options)
+    except ConfigError as exc:
+        err(f"run: {exc}")
+        return 2
+    except OSError as exc:
+        err(f"run: cannot start {command[0]!r}: {exc.strerror or exc}")
+        return 127

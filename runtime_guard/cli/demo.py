@@ -1,6 +1,6 @@
 """``runtime-guard demo``: a leaking web app under the guard, watched live from outside.
 
-The demo copies a small WSGI app (:mod:`runtime_guard._demo_app`) into a working directory,
+The demo copies a small WSGI app (:mod:`runtime_guard.cli.demo_app`) into a working directory,
 starts it with ``runtime-guard run`` (so the guard is installed with no code change), and
 drives traffic at it over real HTTP on loopback. Its clients talk to a real
 ``redis-server`` when one is on ``PATH`` (and the ``redis`` package is installed), else to a
@@ -12,6 +12,7 @@ through ``RUNTIME_GUARD_*`` variables so that an hour's story fits in about a mi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -29,11 +30,13 @@ import urllib.request
 from collections.abc import Iterator
 from typing import IO, Any
 
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
+from runtime_guard.cli._common import err
 from runtime_guard.config import Config
+from runtime_guard.pressure import LEVELS
 from runtime_guard.probes import RssReader, find_cgroup_memory
 
-__all__ = ["DEFAULT_DURATION", "run_demo"]
+__all__ = ["DEFAULT_DURATION", "command", "register", "run_demo"]
 
 DEFAULT_DURATION = 60.0
 """Seconds of traffic when no duration is given."""
@@ -42,7 +45,6 @@ _HEADROOM = 160 * 1024 * 1024
 _APP_FILE = "shop.py"
 _ORDERS_PER_SECOND = 10.0
 _MAX_RECEIPT = 3_000_000
-_LEVELS = ("ok", "elevated", "high", "critical")
 
 
 def _demo_options(duration: float) -> dict[str, str]:
@@ -281,8 +283,8 @@ class _Monitor(threading.Thread):
         state.fraction = float(health.get("usage_fraction") or 0.0)
         state.pressure = str(health.get("pressure") or "ok")
         state.peak_usage = max(state.peak_usage, state.usage)
-        if state.pressure in _LEVELS:
-            state.peak_level = max(state.peak_level, _LEVELS.index(state.pressure))
+        if state.pressure in LEVELS:
+            state.peak_level = max(state.peak_level, LEVELS.index(state.pressure))
         state.shed = sorted(str(f) for f in health.get("shed_features") or [])
         events = data.get("events") or []
         for event in events[state.events_seen :]:
@@ -406,7 +408,7 @@ def _app(
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start the app under ``runtime-guard run``; yield it and its base URL."""
     app_path = os.path.join(workdir, _APP_FILE)
-    from runtime_guard import _demo_app
+    from runtime_guard.cli import demo_app as _demo_app
 
     shutil.copyfile(_demo_app.__file__, app_path)
     env = dict(os.environ)
@@ -637,7 +639,7 @@ def _summary(
     workdir: str,
     started: float,
 ) -> int:
-    from runtime_guard.report_html import render_html
+    from runtime_guard.reports.html import render_html
 
     say = out.write
     size = 0
@@ -656,7 +658,7 @@ def _summary(
         ("requests", f"{state.requests:,} ({state.refused:,} refused with 503 while critical, "
                      f"{state.failed} failed)"),
         ("peak usage", f"{format_size(state.peak_usage)} of {format_size(state.limit)} budget"),
-        ("worst pressure", _LEVELS[state.peak_level].upper()
+        ("worst pressure", LEVELS[state.peak_level].upper()
          + ("; back to OK" if state.pressure == "ok" else f"; now {state.pressure.upper()}")),
         ("leak", f"diagnosed at {state.leak_site}" if state.leak_site else (
             "suspected, diagnosis pending" if leak else "not detected")),
@@ -683,3 +685,34 @@ def _summary(
         say(f"  {key:<{width}}  {value}\n")
     out.flush()
     return 0
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to the ``runtime-guard`` parser."""
+    demo = sub.add_parser(
+        "demo",
+        help="watch the guard catch a leaking web app (about a minute)",
+        description="Start a small leaking web app under the guard, drive traffic at it and "
+        "show live what the guard sees; ends with a summary and an HTML report.",
+    )
+    length = demo.add_mutually_exclusive_group()
+    length.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="seconds of traffic (>= 10)"
+    )
+    length.add_argument("--quick", action="store_true", help="a short run, for CI")
+    demo.add_argument("--html", metavar="OUT.html", help="where to write the HTML report")
+    demo.add_argument(
+        "--clients",
+        choices=("auto", "redis", "socket"),
+        default="auto",
+        help="leaked clients: redis (needs redis-server on PATH) or raw sockets; auto picks",
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``runtime-guard demo``."""
+    if args.duration is not None and args.duration < 10:
+        err("demo: --duration must be at least 10 seconds")
+        return 2
+    duration = 20.0 if args.quick else args.duration
+    return run_demo(duration=duration, html=args.html, clients=args.clients)

@@ -1,10 +1,10 @@
-"""The one place that turns "512MB" into bytes and bytes back into words."""
+"""The one place that turns "512MB" into bytes, and bytes and seconds back into words."""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["SIZE_FORM", "format_size", "parse_size"]
+__all__ = ["SIZE_FORM", "format_duration", "format_size", "parse_size"]
 
 SIZE_FORM = 'a byte count (536870912) or a number with a unit: "512MB", "1.5GiB", "800M", "64 KiB"'
 """The accepted form, quoted by every error about a size."""
@@ -71,3 +71,20 @@ def format_size(n: float) -> str:
             return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
         n /= 1024
     return f"{sign}{n:.1f} TiB"
+
+
+def format_duration(seconds: float | None) -> str:
+    """A span of time as a person reads it: ``"3.4 s"``, ``"45 s"``, ``"12.5 min"``,
+    ``"2.0 h"``, ``"3.1 days"``; ``"-"`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_duration, format_size
+from runtime_guard.pressure import LEVELS
 
 __all__ = [
     "ClientRow",
@@ -33,7 +34,6 @@ MAX_ROWS = 50
 MAX_FRAMES = 30
 MAX_TEXT = 2000
 MARKER_KINDS = ("leak", "unreleased", "relief", "shed", "restore", "recycle", "pressure")
-LEVELS = ("ok", "elevated", "high", "critical")
 
 
 class ReportError(ValueError):
@@ -234,18 +234,6 @@ def _events(raw: Any) -> list[Event]:
     return events
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _rate(value: Any) -> str:
     number = _num(value)
     return "-" if number is None else f"{number / 1e6 * 60:.2f} MB/min"
@@ -267,7 +255,7 @@ def _summary(
             number = _num(value)
             shown = "-" if number is None else f"{number:.2f} MB/min"
         elif form == "seconds":
-            shown = _duration(_num(value))
+            shown = format_duration(_num(value))
         elif form == "count":
             shown = _fmt_count(_num(value))
         else:
@@ -343,7 +331,7 @@ def _client_rows(type_name: str, raw: Any, rows: list[ClientRow]) -> None:
     for raw_item in _list(raw, MAX_ROWS):
         item = _dict(raw_item)
         age = _num(_first(item, "oldest_age", "oldest_age_seconds", "age"))
-        detail = f"oldest {_duration(age)}" if age is not None else ""
+        detail = f"oldest {format_duration(age)}" if age is not None else ""
         site = _first(item, "site", "location")
         if site is None:
             line = _num(_first(item, "line", "lineno"))
@@ -403,7 +391,7 @@ def _flat(data: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, str]]:
         if key.endswith("_bytes") or key in _BYTE_KEYS:
             shown = fmt_bytes(_num(value))
         elif key in _SECOND_KEYS:
-            shown = _duration(_num(value))
+            shown = format_duration(_num(value))
         elif key.endswith("_fraction"):
             number = _num(value)
             shown = "-" if number is None else f"{number:.1%}"
@@ -440,7 +428,7 @@ _SECOND_KEYS = frozenset({"duration", "uptime_seconds"})
 
 
 def read_view(data: Any, live: bool = False) -> ReportView:
-    """Read a report dict (as saved, or from :func:`runtime_guard.timeline.snapshot`)."""
+    """Read a report dict (as saved, or from :func:`runtime_guard.reports.timeline.snapshot`)."""
     if not isinstance(data, dict):
         raise ReportError(f"expected a JSON object at the top, got {type(data).__name__}")
     kind = "live" if live else _text(data.get("kind") or "report", 40)

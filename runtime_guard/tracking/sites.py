@@ -7,14 +7,13 @@ keeps code objects and line numbers only, and formats nothing until a report is 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import site
 import sys
-import sysconfig
 from types import CodeType, FrameType
 
-__all__ = ["STACK_DEPTH", "Site", "capture", "is_library", "library_prefixes"]
+from runtime_guard import _frames
+
+__all__ = ["STACK_DEPTH", "Site", "capture"]
 
 STACK_DEPTH = 2
 """Frames kept per site: the creating frame and its caller. Each further frame costs about
@@ -25,34 +24,9 @@ STACK_DEPTH = 2
 _MAX_INTERNED = 10_000
 
 
-def library_prefixes() -> tuple[str, ...]:
-    """Directories whose code counts as library: stdlib, site-packages, runtime_guard."""
-    paths = sysconfig.get_paths()
-    found = {paths.get(key, "") for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    with contextlib.suppress(AttributeError):  # some virtualenv builds of ``site`` lack it
-        found.update(site.getsitepackages())
-    found.add(site.getusersitepackages() if site.ENABLE_USER_SITE else "")
-    found.add(os.path.dirname(os.path.abspath(__file__)))
-    prefixes = {os.path.join(os.path.realpath(p), "") for p in found if p}
-    prefixes |= {os.path.join(os.path.abspath(p), "") for p in found if p}
-    return tuple(sorted(prefixes))
-
-
-_prefixes = library_prefixes()
-_INTERACTIVE = ("<stdin>", "<console", "<input>", "<ipython-input")
-_is_library_cache: dict[str, bool] = {}
-
-
-def is_library(filename: str) -> bool:
-    """True for files under :func:`library_prefixes` and generated code (cached per file)."""
-    known = _is_library_cache.get(filename)
-    if known is None:
-        # Generated code (``<string>`` from decorators that exec, ``<attrs generated init>``)
-        # belongs to the library that generated it; an interactive session does not.
-        generated = filename.startswith("<") and not filename.startswith(_INTERACTIVE)
-        known = generated or filename.startswith(_prefixes)
-        _is_library_cache[filename] = known
-    return known
+# The frame classifier's cache, read directly on the construction hook's path.
+_kinds = _frames.cache
+_USER = _frames.FrameKind.USER
 
 
 class Site:
@@ -144,7 +118,7 @@ def capture(skip: int = 1) -> Site:
     except ValueError:  # fewer frames than asked for
         return _UNKNOWN
     code = frame.f_code
-    if _is_library_cache.get(code.co_filename, True):
+    if _kinds.get(code.co_filename) is not _USER:
         frame = _first_outside_library(frame)
         code = frame.f_code
     back = frame.f_back
@@ -161,13 +135,13 @@ def capture(skip: int = 1) -> Site:
 def _first_outside_library(frame: FrameType) -> FrameType:
     first: FrameType | None = frame
     walk: FrameType | None = frame
-    cache = _is_library_cache
+    kinds = _kinds
     while walk is not None:
         filename = walk.f_code.co_filename
-        library = cache.get(filename)
-        if library is None:
-            library = is_library(filename)
-        if not library:
+        kind = kinds.get(filename)
+        if kind is None:
+            kind = _frames.kind(filename)
+        if kind is _USER:
             return walk
         walk = walk.f_back
     assert first is not None

@@ -22,7 +22,7 @@ BOOTSTRAP_DIR_ENV = "RUNTIME_GUARD_RUN_BOOTSTRAP"
 SITECUSTOMIZE_SOURCE = """\
 # Written by `runtime-guard run`: installs the guard, then runs any other sitecustomize.
 try:
-    from runtime_guard._bootstrap import boot
+    from runtime_guard.cli.bootstrap import boot
 except ImportError as exc:
     import sys
     sys.stderr.write(f"runtime-guard: guard not installed, runtime_guard not importable: {exc}\\n")
@@ -58,7 +58,7 @@ def boot(sitecustomize_file: str) -> None:
     """
     _chain(os.path.dirname(os.path.abspath(sitecustomize_file)))
     try:
-        from runtime_guard.guard import install
+        from runtime_guard._install import install
 
         install()
     except Exception as exc:

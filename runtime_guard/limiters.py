@@ -10,7 +10,6 @@ newcomer cannot overtake the queue.
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 import time
 from collections import deque
@@ -18,12 +17,20 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard.pressure import Pressure
+from runtime_guard import _fork
+from runtime_guard.pressure import Pressure, parse_level
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["DEFAULT_AT", "Limiter", "LimiterTimeout", "all_limiters", "apply_pressure", "limiter"]
+__all__ = [
+    "DEFAULT_AT",
+    "Limiter",
+    "LimiterRegistry",
+    "LimiterTimeout",
+    "default_registry",
+    "limiter",
+]
 
 
 class LimiterTimeout(TimeoutError):
@@ -303,22 +310,87 @@ class Limiter:
 DEFAULT_AT: Mapping[str, int] = {"high": 3, "critical": 1}
 """Capacities used when ``limiter()`` is given no ``at``."""
 
-_registry: dict[str, Limiter] = {}
-_registry_lock = threading.Lock()
-_current = Pressure.OK
-_emergency = False
-
 
 def _parse_at(at: Mapping[Any, int]) -> dict[Pressure, int]:
     parsed: dict[Pressure, int] = {}
     for key, value in at.items():
-        level = Pressure.parse(key)
-        if level == Pressure.OK:
-            raise ValueError("limiter levels are 'elevated', 'high' or 'critical', not 'ok'")
+        level = parse_level(key, "at")
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"limiter capacity at {level.name} must be a whole number >= 0")
         parsed[level] = value
     return parsed
+
+
+class LimiterRegistry:
+    """The limiters declared in a process, and the pressure their capacities follow.
+
+    :func:`limiter` declares into :data:`default_registry`, which the installed guard's
+    shedding drives; a test can give a guard a registry of its own.
+    """
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, Limiter] = {}
+        self._lock = threading.Lock()
+        self.level = Pressure.OK
+        """The level capacities were last set for."""
+        self.emergency = False
+        """Whether capacities are at their tightest regardless of the level."""
+
+    def declare(
+        self, name: str, limit: int, at: Mapping[Any, int] | None, timeout: float | None
+    ) -> Limiter:
+        """:func:`limiter` on this registry."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limiter {name!r}: limit must be a whole number >= 1, got {limit!r}")
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"limiter {name!r}: timeout must be seconds >= 0, got {timeout!r}")
+        levels = _parse_at(DEFAULT_AT if at is None else at)
+        with self._lock:
+            existing = self._limiters.get(name)
+            if existing is not None:
+                if (existing.limit, existing.at, existing.timeout) != (
+                    limit,
+                    dict(sorted(levels.items())),
+                    timeout,
+                ):
+                    raise ValueError(f"limiter {name!r} is already declared with other arguments")
+                return existing
+            created = Limiter(name, limit, levels, timeout)
+            created.set_capacity(
+                created.tightest if self.emergency else created.capacity_for(self.level)
+            )
+            self._limiters[name] = created
+            return created
+
+    def all(self) -> list[Limiter]:
+        """Every declared limiter, in declaration order."""
+        with self._lock:
+            return list(self._limiters.values())
+
+    def apply_pressure(self, level: Pressure, emergency: bool) -> None:
+        """Set every limiter's capacity for ``level`` (tightest in emergency mode)."""
+        with self._lock:
+            self.level, self.emergency = level, emergency
+            limiters = list(self._limiters.values())
+        for item in limiters:
+            item.set_capacity(item.tightest if emergency else item.capacity_for(level))
+
+    def clear(self) -> None:
+        """Forget every limiter and the pressure (for tests: ``runtime_guard.testing.reset``)."""
+        with self._lock:
+            self._limiters.clear()
+            self.level, self.emergency = Pressure.OK, False
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks; holders and waiters of other threads are gone."""
+        self._lock = threading.Lock()
+        for item in self._limiters.values():
+            item._after_fork_in_child()
+
+
+default_registry = LimiterRegistry()
+"""The registry :func:`limiter` declares into."""
+_fork.after_fork_in_child(default_registry.after_fork)
 
 
 def limiter(
@@ -336,49 +408,4 @@ def limiter(
     Declaring the same name again with the same arguments returns the same limiter (module
     reloads); with other arguments it raises ``ValueError``.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limiter {name!r}: limit must be a whole number >= 1, got {limit!r}")
-    if timeout is not None and not timeout >= 0:
-        raise ValueError(f"limiter {name!r}: timeout must be seconds >= 0, got {timeout!r}")
-    levels = _parse_at(DEFAULT_AT if at is None else at)
-    with _registry_lock:
-        existing = _registry.get(name)
-        if existing is not None:
-            if (existing.limit, existing.at, existing.timeout) != (
-                limit,
-                dict(sorted(levels.items())),
-                timeout,
-            ):
-                raise ValueError(f"limiter {name!r} is already declared with other arguments")
-            return existing
-        created = Limiter(name, limit, levels, timeout)
-        created.set_capacity(created.tightest if _emergency else created.capacity_for(_current))
-        _registry[name] = created
-        return created
-
-
-def all_limiters() -> list[Limiter]:
-    """Every declared limiter, in declaration order."""
-    with _registry_lock:
-        return list(_registry.values())
-
-
-def apply_pressure(level: Pressure, emergency: bool) -> None:
-    """Set every limiter's capacity for ``level`` (tightest in emergency mode)."""
-    global _current, _emergency
-    with _registry_lock:
-        _current, _emergency = level, emergency
-        limiters = list(_registry.values())
-    for item in limiters:
-        item.set_capacity(item.tightest if emergency else item.capacity_for(level))
-
-
-def _after_fork_in_child() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    for item in _registry.values():
-        item._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return default_registry.declare(name, limit, at, timeout)

@@ -1,6 +1,6 @@
 """Unreleased client objects: the judgement on tracked counts, its signal, report and health.
 
-The registry (:mod:`runtime_guard._registry`) counts live instances of tracked classes
+The registry (:mod:`runtime_guard.tracking.registry`) counts live instances of tracked classes
 with their creation sites, with or without a guard; this module's component judges those
 counts on every sample (over ``max_live``, growing steadily, collected without release)
 and sends ``signals.unreleased_objects`` once per episode.
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
 from runtime_guard._component import Component
-from runtime_guard._registry import (
+from runtime_guard._trend import sustained_growth, theil_sen, window_minima
+from runtime_guard.reports.files import write_report
+from runtime_guard.tracking.registry import (
     Counts,
     TrackedInstance,
     counts,
@@ -33,8 +35,6 @@ from runtime_guard._registry import (
     untrack,
     untrack_all,
 )
-from runtime_guard._reports import write_report
-from runtime_guard._trend import sustained_growth, theil_sen, window_minima
 
 if TYPE_CHECKING:
     from runtime_guard.guard import Guard

@@ -116,7 +116,7 @@ def snapshot() -> dict[str, Any]:
     guard = runtime_guard.get_guard()
     if guard is None:
         return {"error": "guard not installed"}
-    from runtime_guard.timeline import snapshot as take
+    from runtime_guard.reports.timeline import snapshot as take
 
     data = take(guard)
     data["app"] = {
@@ -213,7 +213,7 @@ def _register_with_guard() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runtime_guard._demo_app")
+    parser = argparse.ArgumentParser(prog="runtime_guard.cli.demo_app")
     parser.add_argument("--receipt-bytes", type=int, default=200_000)
     parser.add_argument("--clients", choices=("redis", "socket"), default="socket")
     parser.add_argument("--redis-port", type=int, default=0)

@@ -1,0 +1,116 @@
+"""The process-wide guard: ``install()``, ``uninstall()``, ``get_guard()``.
+
+This module owns the one guard a process runs: it builds it from the options, attaches the
+standard components (timeline, shedding, relief, tracking, leak detection), starts its
+sampler, restarts the sampler in a forked child, and stops it before the interpreter
+finalises. :class:`~runtime_guard.guard.Guard` itself knows nothing of any of this.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Any
+
+from runtime_guard import _fork
+from runtime_guard.config import Config
+from runtime_guard.guard import Guard
+from runtime_guard.leaks.detector import LeakDetector
+from runtime_guard.pressure import Pressure
+from runtime_guard.relief import ReliefComponent
+from runtime_guard.reports.timeline import Timeline
+from runtime_guard.shedding import SheddingComponent
+from runtime_guard.tracking.component import TrackingComponent
+
+__all__ = ["attach_components", "get_guard", "install", "uninstall"]
+
+_log = logging.getLogger("runtime_guard")
+
+_guard: Guard | None = None
+"""The installed guard. The middleware reads this global on every request: no call."""
+_install_lock = threading.Lock()
+
+
+def attach_components(guard: Guard) -> None:
+    """Attach the standard components to ``guard`` according to ``guard.config``.
+
+    Shedding comes before relief: what shedding frees (caches, features) is then collected
+    and trimmed back to the OS by the relief that follows in the same sample.
+    """
+    config = guard.config
+    guard.add_component(Timeline(guard))
+    shedding = SheddingComponent(restart_after=config.restart_after, clock=guard.clock)
+    guard.add_component(shedding)
+    if config.emergency:
+        shedding.set_emergency(guard, True)
+    if config.relief:
+        guard.add_component(
+            ReliefComponent(Pressure.parse(config.relief_at), config.relief_cooldown, guard.clock)
+        )
+    guard.add_component(TrackingComponent(track_clients=config.track_clients))
+    if config.leak_detection:
+        guard.add_component(LeakDetector(config))
+
+
+def install(**options: Any) -> Guard:
+    """Install the process-wide guard and start its sampler; returns the existing one if any.
+
+    Options are validated first (keywords over ``RUNTIME_GUARD_*`` variables); a bad one
+    raises :class:`~runtime_guard.ConfigError`. Calling again with other options keeps the
+    running guard and logs that the new options were ignored.
+    """
+    global _guard
+    config = Config.from_options(options)
+    with _install_lock:
+        if _guard is not None:
+            if options and config != _guard.config:
+                _log.warning(
+                    "runtime_guard: already installed; options %s ignored (uninstall() first)",
+                    sorted(options),
+                )
+            return _guard
+        guard = Guard(config)
+        try:
+            attach_components(guard)
+            guard.start()
+        except BaseException:
+            guard.stop()
+            raise
+        _guard = guard
+        return guard
+
+
+def uninstall() -> None:
+    """Stop the process-wide guard and undo everything it did; safe to call when none is."""
+    global _guard
+    with _install_lock:
+        guard, _guard = _guard, None
+    if guard is not None:
+        guard.stop()
+
+
+def get_guard() -> Guard | None:
+    """Return the process-wide guard, or ``None`` before :func:`install`."""
+    return _guard
+
+
+def _after_fork_in_child() -> None:
+    global _install_lock
+    _install_lock = threading.Lock()
+    if _guard is not None:
+        _guard.after_fork_in_child()
+
+
+def _at_exit() -> None:
+    # Stopping before interpreter finalisation means the sampler never runs while modules
+    # are being torn down.
+    guard = _guard
+    if guard is not None:
+        guard.stop_threads(0.5)
+
+
+# Registered last of the fork hooks: the registries the guard's components use are reset in
+# the child before the guard restarts its sampler there.
+_fork.after_fork_in_child(_after_fork_in_child)
+atexit.register(_at_exit)
