@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from runtime_guard import _lazy
 from runtime_guard._version import __version__ as __version__
 
 if TYPE_CHECKING:
@@ -100,25 +100,10 @@ _HOMES = {
     "no_overlap": "overlap",
     "register_cache": "shedding",
     "sheddable": "shedding",
-    "signals": "",
+    "signals": "",  # the module itself
     "track": "tracking.registry",
     "uninstall": "_install",
 }
 
-__all__ = sorted([*_HOMES, "__version__"])  # noqa: PLE0605
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'runtime_guard' has no attribute {name!r}")
-    if not home:
-        value = importlib.import_module(f"runtime_guard.{name}")
-    else:
-        value = getattr(importlib.import_module(f"runtime_guard.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, _names = _lazy.attach(__name__, _HOMES)
+__all__ = sorted([*_names, "__version__"])  # noqa: PLE0605

@@ -27,7 +27,6 @@ import enum
 import os
 import site
 import sysconfig
-import tracemalloc
 
 __all__ = ["FrameKind", "is_library", "is_stdlib", "is_user", "kind"]
 
@@ -61,7 +60,8 @@ def _library_directories() -> tuple[str, ...]:
 
 
 _GUARD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
-_TRACEMALLOC_FILE = os.path.abspath(tracemalloc.__file__)
+# Beside os.py in the stdlib; found without importing tracemalloc (and pickle) everywhere.
+_TRACEMALLOC_FILE = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "tracemalloc.py")
 _STDLIB_DIRS = _directories("stdlib", "platstdlib")
 _LIBRARY_DIRS = _library_directories()
 _MACHINERY = ("<frozen importlib", "<frozen zipimport")

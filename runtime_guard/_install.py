@@ -50,7 +50,7 @@ def attach_components(guard: Guard) -> None:
         )
     guard.add_component(TrackingComponent(track_clients=config.track_clients))
     if config.leak_detection:
-        guard.add_component(LeakDetector(config))
+        guard.add_component(LeakDetector(config, guard.clock))
 
 
 def install(**options: Any) -> Guard:

@@ -241,7 +241,8 @@ class Guard:
 
     def _run(self) -> None:
         interval = self.config.interval
-        next_at = time.monotonic()
+        clock = self.clock
+        next_at = clock()
         while not self._stop_event.is_set():
             try:
                 if self.clock() - self._discovered >= _REDISCOVER_SECONDS:
@@ -256,7 +257,7 @@ class Guard:
                 if self._sample_failures == 1:
                     _log.exception("runtime_guard: sample failed; retrying every interval")
             next_at += interval
-            now = time.monotonic()
+            now = clock()
             delay = next_at - now
             # Fell behind (suspended, slow host, clock jumped ahead): skip, never catch up
             # in a burst. More than one interval ahead means the clock went back: waiting
@@ -366,13 +367,3 @@ class Guard:
     def __repr__(self) -> str:
         state = "running" if self._thread is not None else "stopped"
         return f"<Guard {state} pressure={self.pressure.name} limit={self.limit}>"
-
-
-def __getattr__(name: str) -> Any:
-    # install/uninstall/get_guard live in runtime_guard._install since 0.2; these names are
-    # kept for code written against 0.1 (``from runtime_guard.guard import install``).
-    if name in ("install", "uninstall", "get_guard"):
-        from runtime_guard import _install
-
-        return getattr(_install, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -498,10 +498,9 @@ def test_duty_cycle_cap_skips_tracemalloc(feed: Any) -> None:
 
 def _churn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every look at the threads see a new set, as in a thread-per-request server."""
-    from runtime_guard.leaks import detector as leaks
 
     counter = iter(range(1, 1_000_000))
-    monkeypatch.setattr(leaks, "thread_idents", lambda: frozenset({next(counter)}))
+    monkeypatch.setattr(diagnosis, "thread_idents", lambda: frozenset({next(counter)}))
 
 
 @pytest.fixture
@@ -646,10 +645,9 @@ def test_always_mode_keeps_tracemalloc_on_until_stop() -> None:
 
 def test_quiet_samples_never_walk_the_heap(feed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a suspicion the detector only compares numbers: no census, no tracemalloc."""
-    from runtime_guard.leaks import detector as leaks
 
     calls: list[str] = []
-    monkeypatch.setattr(leaks, "type_census", lambda: calls.append("census") or {})
+    monkeypatch.setattr(diagnosis, "type_census", lambda: calls.append("census") or {})
     f = feed(tracemalloc="on-demand")
     f.run(600, heap=_flat(100_000), rss=_flat(200 * MB))
     assert calls == []

@@ -73,6 +73,7 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
         "runtime_guard._version",
         "runtime_guard.config",
         "runtime_guard._errors",
+        "runtime_guard._lazy",
         "runtime_guard.pressure",
         "runtime_guard.pytest_plugin",
     }, loaded

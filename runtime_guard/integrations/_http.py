@@ -16,6 +16,8 @@ from urllib.parse import parse_qs
 from runtime_guard import _install
 from runtime_guard.config import Config, ConfigError
 from runtime_guard.guard import Guard
+from runtime_guard.integrations._extras import missing_extra
+from runtime_guard.integrations._health import public_health
 from runtime_guard.pressure import Pressure, parse_level
 
 __all__ = [
@@ -61,14 +63,6 @@ STATUS_TOKEN_ENV = "RUNTIME_GUARD_STATUS_TOKEN"
 
 FORBIDDEN = b"forbidden: needs a loopback client or the status token\n"
 """Body of the 403 sent for the status page to a client that may not see it."""
-
-
-def missing_extra(integration: str, module: str, extra: str) -> ImportError:
-    """The error raised when an integration's framework is not installed: names the extra."""
-    return ImportError(
-        f"runtime_guard.integrations.{integration} needs {module!r}, which is not installed: "
-        f"pip install 'runtime-guard-server[{extra}]'"
-    )
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -287,58 +281,6 @@ def current_guard(guard: Guard | None) -> Guard | None:
 
 # Health keys that are figures about the process; anything else a component adds (report
 # text, source lines, file paths, object reprs) stays out of the public body.
-_FIGURE_KEYS = (
-    "status",
-    "pressure",
-    "usage_bytes",
-    "limit_bytes",
-    "usage_fraction",
-    "rss_bytes",
-    "process_limit_bytes",
-    "uptime_seconds",
-    "samples",
-    "heap_blocks",
-    "threads",
-    "gc",
-)
-
-
-def _count_of(value: Any) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Mapping):
-        for key in ("count", "live", "unreleased"):
-            if isinstance(value.get(key), int):
-                return int(value[key])
-        return 0
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return 0
-
-
-def _feature_name(item: Any) -> str:
-    if isinstance(item, Mapping):
-        return str(item.get("name", ""))
-    return str(getattr(item, "name", item))
-
-
-def public_health(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Reduce ``Guard.health()`` to figures: no source paths, report text or object contents."""
-    body = {key: data[key] for key in _FIGURE_KEYS if key in data}
-    body["shed_features"] = [_feature_name(f) for f in data.get("shed_features") or ()]
-    leaks = data.get("suspected_leaks") or ()
-    body["suspected_leaks"] = len(leaks) if isinstance(leaks, (list, tuple, Mapping)) else 0
-    unreleased = data.get("unreleased_objects") or {}
-    if isinstance(unreleased, Mapping):
-        body["unreleased_objects"] = {str(k): _count_of(v) for k, v in unreleased.items()}
-    for key, value in data.items():
-        if key not in body and isinstance(value, (int, float)) and key != "sources":
-            body[key] = value
-    return body
-
-
 def health_response(guard: Guard | None, detail: bool) -> tuple[int, bytes]:
     """``(status code, JSON body)`` for the health route: 503 only when critical."""
     if guard is None:

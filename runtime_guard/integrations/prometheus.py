@@ -26,7 +26,8 @@ from runtime_guard import signals
 from runtime_guard._install import get_guard
 from runtime_guard._trend import theil_sen, window_minima
 from runtime_guard.guard import Guard
-from runtime_guard.integrations._http import missing_extra, public_health
+from runtime_guard.integrations._extras import missing_extra
+from runtime_guard.integrations._health import public_health
 from runtime_guard.sample import Sample
 
 try:

@@ -17,43 +17,33 @@ after ``leak_repeat_after`` seconds.
 
 from __future__ import annotations
 
+import _tracemalloc
 import dataclasses
 import itertools
 import logging
 import threading
 import time
-import tracemalloc
 from collections import deque
 from dataclasses import dataclass
-from statistics import median
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import signals
+from runtime_guard import diagnosis, signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard._units import format_size
 from runtime_guard.config import ConfigError
-from runtime_guard.diagnosis import (
-    AllocationSite,
-    TracemallocSession,
-    TypeGrowth,
-    census_diff,
-    diff_snapshots,
-    find_instance,
-    other_threads,
-    referrer_chain,
-    stop_is_safe,
-    thread_idents,
-    type_census,
-)
 from runtime_guard.leaks.report import LeakReport
 from runtime_guard.reports.files import write_report
 
 if TYPE_CHECKING:
+    import tracemalloc
     from collections import Counter
 
     from runtime_guard.config import Config
-    from runtime_guard.guard import Guard
+    from runtime_guard.diagnosis.census import TypeGrowth
+    from runtime_guard.diagnosis.sites import AllocationSite
+    from runtime_guard.diagnosis.tracing import TracemallocSession
+    from runtime_guard.guard import Clock, Guard
     from runtime_guard.sample import Sample
 
 __all__ = ["LeakDetector"]
@@ -134,22 +124,23 @@ class LeakDetector(Component):
     chain_seconds = 0.5
     """Seconds the referrer-chain search and the instance search may take, each."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
         if config.leak_windows < config.leak_confirm + 1:
             raise ConfigError(
                 f"leak_windows={config.leak_windows} is not accepted: it must be more than "
                 f"leak_confirm={config.leak_confirm}"
             )
         self._config = config
+        self._clock: Clock = clock or time.monotonic
         self._lock = threading.Lock()
         self._always: TracemallocSession | None = None
         if config.tracemalloc == "always":
-            self._always = TracemallocSession(config.tracemalloc_frames)
+            self._always = diagnosis.TracemallocSession(config.tracemalloc_frames)
             self._always.start()
         self._reset()
 
     def _reset(self) -> None:
-        self._attached = time.monotonic()
+        self._attached = self._clock()
         self._first: float | None = None
         self._latest: float | None = None
         # (window end, heap-block floor, RSS floor) of each complete, untainted window.
@@ -264,7 +255,7 @@ class LeakDetector(Component):
             # creeps a little every window plus one big step (a pool filling) is no leak,
             # though its Theil-Sen slope over a few windows would say so.
             steps = [b - a for a, b in itertools.pairwise(values[-(n + 1) :])]
-            if median(steps) * scale < per_window:
+            if _median(steps) * scale < per_window:
                 continue
             run = _rising_run(values, per_window * _MIN_STEP_SHARE / scale)
             # The rate comes from the recent floors only, so a change of rate shows within
@@ -323,22 +314,22 @@ class LeakDetector(Component):
 
     def _settled(self) -> bool:
         """True when stopping tracemalloc now is safe; remembers the threads for next time."""
-        now = thread_idents()
+        now = diagnosis.thread_idents()
         previous, self._threads = self._threads, now
-        return stop_is_safe(previous, now)
+        return diagnosis.stop_is_safe(previous, now)
 
     def _start_diagnosis(self, sample: Sample, settled: bool) -> None:
         config = self._config
         begun = time.perf_counter()
-        census = type_census()
+        census = diagnosis.type_census()
         heap_walk = time.perf_counter() - begun
         length = config.leak_diagnosis_window
         session: TracemallocSession | None = None
         skipped = ""
         if config.tracemalloc == "off":
             skipped = "tracemalloc is off (tracemalloc='off'); no allocation sites"
-        elif self._always is not None or tracemalloc.is_tracing():
-            session = self._always or TracemallocSession(config.tracemalloc_frames)
+        elif self._always is not None or _tracing():
+            session = self._always or diagnosis.TracemallocSession(config.tracemalloc_frames)
         else:
             budget = self._trace_budget(sample.monotonic)
             if budget < min(_MIN_TRACE_SECONDS, length):
@@ -349,13 +340,13 @@ class LeakDetector(Component):
             elif not settled:
                 skipped = (
                     "tracemalloc skipped: threads start and end all the time here "
-                    f"({', '.join(other_threads()[:3])}), and on this Python stopping "
+                    f"({', '.join(diagnosis.other_threads()[:3])}), and on this Python stopping "
                     "tracemalloc then can crash the process (CPython gh-128679, fixed in "
                     "3.12.9 and 3.13.2); tracemalloc='always' gives allocation sites here"
                 )
             else:
                 length = min(length, budget)
-                session = TracemallocSession(config.tracemalloc_frames)
+                session = diagnosis.TracemallocSession(config.tracemalloc_frames)
         snapshot = None
         if session is not None:
             session.start()
@@ -386,25 +377,35 @@ class LeakDetector(Component):
         traced = 0.0
         session = diag.session
         try:
-            if session is not None and diag.snapshot is not None and tracemalloc.is_tracing():
+            if session is not None and diag.snapshot is not None and _tracing():
                 after = session.snapshot()
-                sites = diff_snapshots(diag.snapshot, after, limit=_TOP)
+                sites = diagnosis.diff_snapshots(diag.snapshot, after, limit=_TOP)
                 del after
             diag.snapshot = None
             begun = time.perf_counter()
-            census = type_census()
+            census = diagnosis.type_census()
             growing = [
-                g for g in census_diff(diag.census, census, _TOP * 2) if not _own_type(g.type_name)
+                g
+                for g in diagnosis.census_diff(diag.census, census, _TOP * 2)
+                if not _own_type(g.type_name)
             ][:_TOP]
             chain_type = _chain_type(growing)
             site = (sites[0].filename, sites[0].lineno) if sites else None
-            instance = find_instance(chain_type, site, self.chain_seconds) if chain_type else None
+            instance = (
+                diagnosis.find_instance(chain_type, site, self.chain_seconds)
+                if chain_type
+                else None
+            )
             heap_walk = time.perf_counter() - begun
         finally:
             if session is not None and session is not self._always:
                 traced = self._stop_tracing(session, settled)
         begun = time.perf_counter()
-        chain = referrer_chain(instance, self.chain_depth, self.chain_seconds) if instance else None
+        chain = (
+            diagnosis.referrer_chain(instance, self.chain_depth, self.chain_seconds)
+            if instance
+            else None
+        )
         del instance
         heap_walk += time.perf_counter() - begun + diag.heap_walk
         with self._lock:
@@ -469,7 +470,7 @@ class LeakDetector(Component):
         start = self._win_start
         if start is None or self._win_tainted:
             return None
-        now = time.monotonic()
+        now = self._clock()
         latest = self._latest
         if latest is not None:
             now = latest
@@ -494,9 +495,9 @@ class LeakDetector(Component):
     def close(self, guard: Guard) -> None:
         diag, self._diag = self._diag, None
         if diag is not None and diag.session is not None and diag.session is not self._always:
-            self._stop_tracing(diag.session, stop_is_safe())
+            self._stop_tracing(diag.session, diagnosis.stop_is_safe())
         for session in (self._lingering, self._always):
-            if session is not None and session.owned and not stop_is_safe():
+            if session is not None and session.owned and not diagnosis.stop_is_safe():
                 _log.warning(
                     "runtime_guard: tracemalloc left on: stopping it while other threads "
                     "run can crash this Python (CPython gh-128679)"
@@ -573,3 +574,16 @@ def _note(report: LeakReport, diag: _Diagnosis, sample: Sample) -> str:
     if diag.skipped:
         parts.append(diag.skipped + ".")
     return " ".join(parts)
+
+
+def _median(values: list[float]) -> float:
+    # statistics.median, without importing statistics with every worker's guard.
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _tracing() -> bool:
+    # The built-in _tracemalloc answers without importing tracemalloc (and pickle) into
+    # every worker; tracing may have been started by -X tracemalloc, with no module.
+    return bool(_tracemalloc.is_tracing())

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime_guard._units import format_duration
-from runtime_guard.diagnosis import AllocationSite, TypeGrowth, format_chain
+
+if TYPE_CHECKING:
+    from runtime_guard.diagnosis.census import TypeGrowth
+    from runtime_guard.diagnosis.sites import AllocationSite
 
 __all__ = ["MB", "LeakReport"]
 
@@ -98,7 +101,7 @@ class LeakReport:
             lines.append("  growing types:")
             lines += [f"    {growth}" for growth in self.growing_types[:5]]
         if self.referrer_chain:
-            lines.append(f"  held by: {format_chain(self.referrer_chain)}")
+            lines.append(f"  held by: {' -> '.join(self.referrer_chain)}")
         lines.append(
             f"  diagnosis {self.diagnosis}: tracemalloc on {self.tracemalloc_seconds:.1f} s, "
             f"heap walks {self.heap_walk_seconds:.2f} s"
