@@ -30,6 +30,9 @@ from runtime_guard.integrations.celery import RECYCLE_EXIT_CODE, install
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLES = TESTS.parent / "examples"
+# Each test starts a worker and waits on it; none may hang the run.
+pytestmark = pytest.mark.timeout(120)
+
 # A Redis database of their own, emptied before each worker: a message deferred in one
 # test must not be run by the next test's worker.
 CELERY_DB = 7
@@ -161,6 +164,7 @@ def test_shed_task_is_deferred_while_ordinary_tasks_run(start_worker: Any) -> No
     assert "shed at CRITICAL" in str(shed.info)
 
 
+@pytest.mark.slow
 def test_restart_recycles_the_prefork_process_after_its_task(start_worker: Any) -> None:
     """restart_requested lets the current task finish, then the pool starts a fresh process."""
     worker = start_worker(
@@ -184,22 +188,22 @@ def test_deferrals_leave_the_task_retry_budget_alone(start_worker: Any) -> None:
     wait_for_state(flaky, "RETRY")
     wait_for_state(plain, "RETRY")
     assert "shed at" in str(flaky.info)
-    time.sleep(2.5)  # deferred again, and again, while the pressure lasts
+    # Deferred again and again while the pressure lasts.
+    wait_until(lambda: worker.call("health")["celery"]["tasks_deferred"] >= 4)
     assert worker.call("release") in ("OK", "ELEVATED")
 
     # max_retries=5 and five ValueErrors: it succeeds only if no deferral was charged
     # against its budget, nor its limit changed on the task object the requests share.
     ran = flaky.get(timeout=60)
     assert ran["retries"] == 5, worker.output()
-    assert ran["deferrals"] >= 2
+    assert ran["deferrals"] >= 1
     seen = plain.get(timeout=30)
     assert seen["retries"] == 0
-    assert seen["deferrals"] >= 2
+    assert seen["deferrals"] >= 1
     # And the next request of the same type has its own whole budget too.
     assert worker.send("flaky").get(timeout=60)["retries"] == 5
 
 
-@pytest.mark.slow
 def test_a_task_runs_after_max_deferrals_whatever_the_pressure(start_worker: Any) -> None:
     """After max_deferrals deferrals a shed task runs under pressure: delayed, never dropped."""
     worker = start_worker(
@@ -217,7 +221,6 @@ def test_a_task_runs_after_max_deferrals_whatever_the_pressure(start_worker: Any
     assert "deferred 2 times, max_deferrals=2" in worker.output()
 
 
-@pytest.mark.slow
 def test_deferred_chord_members_complete_the_chord_with_late_acks(
     start_worker: Any, redis_server: Any
 ) -> None:
@@ -292,6 +295,7 @@ def test_prefork_pool_processes_report_their_recycling(start_worker: Any) -> Non
     assert health["celery"]["recycle"] == "pool process"
 
 
+@pytest.mark.slow
 def test_recycle_false_leaves_the_worker_running(start_worker: Any) -> None:
     """recycle=False on a pool without pool processes: a restart request stops nothing."""
     worker = start_worker(

@@ -35,11 +35,11 @@ as for any retry; a crash between the two delivers the task twice, as ``Task.ret
   billiard checks, and the guard makes the check report "over" once a restart is wanted.
   An idle process is recycled after its next task.
 - ``solo``, ``threads``, ``gevent``, ``eventlet``: there is no pool process to replace, and
-  Celery offers nothing that restarts the worker in place except ``SIGHUP``'s re-exec,
-  which its documentation advises against in production (open descriptors and the pid
-  carry over, and it is off for detached workers). So the worker does a warm shutdown, the
-  same as on ``SIGTERM`` (it stops taking tasks, finishes the running ones, unacknowledged
-  messages go back to the broker), and exits with status :data:`RECYCLE_EXIT_CODE` (75,
+  Celery's only in-place restart is ``SIGHUP``'s re-exec, which works only without a
+  controlling terminal and which its documentation calls prone to problems and not for
+  production. So the worker does a warm shutdown, the same as on ``SIGTERM`` (it stops
+  taking tasks, finishes the running ones, unacknowledged messages go back to the
+  broker), and exits with status :data:`RECYCLE_EXIT_CODE` (75,
   ``EX_TEMPFAIL``): non-zero, so ``Restart=on-failure`` (systemd), ``on-failure``
   (docker) and supervisord's default ``autorestart=unexpected`` restart it, as Kubernetes
   and ``--restart always`` do anyway. Without a supervisor the worker stays down; pass
@@ -67,7 +67,7 @@ from typing import Any
 import runtime_guard
 from runtime_guard._component import Component
 from runtime_guard.config import Config, ConfigError
-from runtime_guard.guard import Guard
+from runtime_guard.guard import Guard, get_guard
 from runtime_guard.integrations._http import missing_extra
 from runtime_guard.integrations._recycle import Recycler, attach_recycler
 from runtime_guard.pressure import Pressure
@@ -250,13 +250,8 @@ def _deferrals(request: Any) -> int:
         return 0
 
 
-def _defer(
-    task: Any, level: Pressure, retry_after: float, max_deferrals: int | None
-) -> Retry | None:
+def _defer(task: Any, guard: Guard, retry_after: float, max_deferrals: int | None) -> Retry | None:
     """Publish this request again with a countdown; the Retry to raise, or None to run now."""
-    guard = runtime_guard.get_guard()
-    if guard is None or guard.pressure < level:
-        return None
     request = task.request
     if request.called_directly or request.is_eager:
         return None  # no broker to defer to: the caller runs it in its own process
@@ -307,15 +302,17 @@ def _shed_task(task: Any, level: Pressure, retry_after: float, max_deferrals: in
     @functools.wraps(run)
     def guarded_run(*args: Any, **kwargs: Any) -> Any:
         nonlocal failed
-        retry = None
-        if not failed:
+        # The only cost on every run: one global read and one comparison.
+        guard = get_guard()
+        if guard is not None and guard.pressure >= level and not failed:
+            retry = None
             try:
-                retry = _defer(task, level, retry_after, max_deferrals)
+                retry = _defer(task, guard, retry_after, max_deferrals)
             except Exception:
                 failed = True
                 _log.exception("runtime_guard: shedding of %s failed; it is off now", task.name)
-        if retry is not None:
-            raise retry
+            if retry is not None:
+                raise retry
         return run(*args, **kwargs)
 
     guarded_run._runtime_guard_shed = True  # type: ignore[attr-defined]
