@@ -130,6 +130,13 @@ def total(values: list[int]) -> int:
 
 
 @app.task
+def sleepy(i: int, seconds: float = 0.3) -> int:
+    """Ordinary work that takes a while."""
+    time.sleep(seconds)
+    return i
+
+
+@app.task
 def restart() -> int:
     """Ask the guard for a restart, then take a second: the running task must finish."""
     guard = runtime_guard.get_guard()

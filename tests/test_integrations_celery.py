@@ -99,8 +99,9 @@ def start_worker(tmp_path: Path, redis_server: Any) -> Iterator[Callable[..., Wo
     def start(
         app: str = "celery_testapp", pool: str = "prefork", concurrency: int = 1, **env: str
     ) -> Worker:
-        with redis.Redis.from_url(url) as db:
-            db.flushdb()
+        if env.get("TEST_FLUSH") != "0":
+            with redis.Redis.from_url(url) as db:
+                db.flushdb()
         (tmp_path / "example_app.py").write_text(EXAMPLE_EXTRA)
         environment = {
             **os.environ,
@@ -283,6 +284,21 @@ def test_pools_without_pool_processes_guard_shed_and_recycle_the_worker(
     assert worker.call("restart") == worker.proc.pid  # the running task finished
     assert worker.proc.wait(60) == RECYCLE_EXIT_CODE
     assert not live.exists()
+
+
+@pytest.mark.slow
+def test_no_task_is_lost_when_the_worker_recycles(start_worker: Any) -> None:
+    """Tasks queued or reserved when a threads worker shuts down to recycle run in the next one."""
+    recycle_now = {"RUNTIME_GUARD_RECYCLE_MIN_LIFETIME": "0", "RUNTIME_GUARD_RECYCLE_JITTER": "0"}
+    first = start_worker(pool="threads", concurrency=2, **recycle_now)
+    first.send("restart")
+    queued = [first.send("sleepy", i) for i in range(8)]
+    assert first.proc.wait(60) == RECYCLE_EXIT_CODE
+    done_before = sum(result.ready() for result in queued)
+    assert done_before < len(queued)  # some were still waiting when it went
+
+    start_worker(pool="threads", concurrency=2, TEST_FLUSH="0")  # what a supervisor does
+    assert [result.get(timeout=60) for result in queued] == list(range(8))
 
 
 def test_prefork_pool_processes_report_their_recycling(start_worker: Any) -> None:

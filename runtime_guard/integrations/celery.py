@@ -243,7 +243,9 @@ def _state() -> CeleryState | None:
 
 
 def _deferrals(request: Any) -> int:
-    value = (request.headers or {}).get(DEFERRALS_HEADER, 0)
+    # Custom headers are in request.headers; Celery versions that do not collect them
+    # there still set each one as an attribute of the request.
+    value = (request.headers or {}).get(DEFERRALS_HEADER, request.get(DEFERRALS_HEADER, 0))
     try:
         return max(0, int(value))
     except (TypeError, ValueError):
