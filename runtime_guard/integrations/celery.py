@@ -85,6 +85,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 __all__ = [
     "DEFERRALS_HEADER",
     "RECYCLE_EXIT_CODE",
+    "CeleryState",
     "TaskShed",
     "enable_recycling",
     "install",
@@ -233,9 +234,8 @@ class CeleryState(Component):
         self.deferred = self.ran_past_limit = 0
 
 
-def _state() -> CeleryState | None:
-    guard = runtime_guard.get_guard()
-    component = None if guard is None else guard.component(CeleryState.name)
+def _state(guard: Guard) -> CeleryState | None:
+    component = guard.component(CeleryState.name)
     return component if isinstance(component, CeleryState) else None
 
 
@@ -258,7 +258,7 @@ def _defer(task: Any, guard: Guard, retry_after: float, max_deferrals: int | Non
     if request.called_directly or request.is_eager:
         return None  # no broker to defer to: the caller runs it in its own process
     done = _deferrals(request)
-    state = _state()
+    state = _state(guard)
     if max_deferrals is not None and done >= max_deferrals:
         if state is not None:
             state.ran_past_limit += 1
