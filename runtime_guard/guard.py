@@ -342,6 +342,10 @@ def install(**options: Any) -> Guard:
             guard.stop()
             raise
         _guard = guard
+        if "uwsgi" in sys.modules:  # inside uWSGI: name the options the guard lacks, recycle
+            from runtime_guard.integrations.uwsgi import at_install
+
+            at_install(guard)
         return guard
 
 

@@ -143,6 +143,10 @@ def lifespan(
             yield
         finally:
             runtime_guard.uninstall()
+            if "uvicorn" in sys.modules:
+                from runtime_guard.integrations.uvicorn import worker_stopping
+
+                worker_stopping()
 
     return guard_lifespan
 
