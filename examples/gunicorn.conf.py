@@ -19,8 +19,8 @@ def on_starting(server):
 
 def post_fork(server, worker):
     if GUARD:
-        guard_hooks.post_fork(server, worker)
         guard_hooks.use_error_log(server)  # the guard's lines in gunicorn's error log too
+        guard_hooks.post_fork(server, worker)
     server.log.info("worker %s ready to serve", worker.pid)
 
 

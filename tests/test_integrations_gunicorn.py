@@ -164,9 +164,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
 
 
-def _recycle(base: str) -> str:
-    """Ask the worker to recycle; return its pid once another worker answers."""
-    first = httpx.get(base + "/restart", timeout=10).text
+def _wait_for_another_worker(base: str, first: str) -> None:
     deadline = time.monotonic() + 30
     pid = first
     while pid == first and time.monotonic() < deadline:
@@ -175,6 +173,12 @@ def _recycle(base: str) -> str:
         except httpx.TransportError:
             time.sleep(0.1)
     assert pid != first
+
+
+def _recycle(base: str) -> str:
+    """Ask the worker to recycle; return its pid once another worker answers."""
+    first = httpx.get(base + "/restart", timeout=10).text
+    _wait_for_another_worker(base, first)
     return first
 
 
@@ -193,14 +197,7 @@ def test_real_gunicorn_recycles_gracefully(tmp_path: Path) -> None:
         thread.join(30)
         assert slow["r"].status_code == 200
         assert slow["r"].text == first  # the old worker finished it
-        deadline = time.monotonic() + 30
-        pid = first
-        while pid == first and time.monotonic() < deadline:
-            try:
-                pid = httpx.get(base + "/pid", timeout=5).text
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert pid != first
+        _wait_for_another_worker(base, first)
     finally:
         _stop(proc)
     text = log.read_text()

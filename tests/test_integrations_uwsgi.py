@@ -27,9 +27,11 @@ APP = textwrap.dedent(
     import os, time
     import runtime_guard
     from runtime_guard import signals
+    from runtime_guard.integrations.prometheus import install_metrics
     from runtime_guard.integrations.wsgi import GuardMiddleware
 
     runtime_guard.install(interval=0.1)
+    install_metrics()
 
     def inner(environ, start_response):
         if environ["PATH_INFO"] == "/restart":
@@ -56,6 +58,7 @@ class Uwsgi:
     proc: subprocess.Popen[bytes]
     log: Path
     base: str
+    multiproc: Path
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -75,16 +78,19 @@ def serve(tmp_path: Path) -> Iterator[object]:
         log = tmp_path / f"uwsgi-{len(started)}.log"
         command = [binary, "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", "app.py"]
         command += ["--virtualenv", sys.prefix, "--need-app", "--disable-logging", *options]
+        multiproc = tmp_path / "prom"
+        multiproc.mkdir(exist_ok=True)
         env = {
             **os.environ,
             "RUNTIME_GUARD_RECYCLE_MIN_LIFETIME": "0",
             "RUNTIME_GUARD_RECYCLE_JITTER": "0",
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
         }
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        server = Uwsgi(proc, log, f"http://127.0.0.1:{port}")
+        server = Uwsgi(proc, log, f"http://127.0.0.1:{port}", multiproc)
         started.append(server)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -170,8 +176,8 @@ def test_with_the_options_every_worker_samples_and_recycles(
     serve: object, options: tuple[str, ...]
 ) -> None:
     """With the options each worker's sampler runs and health answers; restart_requested
-    reloads that one worker gracefully (its in-flight request answered) and uWSGI forks a
-    fresh one, with no warning logged."""
+    reloads that one worker gracefully (its in-flight request answered), its Prometheus
+    gauges go with it, and uWSGI forks a fresh one, with no warning logged."""
     server = serve(*options)  # type: ignore[operator]
     seen = _samples_by_worker(server.base)
     assert len(seen) == 2, seen
@@ -187,3 +193,4 @@ def test_with_the_options_every_worker_samples_and_recycles(
     assert "Gracefully killing worker" in text and "Respawned uWSGI worker" in text
     assert recycled not in {str(pid) for pid in _samples_by_worker(server.base, 10)}
     assert "runtime_guard: uWSGI:" not in text
+    assert f"gauge_liveall_{recycled}.db" not in {p.name for p in server.multiproc.iterdir()}

@@ -88,8 +88,8 @@ def missing_options(setup: Setup) -> list[str]:
     missing: list[str] = []
     if not setup.threads:
         missing.append(
-            "Python threads are off, so the guard's sampler never runs: start uWSGI with "
-            "--enable-threads (enable-threads = true)"
+            "Python threads are off, so the guard's sampler runs only in the moments a "
+            "request is being served: start uWSGI with --enable-threads (enable-threads = true)"
         )
     if setup.worker_id == 0 and setup.forks_workers and not setup.fork_hooks:
         missing.append(
