@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 from typing import Any
 
-from runtime_guard import _fork
+from runtime_guard import _current, _fork
+from runtime_guard._current import get_guard
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.leaks.detector import LeakDetector
@@ -27,8 +29,6 @@ __all__ = ["attach_components", "get_guard", "install", "uninstall"]
 
 _log = logging.getLogger("runtime_guard")
 
-_guard: Guard | None = None
-"""The installed guard. The middleware reads this global on every request: no call."""
 _install_lock = threading.Lock()
 
 
@@ -60,16 +60,16 @@ def install(**options: Any) -> Guard:
     raises :class:`~runtime_guard.ConfigError`. Calling again with other options keeps the
     running guard and logs that the new options were ignored.
     """
-    global _guard
     config = Config.from_options(options)
     with _install_lock:
-        if _guard is not None:
-            if options and config != _guard.config:
+        installed = _current.guard
+        if installed is not None:
+            if options and config != installed.config:
                 _log.warning(
                     "runtime_guard: already installed; options %s ignored (uninstall() first)",
                     sorted(options),
                 )
-            return _guard
+            return installed
         guard = Guard(config)
         try:
             attach_components(guard)
@@ -77,35 +77,33 @@ def install(**options: Any) -> Guard:
         except BaseException:
             guard.stop()
             raise
-        _guard = guard
+        _current.guard = guard
+        if "uwsgi" in sys.modules:  # inside uWSGI: name the options the guard lacks, recycle
+            from runtime_guard.integrations.uwsgi import at_install
+
+            at_install(guard)
         return guard
 
 
 def uninstall() -> None:
     """Stop the process-wide guard and undo everything it did; safe to call when none is."""
-    global _guard
     with _install_lock:
-        guard, _guard = _guard, None
+        guard, _current.guard = _current.guard, None
     if guard is not None:
         guard.stop()
-
-
-def get_guard() -> Guard | None:
-    """Return the process-wide guard, or ``None`` before :func:`install`."""
-    return _guard
 
 
 def _after_fork_in_child() -> None:
     global _install_lock
     _install_lock = threading.Lock()
-    if _guard is not None:
-        _guard.after_fork_in_child()
+    if _current.guard is not None:
+        _current.guard.after_fork_in_child()
 
 
 def _at_exit() -> None:
     # Stopping before interpreter finalisation means the sampler never runs while modules
     # are being torn down.
-    guard = _guard
+    guard = _current.guard
     if guard is not None:
         guard.stop_threads(0.5)
 

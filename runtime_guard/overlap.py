@@ -19,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _skipped(task: str) -> None:
-    from runtime_guard._install import get_guard
+    from runtime_guard._current import get_guard
 
     _log.debug("runtime_guard: %s still running; this call is skipped", task)
     guard = get_guard()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from runtime_guard import _install
+from runtime_guard import _current
 from runtime_guard.config import Config, ConfigError
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
@@ -276,7 +276,7 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 def current_guard(guard: Guard | None) -> Guard | None:
     """The guard a middleware acts on: its own, else the process-wide one (a global read)."""
-    return guard if guard is not None else _install._guard
+    return guard if guard is not None else _current.guard
 
 
 # Health keys that are figures about the process; anything else a component adds (report

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from runtime_guard import _install
+from runtime_guard import _current
 from runtime_guard.integrations._http import (
     PROXY_HEADERS,
     MiddlewareBase,
@@ -71,7 +71,7 @@ class GuardMiddleware(MiddlewareBase):
                 return
             # The whole per-request cost: a global read, one attribute and one comparison, no
             # lock (inlined rather than calling current_guard(): a call costs as much again).
-            guard = self.guard if self.guard is not None else _install._guard
+            guard = self.guard if self.guard is not None else _current.guard
             if (
                 guard is not None
                 and guard.pressure >= self._shed_at
@@ -143,6 +143,10 @@ def lifespan(
             yield
         finally:
             runtime_guard.uninstall()
+            if "uvicorn" in sys.modules:
+                from runtime_guard.integrations.uvicorn import worker_stopping
+
+                worker_stopping()
 
     return guard_lifespan
 

@@ -66,7 +66,7 @@ from typing import Any
 
 import runtime_guard
 from runtime_guard._component import Component
-from runtime_guard._install import get_guard
+from runtime_guard._current import get_guard
 from runtime_guard.config import Config, ConfigError
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._http import missing_extra

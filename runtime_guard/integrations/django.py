@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import runtime_guard
-from runtime_guard import _install
+from runtime_guard import _current
 from runtime_guard.integrations._http import (
     JSON,
     PROXY_HEADERS,
@@ -84,7 +84,7 @@ class GuardMiddleware:
             return self._answer(path, request)
         # The whole per-request cost: a global read, one attribute and one comparison, no
         # lock (inlined rather than calling current_guard(): a call costs as much again).
-        guard = self.guard if self.guard is not None else _install._guard
+        guard = self.guard if self.guard is not None else _current.guard
         if (
             guard is not None
             and guard.pressure >= self._shed_at

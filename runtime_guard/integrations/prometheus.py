@@ -8,22 +8,29 @@
     metrics_app = make_wsgi_app()  # or make_asgi_app(), or metrics_path= on the middleware
 
 In one process a collector reads the guard's figures at scrape time, so sampling costs
-nothing extra. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn, uvicorn ``--workers``),
-scrapes read prometheus_client's per-process files instead, so each worker writes its
-figures there after every sample (gauges carry a ``pid`` label; the gunicorn hooks mark
-dead workers).
+nothing extra. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn, uvicorn ``--workers``,
+uWSGI), scrapes read prometheus_client's per-process files instead, so each worker writes
+its figures there after every sample (gauges carry a ``pid`` label). A worker's gauges
+leave the scrape when it exits: it marks itself dead at exit, the server integrations mark
+the workers they see exit, and every scrape marks dead the processes whose files remain
+but which no longer run (a worker killed by the OOM killer runs no exit code).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from runtime_guard import signals
-from runtime_guard._install import get_guard
+from runtime_guard._current import get_guard
 from runtime_guard._trend import theil_sen, window_minima
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
@@ -47,10 +54,15 @@ __all__ = [
     "install_metrics",
     "make_asgi_app",
     "make_wsgi_app",
+    "mark_dead",
+    "mark_dead_at_exit",
     "multiprocess_mode",
     "render",
     "scrape_registry",
+    "sweep_dead",
 ]
+
+_log = logging.getLogger("runtime_guard")
 
 PREFIX = "runtime_guard_"
 
@@ -63,6 +75,87 @@ _RATE_WINDOW = 10.0
 def multiprocess_mode() -> bool:
     """Whether prometheus_client runs in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``)."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def mark_dead(pid: int | None = None, directory: str | None = None) -> bool:
+    """Stop exporting the live gauges of process ``pid`` (default: this one); never raises.
+
+    prometheus_client's ``mark_process_dead``: the process's ``gauge_live*_<pid>.db`` files
+    in ``directory`` (default ``PROMETHEUS_MULTIPROC_DIR``) go, its counters stay in the
+    sums. Call it for a worker that has exited, or from a worker on its way out. Returns
+    whether there was a multiprocess directory and its files were handled.
+    """
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return False
+    pid = os.getpid() if pid is None else pid
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        return True
+    except Exception:
+        _log.exception("runtime_guard: could not mark process %d dead for Prometheus", pid)
+        return False
+
+
+# prometheus_client's file name for a live gauge: gauge_<mode>_<pid>.db, mode liveall,
+# livesum, livemax, livemin or livemostrecent.
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _running(pid: int) -> bool:
+    try:
+        # A zombie is dead: only its parent has not reaped it yet.
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # exists, but not ours to inspect
+        return True
+
+
+def sweep_dead(directory: str | None = None) -> list[int]:
+    """Mark dead every process whose live-gauge files remain but which no longer runs.
+
+    For workers that ran no exit code (SIGKILL, the OOM killer) under a supervisor that
+    tells nobody (uvicorn ``--workers``, uWSGI). The directory must belong to one server
+    in one PID namespace, as prometheus_client requires anyway. Returns the pids marked.
+    """
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, names) if m is not None}
+    dead = sorted(pid for pid in pids if not _running(pid))
+    for pid in dead:
+        mark_dead(pid, directory)
+    return dead
+
+
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+def _mark_this_process_dead() -> None:
+    # Registered once, inherited by forked workers: each marks its own pid at its exit.
+    if multiprocess_mode():
+        mark_dead(os.getpid())
+
+
+def mark_dead_at_exit() -> None:
+    """Mark this process (and every worker forked from it) dead when it exits normally.
+
+    Idempotent. Exits that run no Python exit code (``os._exit``, SIGKILL) are left to the
+    server's own hooks and to :func:`sweep_dead` at the next scrape.
+    """
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            atexit.register(_mark_this_process_dead)
+            _exit_hook_registered = True
 
 
 @dataclass
@@ -303,6 +396,7 @@ def install_metrics(registry: CollectorRegistry = REGISTRY) -> None:
             signals.feature_shed.connect(_count_shed, weak=False)
             _receivers.extend((_count_relief, _count_shed))
         if multiprocess_mode():
+            mark_dead_at_exit()
             if _exporter is None:
                 _exporter = _MultiprocessExporter()
                 signals.sample_taken.connect(_export_sample, weak=False)
@@ -318,6 +412,7 @@ def scrape_registry() -> CollectorRegistry:
         return REGISTRY
     from prometheus_client import multiprocess
 
+    sweep_dead()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from runtime_guard import _install
+from runtime_guard import _current
 from runtime_guard.integrations._http import (
     PROXY_HEADERS,
     MiddlewareBase,
@@ -41,7 +41,7 @@ class GuardMiddleware(MiddlewareBase):
             return self._answer(path, environ, start_response)
         # The whole per-request cost: a global read, one attribute and one comparison, no
         # lock (inlined rather than calling current_guard(): a call costs as much again).
-        guard = self.guard if self.guard is not None else _install._guard
+        guard = self.guard if self.guard is not None else _current.guard
         if (
             guard is not None
             and guard.pressure >= self._shed_at
