@@ -92,7 +92,9 @@ class GuardMiddleware(MiddlewareBase):
 
     HTTP requests are treated as in :class:`runtime_guard.integrations.wsgi.GuardMiddleware`;
     lifespan messages pass through; websockets pass through unless the ``websockets``
-    feature is shed, when new ones are closed with code 1013 (try again later).
+    feature is shed, when new ones are accepted and closed at once with code 1013 (try again
+    later). Every message it sends itself is shaped as the ASGI spec says (bytes headers with
+    lower-case names, one body message): servers differ in what else they let through.
     """
 
     app: ASGIApp
@@ -111,14 +113,15 @@ class GuardMiddleware(MiddlewareBase):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            # The whole per-request cost: a dict lookup, a global read, one attribute and one
+            # comparison, no lock (inlined rather than calling current_guard(): a call costs
+            # as much again).
             path: str = scope["path"]
             if scope.get("root_path"):
                 path = _route_path(path, scope["root_path"])
             if path in self._own:
                 await self._answer(path, scope, send)
                 return
-            # The whole per-request cost: a global read, one attribute and one comparison, no
-            # lock (inlined rather than calling current_guard(): a call costs as much again).
             guard = self.guard if self.guard is not None else _guard_module._guard
             if (
                 guard is not None
