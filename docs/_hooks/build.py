@@ -63,13 +63,11 @@ def _default(shown: str) -> str:
 
 
 def options_table() -> str:
-    """The Markdown table of every option: name, environment variable, default, meaning."""
-    rows = [
-        "| option | variable | default | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
+    """The Markdown table of every option: name, default, meaning (its variable in a tooltip)."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
     for name, default, doc in Config.describe():
-        rows.append(f"| `{name}` | `{env_name(name)}` | {_default(default)} | {doc} |")
+        variable = env_name(name)
+        rows.append(f'| <code title="{variable}">{name}</code> | {_default(default)} | {doc} |')
     return "\n".join(rows)
 
 
@@ -105,7 +103,9 @@ def _present(nav: list[Any], files: Any) -> list[Any]:
         if isinstance(entry, dict):
             (title, target), *_ = entry.items()
             if isinstance(target, list):
-                kept.append({title: _present(target, files)})
+                section = _present(target, files)
+                if section:
+                    kept.append({title: section})
             elif target in PENDING_PAGES and files.get_file_from_path(target) is None:
                 _log.info("page %s is not in this checkout yet: left out of the nav", target)
             else:

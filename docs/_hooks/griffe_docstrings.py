@@ -1,20 +1,25 @@
-"""A griffe extension: the package's reST-flavoured docstrings, read as Markdown.
+"""A griffe extension: the package's docstrings as the API reference needs them.
 
-The package's docstrings use Sphinx roles (``:func:`install```), double-backtick literals and
-``::`` literal blocks, which Markdown would show verbatim. This extension rewrites them when
-the API reference is built: a role becomes an optional cross-reference (a link where the
-target is on the site, plain code otherwise), a literal becomes a code span, and a literal
-block becomes a fenced Python block. The package's source is left as it is.
+- The package's docstrings use Sphinx roles (``:func:`install```), double-backtick literals
+  and ``::`` literal blocks, which Markdown would show verbatim. They are rewritten when the
+  API reference is built: a role becomes an optional cross-reference (a link where the
+  target is on the site, plain code otherwise), a literal a code span, and a literal block a
+  fenced Python block.
+- A blinker signal documents itself with ``namespace.signal(name, doc="...")``, which a
+  static reader does not see: that ``doc`` becomes the attribute's docstring.
+
+The package's source is left as it is.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any
 
-from griffe import Extension, Module, Object
+from griffe import Attribute, Docstring, Extension, Module, Object
 
-__all__ = ["SphinxRoles", "markdown_from_rest"]
+__all__ = ["Docstrings", "markdown_from_rest"]
 
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|mod|data|exc|obj|const):`(~?)([^`]+)`")
 _LITERAL = re.compile(r"``(.+?)``")
@@ -83,8 +88,25 @@ def _rewrite(obj: Object, seen: set[str]) -> None:
             _rewrite(member, seen)  # type: ignore[arg-type]
 
 
-class SphinxRoles(Extension):
-    """Rewrites every docstring of a loaded package from reST roles to Markdown."""
+def _call_doc(node: Any) -> str | None:
+    value = getattr(node, "value", None)
+    if not isinstance(value, ast.Call):
+        return None
+    for keyword in value.keywords:
+        if keyword.arg == "doc":
+            doc = ast.literal_eval(keyword.value)
+            return doc if isinstance(doc, str) else None
+    return None
+
+
+class Docstrings(Extension):
+    """Gives signals their ``doc=`` as docstring, then rewrites every docstring of a loaded
+    package from reST to Markdown."""
+
+    def on_attribute_instance(self, *, node: Any, attr: Attribute, **kwargs: Any) -> None:
+        doc = _call_doc(node) if attr.docstring is None else None
+        if doc:
+            attr.docstring = Docstring(doc, parent=attr)
 
     def on_package(self, *, pkg: Module, **kwargs: Any) -> None:
         _rewrite(pkg, set())
