@@ -62,8 +62,20 @@ class Block:
 
     @property
     def check(self) -> str:
-        """How the block is checked: the fence's ``test``, else ``run`` for Python."""
-        return self.settings.get("test", "run" if self.lang == "python" else "")
+        """How the block is checked: the fence's ``test``; a block titled "(configuration)"
+        is parsed only; other Python runs."""
+        if "test" in self.settings:
+            return self.settings["test"]
+        if "(configuration)" in self.settings.get("title", ""):
+            return "syntax"
+        return "run" if self.lang == "python" else ""
+
+    @property
+    def reason(self) -> str:
+        """Why the block is not run: its ``reason``, or the title that calls it configuration."""
+        if "(configuration)" in self.settings.get("title", ""):
+            return "configuration"
+        return self.settings.get("reason", "")
 
     def __str__(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
@@ -105,12 +117,12 @@ def test_every_block_says_how_it_is_checked() -> None:
     """Each block is Python that runs, or names a known check; a skipped block says why."""
     unchecked = [str(b) for b in BLOCKS if b.check not in _CHECKS | {"run"}]
     assert unchecked == [], "add test=... to these fences (see CONTRIBUTING.md)"
-    unexplained = [str(b) for b in BLOCKS if b.check == "skip" and not b.settings.get("reason")]
+    unexplained = [str(b) for b in BLOCKS if b.check == "skip" and not b.reason]
     assert unexplained == [], "a skipped block needs reason=..."
     syntax = [b for b in BLOCKS if b.check == "syntax"]
     unparsed = [str(b) for b in syntax if b.lang not in _PARSERS | {"python"}]
     assert unparsed == [], "test='syntax' parses python, yaml, toml, ini or json only"
-    unexplained = [str(b) for b in syntax if b.lang == "python" and not b.settings.get("reason")]
+    unexplained = [str(b) for b in syntax if b.lang == "python" and not b.reason]
     assert unexplained == [], "a Python block only compiled needs reason=..."
     assert len(BLOCKS) > 50 and sum(b.check == "run" for b in BLOCKS) > 25
 
@@ -118,30 +130,43 @@ def test_every_block_says_how_it_is_checked() -> None:
 # -- Python blocks run in this process --------------------------------------------------------
 
 
-def _celery_process_init() -> Any:
-    celery_signals = sys.modules.get("celery.signals")
-    return None if celery_signals is None else celery_signals.worker_process_init
+def _celery_signals() -> list[Any]:
+    module = sys.modules.get("celery.signals")
+    if module is None:
+        return []
+    from celery.utils.dispatch import Signal
+
+    return [value for value in vars(module).values() if isinstance(value, Signal)]
 
 
 @pytest.fixture
 def isolated() -> Iterator[None]:
     """Put back what an example changes in this process: the guard, tracked classes, the
     ``__main__`` module (pytest-examples runs each example as ``__main__``), an imported
-    ``runtime_guard.auto`` and receivers connected to Celery's process signal."""
+    ``runtime_guard.auto`` and receivers connected to Celery's signals."""
     main = sys.modules["__main__"]
     tracked = set(tracked_names())
-    process_init = _celery_process_init()
-    kept = set() if process_init is None else {id(r) for r in process_init.receivers}
+    kept = {id(r) for signal in _celery_signals() for r in signal.receivers}
     yield
     sys.modules["__main__"] = main
     sys.modules.pop("runtime_guard.auto", None)
     reset()
     for name in set(tracked_names()) - tracked:
         untrack(name)
-    process_init = _celery_process_init()
-    if process_init is not None:
-        process_init.receivers[:] = [r for r in process_init.receivers if id(r) in kept]
-        process_init.sender_receivers_cache.clear()
+    for celery_signal in _celery_signals():
+        celery_signal.receivers[:] = [r for r in celery_signal.receivers if id(r) in kept]
+        celery_signal.sender_receivers_cache.clear()
+
+
+def _where(error: BaseException, block: Block) -> str:
+    # pytest-examples rewrites the traceback onto the Markdown file; formatting such a
+    # traceback can itself fail on Python 3.11, so only its file names and lines are read.
+    lines = [f"{block} raised {type(error).__name__}: {error}"]
+    tb = error.__traceback__
+    while tb is not None:
+        lines.append(f"  {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("block", _blocks("run"))
@@ -150,14 +175,19 @@ def test_python_block_runs(block: Block, eval_example: EvalExample, isolated: No
     example = CodeExample.create(
         block.source, path=block.path, start_line=block.line, prefix=block.lang
     )
+    failure = None
     try:
         if "#>" in block.source:
             eval_example.run_print_check(example)
         else:
             eval_example.run(example)
+    except Exception as error:
+        failure = _where(error, block)
     finally:
         for name in re.findall(r'track\(\s*"([\w.]+)"', block.source):
             untrack(name)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
 
 
 # -- blocks that need a process of their own --------------------------------------------------
