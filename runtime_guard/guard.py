@@ -66,9 +66,9 @@ class Probe(Protocol):
 class Guard:
     """Watches this process's memory and acts through its components and signals.
 
-    Use :func:`install` for the process-wide guard; constructing one directly (with
-    ``start=False``) gives a guard whose samples are taken only by calling :meth:`sample`,
-    which is what deterministic tests and the pytest plugin do.
+    Use :func:`install` for the process-wide guard. A guard constructed directly takes
+    samples only when :meth:`sample` is called, until :meth:`start` starts its sampler:
+    what deterministic tests and the pytest plugin use.
     """
 
     def __init__(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import runtime_guard
-from runtime_guard.config import Config
 from runtime_guard.testing import make_guard
 from runtime_guard.tracking import untrack
 
@@ -112,26 +110,19 @@ def test_report_classes_are_dataclasses_with_to_dict() -> None:
         assert cls.__str__ is not object.__str__
 
 
-def test_readme_options_table_lists_every_option() -> None:
-    """Every Config option appears in the README's options table, and nothing else does."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- options-table -->")[1].split("<!-- /options-table -->")[0]
-    documented = set(re.findall(r"`([a-z_]+)`", table.split("\n|", 2)[-1]))
-    options = {f.name for f in dataclasses.fields(Config)}
-    assert options - documented == set()
-    first_column = {
-        name
-        for line in table.splitlines()
-        if line.startswith("| `")
-        for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])
-    }
-    assert first_column - options == set()
-
-
 def test_readme_has_the_two_commands() -> None:
-    """The README shows a test command that installs the package and runs pytest."""
+    """The README shows the demo command and a test command that installs and runs pytest."""
     readme = (ROOT / "README.md").read_text()
+    assert "pip install -e . && runtime-guard demo" in readme
     assert "pip install -e '.[test]' && python -m pytest" in readme
+
+
+def test_readme_warns_of_the_other_runtime_guard() -> None:
+    """The README names the distribution to install and warns of the PyPI name it is not."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "pip install runtime-guard-server" in readme
+    assert "Do not `pip install runtime-guard`" in readme
+    assert "pip uninstall runtime-guard" in readme
 
 
 # -- the project's own public API under its own no_leaks marker -----------------------------
