@@ -3,7 +3,8 @@
 This module owns the one guard a process runs: it builds it from the options, attaches the
 standard components (event log, timeline, shedding, relief, tracking, leak detection,
 container publisher), starts its sampler, restarts the sampler in a forked child, and stops
-it before the interpreter finalises. :class:`~runtime_guard.guard.Guard` itself knows nothing of any of this.
+it before the interpreter finalises. :class:`~runtime_guard.guard.Guard` itself knows
+nothing of any of this.
 """
 
 from __future__ import annotations

@@ -53,9 +53,7 @@ def record(event: str, level: int, message: str, fields: Mapping[str, Any]) -> N
     try:
         data = dict(fields)
         data.setdefault("pid", os.getpid())
-        _log.log(
-            level, "runtime_guard: %s", message, extra={"event": event, FIELDS_ATTR: data}
-        )
+        _log.log(level, "runtime_guard: %s", message, extra={"event": event, FIELDS_ATTR: data})
     except Exception:  # a broken handler or formatter: logging's own handleError ran
         pass
 
@@ -160,7 +158,7 @@ def _feature(verb: str) -> Callable[[Payload], tuple[str, dict[str, Any]]]:
     def build(payload: Payload) -> tuple[str, dict[str, Any]]:
         feature, level = payload["feature"], Pressure.parse(payload["level"])
         name = str(getattr(feature, "name", feature))
-        fields = {"feature": name, "level": level.name.lower()}
+        fields: dict[str, Any] = {"feature": name, "level": level.name.lower()}
         count = getattr(feature, "shed_count", None)
         if isinstance(count, int):
             fields["shed_count"] = count

@@ -91,7 +91,8 @@ def liveness(guard: Guard | None) -> tuple[int, dict[str, Any]]:
         return 200, {"status": "ok", "guard": "not installed"}
     state, since = guard.sampler_status()
     wedged_after = max(WEDGED_AFTER, 5 * guard.config.interval)
-    body: dict[str, Any] = {"status": "ok", "sampler": state, "since_round_seconds": round(since, 3)}
+    body: dict[str, Any] = {"status": "ok", "sampler": state}
+    body["since_round_seconds"] = round(since, 3)
     if state == "dead":
         body.update(status="dead", reason="the guard's sampler thread has died")
         return 503, body

@@ -316,7 +316,9 @@ def current_guard(guard: Guard | None) -> Guard | None:
 
 
 def _flag(values: list[str] | None) -> bool:
-    return bool(values) and values[-1].strip().lower() in ("1", "true", "yes", "on")
+    if not values:
+        return False
+    return values[-1].strip().lower() in ("1", "true", "yes", "on")
 
 
 def health_response(
