@@ -163,6 +163,7 @@ class ContainerPublisher(Component):
         self._sweep_due = 0.0
         self._recycler: object = None
         self._draining: str | None = None
+        self._level = Pressure.OK
         self._lock = threading.Lock()
 
     # -- the sampler's side --------------------------------------------------------------
@@ -179,7 +180,9 @@ class ContainerPublisher(Component):
         if self._recycler is None:  # found once; a replacement is found at the next refresh
             self._recycler = guard.component(RECYCLER)
         drain = _draining_of(self._recycler)
-        if now >= self._slow_due or drain != self._draining:
+        # Shedding, relief and the status follow the level: a new level is published whole.
+        if now >= self._slow_due or drain != self._draining or sample.pressure != self._level:
+            self._level = sample.pressure
             self._write_health(guard, page, now)
         _FAST.pack_into(
             page,
@@ -196,10 +199,6 @@ class ContainerPublisher(Component):
             sample.limit,
             sample.usage_fraction,
         )
-
-    def on_pressure(self, guard: Guard, old: Pressure, new: Pressure, sample: Sample) -> None:
-        # Shedding, relief and the status follow the level: publish them with this sample.
-        self._slow_due = -math.inf
 
     def _write_health(self, guard: Guard, page: mmap.mmap, now: float) -> None:
         self._slow_due = now + self.slow_refresh
