@@ -12,9 +12,9 @@ objects and recycles at ERROR, which sentry-sdk's logging integration (on by def
 turns into events. This integration finishes those events: the figures become the
 ``runtime_guard`` context (the leak's sites, holder and growing type its ``leak`` context),
 the event name a ``runtime_guard.event`` tag, and the fingerprint is the leaking line
-(``file:line`` of the top allocation site, else the growing type; the creation site for
-unreleased objects), so every report of the same leak lands in one issue instead of one
-issue per occurrence or per rate in the message.
+(``file:line`` of the top allocation site; the creation site for unreleased objects), so
+every report of the same leak lands in one issue instead of one issue per occurrence or
+per rate in the message.
 """
 
 from __future__ import annotations
@@ -49,13 +49,14 @@ _LEAK_KEYS = (
 def fingerprint(event: str, fields: Mapping[str, Any]) -> list[str]:
     """The Sentry fingerprint of one guard event: one issue per leaking line.
 
-    A leak groups by the line that allocates (else the type that grows, else the figure
-    that grows); unreleased objects by their type and creation site; every other event by
-    its name alone.
+    A leak groups by the line that allocates; a leak whose diagnosis found no line (an RSS
+    leak, tracemalloc not allowed to run) by the figure that grows, not by the type that
+    grew most during the window, which changes from one report to the next. Unreleased
+    objects group by their type and creation site; every other event by its name alone.
     """
     if event == "leak_suspected":
-        where = fields.get("site") or fields.get("growing_type") or fields.get("metric")
-        return ["runtime_guard", event, str(where or "unknown")]
+        where = fields.get("site") or f"{fields.get('metric') or 'unknown'}, no site"
+        return ["runtime_guard", event, str(where)]
     if event == "unreleased_objects":
         return ["runtime_guard", event, str(fields.get("type")), str(fields.get("site"))]
     return ["runtime_guard", event]
