@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -31,7 +30,7 @@ import psutil
 from runtime_guard._current import get_guard
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
-from runtime_guard.integrations._figures import Figures, count_events, figures
+from runtime_guard.integrations._figures import Figures, count_events, figures, tally
 
 try:
     from opentelemetry import metrics
@@ -44,20 +43,20 @@ __all__ = ["INSTRUMENTS", "METER_NAME", "install_metrics"]
 METER_NAME = "runtime_guard"
 """The instrumentation scope of every instrument."""
 
-# Callbacks of one collection run one after the other within milliseconds: they share one
-# reading of the figures (a health() call) instead of making one each.
-_FRESH_SECONDS = 1.0
-
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
 class _Reader:
-    """Reads the figures of ``guard`` (else the process-wide guard) once per collection."""
+    """Reads the figures of ``guard`` (else the process-wide guard) once per sample.
+
+    The callbacks of one collection run one after the other: they share one reading of
+    the figures (a ``health()`` call) as long as no new sample was taken meanwhile.
+    """
 
     def __init__(self, guard: Guard | None) -> None:
         self.guard = guard
         self._lock = threading.Lock()
-        self._at = -_FRESH_SECONDS
+        self._key: tuple[int, object] | None = None
         self._figures: Figures | None = None
 
     def current(self) -> Figures | None:
@@ -65,9 +64,10 @@ class _Reader:
         if guard is None:
             return None
         with self._lock:
-            now = time.monotonic()
-            if self._figures is None or now - self._at >= _FRESH_SECONDS:
-                self._figures, self._at = figures(guard), now
+            key = (id(guard), guard.history.latest())
+            if self._figures is None or key != self._key:
+                self._figures = figures(guard)
+                self._key = (id(guard), guard.history.latest())
             return self._figures
 
     def gauge(self, read: Callable[[Figures], float]) -> Callback:
@@ -86,6 +86,15 @@ class _Reader:
                     yield Observation(value, {attribute: key})
 
         return callback
+
+
+def _counted(read: Callable[[], int]) -> Callback:
+    """Events counted since the process started, read live (not per sample)."""
+
+    def callback(options: CallbackOptions) -> Iterator[Observation]:
+        yield Observation(read())
+
+    return callback
 
 
 def _virtual(options: CallbackOptions) -> Iterator[Observation]:
@@ -193,9 +202,9 @@ def _callbacks(reader: _Reader) -> dict[str, Callback]:
             lambda f: dict.fromkeys(f.shed_features, 1), "runtime_guard.feature"
         ),
         "runtime_guard.gc.pause": reader.gauge(lambda f: f.gc_pause),
-        "runtime_guard.relief.count": reader.gauge(lambda f: f.relief),
-        "runtime_guard.feature.sheds": reader.gauge(lambda f: f.shed_events),
-        "runtime_guard.recycles": reader.gauge(lambda f: f.recycles),
+        "runtime_guard.relief.count": _counted(lambda: tally.relief),
+        "runtime_guard.feature.sheds": _counted(lambda: tally.shed),
+        "runtime_guard.recycles": _counted(lambda: tally.recycles),
     }
 
 
