@@ -86,6 +86,11 @@ class Server:
         response = self.get("/readyz")
         return response.status_code, response.json()
 
+    def ready_body(self, code: int) -> dict[str, Any] | None:
+        """The /readyz body when it answers ``code``, else ``None``."""
+        answered, body = self.ready()
+        return body if answered == code else None
+
     def pids(self) -> set[int]:
         return {w["pid"] for w in self.ready()[1]["workers"]}
 
@@ -206,7 +211,7 @@ def test_readyz_stays_ready_while_one_of_several_workers_drains(
     drained = int(server.get("/drain").text)
 
     def marked() -> dict[str, Any] | None:
-        code, body = server.ready()
+        body = server.ready()[1]
         workers = {w["pid"]: w for w in body["workers"]}
         return body if workers.get(drained, {}).get("draining") == "drain test" else None
 
@@ -230,19 +235,15 @@ def test_readyz_flips_while_the_only_worker_drains(
     server = start("gunicorn", tmp_path, 1, RUNTIME_GUARD_RECYCLE_MIN_LIFETIME="4")
     stop_after.append(server)
     drained = int(server.get("/drain").text)
-    code, body = server.until(
-        lambda: (lambda r: r if r[0] == 503 else None)(server.ready()), "/readyz 503"
-    )
+    body = server.until(lambda: server.ready_body(503), "/readyz 503")
     assert body["ready"] is False
     assert f"worker {drained} is draining: drain test" in body["reason"]
     assert server.get("/livez").status_code == 200
     fresh = server.until(
-        lambda: (lambda r: r if r[0] == 200 and drained not in server.pids() else None)(
-            server.ready()
-        ),
+        lambda: drained not in server.pids() and server.ready_body(200),
         "/readyz 200 from a fresh worker",
     )
-    assert fresh[1]["ready"] is True
+    assert fresh["ready"] is True
 
 
 @pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
@@ -251,9 +252,7 @@ def test_livez_stays_200_at_critical(kind: str, tmp_path: Path, stop_after: list
     takes requests), /livez 200 (nothing to restart the container for)."""
     server = start(kind, tmp_path, 2, RUNTIME_GUARD_PROCESS_LIMIT="8MB")
     stop_after.append(server)
-    code, body = server.until(
-        lambda: (lambda r: r if r[0] == 503 else None)(server.ready()), "/readyz 503"
-    )
+    body = server.until(lambda: server.ready_body(503), "/readyz 503")
     assert {w["pressure"] for w in body["workers"]} == {"critical"}
     assert "critical pressure" in body["reason"]
     for _ in range(10):
