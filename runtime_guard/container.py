@@ -3,18 +3,20 @@
 Every process that installed the guard keeps a small file of its own in the container's
 shared directory (:func:`runtime_guard._container.container_dir`): its pid, memory figures
 and pressure, rewritten after every sample, and its health in figures (status, shed
-features, suspected leaks, unreleased objects, a recycle under way), rewritten every few
-seconds and at once when the pressure level or the draining state changes. Any process of
+features, suspected leaks, unreleased objects, a recycle under way), rewritten at the sample
+after the level changes or a signal says the health did (a feature shed, a leak, a recycle
+asked for), and every half minute for what changes without one. Any process of
 the container (a worker answering ``/readyz``, ``runtime-guard status`` in a shell) reads
 the files of every live worker: :func:`read_container`. A worker that died, however it
 died, drops out of the view at the next read: its pid no longer runs, or runs another
 process. Only figures are published, never source paths or report text: the directory is
 readable by the same user only, but the view is served on public routes.
 
-Publishing runs on the sampler thread after every sample, so it is kept to one
-``struct.pack_into`` into a memory-mapped page per sample. Measured beside the sample in
-the same run (``benchmarks/bench_container.py``): formatting the health as JSON and writing
-it on every sample costs as much as the sample itself; the packed page costs a few percent.
+Publishing runs on the sampler thread after every sample, so it is kept to six stores into
+a memory-mapped page per sample. Measured beside the sample in the same run
+(``benchmarks/bench_container.py``): formatting the health as JSON and writing it on every
+sample costs as much as the sample itself; one ``struct.pack_into`` of the figures about
+7 %; the stores through typed views of the page about 3 %.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import _container, _current
+from runtime_guard import _container, _current, signals
 from runtime_guard._component import Component
 from runtime_guard.pressure import Pressure
 
@@ -59,20 +61,33 @@ _log = logging.getLogger("runtime_guard")
 RECYCLER = "recycler"
 """Name of the component whose state says this worker is draining (see :func:`draining`)."""
 
-# The page: the figures of the last sample at offset 0, rewritten on every sample; the
-# health in figures as JSON at _SLOW_AT, rewritten every few seconds. Fields are 8-byte
-# aligned, so a reader that copies the page while it is rewritten gets each field whole;
+# The page: the figures of the last sample at offset 0 (the first 16 bytes and the start
+# time and interval written once, the rest rewritten on every sample, one 8-byte slot each);
+# the health in figures as JSON at _SLOW_AT, rewritten when it changes. Slots are 8-byte
+# aligned, so a reader that copies the page while it is rewritten gets each slot whole;
 # readers copy twice and take a copy only when both agree (see _read_page).
 _PAGE = 4096
 _MAGIC = b"RGW1"
-_FAST = struct.Struct("<4sHHi4xdddQQQd")
+_FAST = struct.Struct("<4sH2xi4xdddqqqdq")
+# Slots (8-byte words) of the figures rewritten on every sample.
+_UPDATED, _RSS, _USAGE, _LIMIT, _FRACTION, _LEVEL = 3, 5, 6, 7, 8, 9
 _SLOW_HEAD = struct.Struct("<II")
 _SLOW_AT = 128
 _SLOW_MAX = _PAGE - _SLOW_AT - _SLOW_HEAD.size
 _FILE = re.compile(r"rg-worker-(\d+)\.page")
 
-# How often the health part is rewritten when nothing forces it sooner.
-SLOW_REFRESH = 10.0
+# How often the health part is rewritten when nothing forces it sooner: a level change and
+# the signals below force it at the next sample; what changes without a signal (a leak
+# suspicion cleared, counts of unreleased objects) is at most this late.
+SLOW_REFRESH = 30.0
+_CHANGES = (
+    "feature_shed",
+    "feature_restored",
+    "leak_suspected",
+    "unreleased_objects",
+    "restart_requested",
+    "recycle_pending",
+)
 # How often a publisher removes the files of workers that died without removing their own.
 _SWEEP_SECONDS = 60.0
 
@@ -127,6 +142,24 @@ def _started_here() -> float:
     return started or time.time()
 
 
+class _Page:
+    """This process's page, mapped, with typed views of its 8-byte slots."""
+
+    def __init__(self, fd: int) -> None:
+        self.map = mmap.mmap(fd, _PAGE)
+        self._view = memoryview(self.map)
+        self.words = self._view.cast("q")
+        """The slots as 64-bit integers."""
+        self.floats = self._view.cast("d")
+        """The same slots as doubles."""
+
+    def close(self) -> None:
+        # The views first: a map with views of it cannot be closed.
+        for view in (self.words, self.floats, self._view):
+            view.release()
+        self.map.close()
+
+
 class ContainerPublisher(Component):
     """Publishes the process-wide guard's figures to the container directory after each sample.
 
@@ -155,56 +188,50 @@ class ContainerPublisher(Component):
         """Where this process publishes; ``None`` until the first sample, or when off."""
         self.path: str | None = None
         """This process's file."""
-        self._map: mmap.mmap | None = None
+        self._page: _Page | None = None
         self._disabled = False
         self._pid = 0
         self._started = 0.0
         self._slow_due = -math.inf
         self._sweep_due = 0.0
-        self._recycler: object = None
-        self._draining: str | None = None
+        self._dirty = False
         self._level = Pressure.OK
         self._lock = threading.Lock()
+        self._receivers: list[tuple[Any, Any]] = []
 
     # -- the sampler's side --------------------------------------------------------------
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         if self._disabled or (self.process_wide and _current.guard is not guard):
             return
-        page = self._map
+        page = self._page
         if page is None:
-            page = self._open(guard)
+            page = self._open(guard, sample)
             if page is None:
                 return
         now = sample.monotonic
-        if self._recycler is None:  # found once; a replacement is found at the next refresh
-            self._recycler = guard.component(RECYCLER)
-        drain = _draining_of(self._recycler)
-        # Shedding, relief and the status follow the level: a new level is published whole.
-        if now >= self._slow_due or drain != self._draining or sample.pressure != self._level:
+        # Shedding, relief and the status follow the level: a new level is published whole,
+        # and so is whatever a signal said changed (see _changed).
+        if self._dirty or now >= self._slow_due or sample.pressure != self._level:
             self._level = sample.pressure
-            self._write_health(guard, page, now)
-        _FAST.pack_into(
-            page,
-            0,
-            _MAGIC,
-            1,
-            int(sample.pressure),
-            self._pid,
-            self._started,
-            sample.wall,
-            guard.config.interval,
-            sample.rss,
-            sample.usage,
-            sample.limit,
-            sample.usage_fraction,
-        )
+            self._write_health(guard, page.map, now)
+        floats, words = page.floats, page.words
+        floats[_UPDATED] = sample.wall
+        words[_RSS] = sample.rss
+        words[_USAGE] = sample.usage
+        words[_LIMIT] = sample.limit
+        floats[_FRACTION] = sample.usage_fraction
+        words[_LEVEL] = sample.pressure
+
+    def _changed(self, sender: object, **_: object) -> None:
+        # On the signal thread, after the signal's other receivers may or may not have run
+        # (the recycler sets its reason in one): the next sample rewrites the health part.
+        self._dirty = True
 
     def _write_health(self, guard: Guard, page: mmap.mmap, now: float) -> None:
         self._slow_due = now + self.slow_refresh
-        self._recycler = guard.component(RECYCLER)
+        self._dirty = False
         health = worker_health(guard)
-        self._draining = health["draining"]
         data = json.dumps(health, separators=(",", ":"), default=str).encode()
         if len(data) > _SLOW_MAX:  # many unreleased types: keep the totals that fit
             health["unreleased_objects"] = {}
@@ -216,10 +243,10 @@ class ContainerPublisher(Component):
             if self.directory is not None:
                 read_container(self.directory, remove_dead=True)
 
-    def _open(self, guard: Guard) -> mmap.mmap | None:
+    def _open(self, guard: Guard, sample: Sample) -> _Page | None:
         with self._lock:
-            if self._map is not None:
-                return self._map
+            if self._page is not None:
+                return self._page
             directory = _container.container_dir(self.setting)
             if directory is None:
                 self._disabled = True
@@ -230,16 +257,37 @@ class ContainerPublisher(Component):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 try:
                     os.ftruncate(fd, _PAGE)
-                    page = mmap.mmap(fd, _PAGE)
+                    page = _Page(fd)
                 finally:
                     os.close(fd)
             except (OSError, ValueError) as exc:
                 self._disabled = True
                 _log.warning("runtime_guard: cannot publish figures in %s: %s", directory, exc)
                 return None
-            self.directory, self.path, self._map = directory, path, page
+            self.directory, self.path, self._page = directory, path, page
             self._pid, self._started = pid, _started_here()
+            _FAST.pack_into(
+                page.map,
+                0,
+                _MAGIC,
+                1,
+                pid,
+                self._started,
+                sample.wall,
+                guard.config.interval,
+                sample.rss,
+                sample.usage,
+                sample.limit,
+                sample.usage_fraction,
+                sample.pressure,
+            )
             self._slow_due = -math.inf
+            if not self._receivers:
+                for name in _CHANGES:
+                    signal = getattr(signals, name, None)
+                    if signal is not None:
+                        signal.connect(self._changed, sender=guard)
+                        self._receivers.append((signal, self._changed))
             _remove_at_exit(self)
             return page
 
@@ -247,21 +295,24 @@ class ContainerPublisher(Component):
 
     def after_fork(self, guard: Guard) -> None:
         # The parent's page stays the parent's: the child publishes under its own pid.
-        page, self._map = self._map, None
+        page, self._page = self._page, None
         if page is not None:
             with contextlib.suppress(Exception):
                 page.close()
         self._lock = threading.Lock()
         self.path = None
         self._disabled = False
-        self._recycler, self._draining = None, None
+        self._dirty = False
 
     def close(self, guard: Guard) -> None:
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver)
+        self._receivers.clear()
         self.remove()
 
     def remove(self) -> None:
         """Leave the view: unmap and delete this process's file (never raises)."""
-        page, self._map = self._map, None
+        page, self._page = self._page, None
         path, self.path = self.path, None
         if page is not None:
             with contextlib.suppress(Exception):
@@ -311,7 +362,7 @@ def _read_page(path: str) -> bytes | None:
 def _parse(page: bytes) -> dict[str, Any] | None:
     if len(page) < _PAGE or page[:4] != _MAGIC:
         return None  # not written yet, or not ours
-    (_m, _v, level, pid, started, updated, interval, rss, usage, limit, fraction) = (
+    (_m, _v, pid, started, updated, interval, rss, usage, limit, fraction, level) = (
         _FAST.unpack_from(page, 0)
     )
     length, _version = _SLOW_HEAD.unpack_from(page, _SLOW_AT)
