@@ -254,9 +254,13 @@ class ContainerPublisher(Component):
             pid = os.getpid()
             path = os.path.join(directory, file_name(pid))
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
                 try:
-                    os.ftruncate(fd, _PAGE)
+                    # Written, not truncated to size: the page's storage is allocated now
+                    # (a full tmpfs fails here, not later as SIGBUS on a store), and a file
+                    # is never shortened under a process that maps it.
+                    if os.pwrite(fd, bytes(_PAGE), 0) != _PAGE:
+                        raise OSError("short write")
                     page = _Page(fd)
                 finally:
                     os.close(fd)
