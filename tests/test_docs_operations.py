@@ -54,6 +54,12 @@ def collector() -> Iterator[str]:
     server.server_close()
 
 
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def _env(tmp_path: Path, collector: str) -> dict[str, str]:
     env = {**os.environ, "RUNTIME_GUARD_CONTAINER_DIR": str(tmp_path / "container")}
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector
@@ -70,15 +76,7 @@ def test_the_pages_have_blocks() -> None:
 @pytest.mark.parametrize(("where", "code"), blocks("python"), ids=lambda v: str(v)[:30])
 def test_python_blocks_run(where: str, code: str, tmp_path: Path, collector: str) -> None:
     """Each Python block runs as a program of its own, from the repository's root."""
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=_env(tmp_path, collector),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run([sys.executable, "-c", code], _env(tmp_path, collector))
     assert done.returncode == 0, f"{where}:\n{done.stderr[-2000:]}"
 
 
@@ -89,15 +87,7 @@ def test_shell_blocks_run(where: str, code: str, tmp_path: Path, collector: str)
         pytest.skip("promtool is not installed (Debian package prometheus)")
     env = _env(tmp_path, collector)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    done = subprocess.run(
-        ["bash", "-e", "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run(["bash", "-e", "-c", code], env)
     assert done.returncode == 0, f"{where}:\n{done.stdout[-1000:]}{done.stderr[-2000:]}"
 
 

@@ -11,12 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import django
 import httpx
 import pytest
 import test_container  # tests/: a guarded worker process of a test's own container
-from django.conf import settings
-from django.test import Client, override_settings
 
 from runtime_guard import signals
 from runtime_guard._component import Component
@@ -359,27 +356,3 @@ async def test_asgi_middleware_answers_the_probes() -> None:
             assert (await client.get("/other")).text == "served"
     finally:
         guard.stop()
-
-
-def test_django_middleware_answers_the_probes() -> None:
-    """Django's middleware answers /livez and /readyz from the RUNTIME_GUARD settings."""
-    if not settings.configured:
-        settings.configure(
-            ALLOWED_HOSTS=["testserver"],
-            ROOT_URLCONF=__name__,
-            MIDDLEWARE=["runtime_guard.integrations.django.GuardMiddleware"],
-            INSTALLED_APPS=[],
-            DATABASES={},
-            USE_TZ=True,
-        )
-        django.setup()
-    with override_settings(
-        RUNTIME_GUARD={"interval": 60, "ready_path": "/ready"},
-        MIDDLEWARE=["runtime_guard.integrations.django.GuardMiddleware"],
-    ):
-        client = Client()
-        assert client.get("/livez").json()["status"] == "ok"
-        assert client.get("/ready").json()["ready"] is True
-
-
-urlpatterns: list[Any] = []

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from blinker import NamedSignal
+
 from runtime_guard import signals
 from runtime_guard._trend import theil_sen, window_minima
 from runtime_guard.guard import Guard
@@ -25,6 +27,7 @@ __all__ = [
     "figures",
     "growth_rate",
     "leak_rate",
+    "recycle_signals",
     "tally",
 ]
 
@@ -125,6 +128,12 @@ _lock = threading.Lock()
 _counting = False
 
 
+def recycle_signals() -> list[NamedSignal]:
+    """The signals of :data:`RECYCLE_SIGNALS` this version defines."""
+    found = (getattr(signals, name, None) for name in RECYCLE_SIGNALS)
+    return [signal for signal in found if isinstance(signal, NamedSignal)]
+
+
 def count_events() -> None:
     """Start counting reliefs, sheds and recycle requests of every guard (idempotent)."""
     global _counting
@@ -133,8 +142,6 @@ def count_events() -> None:
             return
         signals.gc_forced.connect(_count_relief, weak=False)
         signals.feature_shed.connect(_count_shed, weak=False)
-        for name in RECYCLE_SIGNALS:
-            signal = getattr(signals, name, None)
-            if signal is not None:
-                signal.connect(_count_recycle, weak=False)
+        for signal in recycle_signals():
+            signal.connect(_count_recycle, weak=False)
         _counting = True

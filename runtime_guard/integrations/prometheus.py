@@ -33,12 +33,12 @@ from runtime_guard._current import get_guard
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
 from runtime_guard.integrations._figures import (
-    RECYCLE_SIGNALS,
     Figures,
     count_events,
     figures,
     growth_rate,
     leak_rate,
+    recycle_signals,
 )
 from runtime_guard.sample import Sample
 
@@ -334,10 +334,8 @@ def install_metrics(registry: CollectorRegistry = REGISTRY) -> None:
         if not _receivers:
             signals.gc_forced.connect(_count_relief, weak=False)
             signals.feature_shed.connect(_count_shed, weak=False)
-            for name in RECYCLE_SIGNALS:
-                signal = getattr(signals, name, None)
-                if signal is not None:
-                    signal.connect(_count_recycle, weak=False)
+            for signal in recycle_signals():
+                signal.connect(_count_recycle, weak=False)
             _receivers.extend((_count_relief, _count_shed, _count_recycle))
         if multiprocess_mode():
             mark_dead_at_exit()
