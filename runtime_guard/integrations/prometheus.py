@@ -26,9 +26,8 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import psutil
-
 from runtime_guard import signals
+from runtime_guard._container import process_alive
 from runtime_guard._current import get_guard
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
@@ -105,16 +104,6 @@ def mark_dead(pid: int | None = None, directory: str | None = None) -> bool:
 _LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
-def _running(pid: int) -> bool:
-    try:
-        # A zombie is dead: only its parent has not reaped it yet.
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:  # exists, but not ours to inspect
-        return True
-
-
 def sweep_dead(directory: str | None = None) -> list[int]:
     """Mark dead every process whose live-gauge files remain but which no longer runs.
 
@@ -130,7 +119,7 @@ def sweep_dead(directory: str | None = None) -> list[int]:
     except OSError:
         return []
     pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, names) if m is not None}
-    dead = sorted(pid for pid in pids if not _running(pid))
+    dead = sorted(pid for pid in pids if not process_alive(pid))
     for pid in dead:
         mark_dead(pid, directory)
     return dead
