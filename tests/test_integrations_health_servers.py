@@ -106,7 +106,10 @@ class Server:
             if found:
                 return found
             time.sleep(0.1)
-        raise AssertionError(f"{what}; log:\n{self.log.read_text()[-3000:]}")
+        children = [
+            (c.pid, c.status()) for c in psutil.Process(self.proc.pid).children(recursive=True)
+        ]
+        raise AssertionError(f"{what}; processes {children}; log:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -137,7 +140,10 @@ def start(kind: str, tmp_path: Path, workers: int, **env: str) -> Server:
     else:
         (tmp_path / "app.py").write_text(ASGI_APP)
         command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", str(workers)]
-        command += ["--port", str(port), "--no-access-log"]
+        # On a loaded test machine a worker starved of CPU misses uvicorn's 5 s health check
+        # and is replaced, while the tests count workers. Not much longer either: uvicorn
+        # notices a worker that exited (a recycle) only when a ping to it times out.
+        command += ["--port", str(port), "--no-access-log", "--timeout-worker-healthcheck", "15"]
     log = tmp_path / f"{kind}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

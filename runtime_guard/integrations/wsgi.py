@@ -1,7 +1,7 @@
 """WSGI middleware: the probe routes, and 503 with ``Retry-After`` while memory is critical.
 
-``/livez``, ``/readyz`` and ``/health`` are answered by the middleware (see
-:mod:`runtime_guard.integrations._http` for what each means)::
+It answers ``/livez`` (the guard can run), ``/readyz`` (the container takes requests) and
+``/health`` (this worker) itself::
 
     from runtime_guard.integrations.wsgi import GuardMiddleware
 
