@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -163,6 +164,7 @@ def main() -> None:
         guard.stop()
         fast.remove()
         rewrite.remove()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
