@@ -1,9 +1,10 @@
 """The process-wide guard: ``install()``, ``uninstall()``, ``get_guard()``.
 
 This module owns the one guard a process runs: it builds it from the options, attaches the
-standard components (timeline, shedding, relief, tracking, leak detection), starts its
-sampler, restarts the sampler in a forked child, and stops it before the interpreter
-finalises. :class:`~runtime_guard.guard.Guard` itself knows nothing of any of this.
+standard components (event log, timeline, shedding, relief, tracking, leak detection,
+container publisher), starts its sampler, restarts the sampler in a forked child, and stops
+it before the interpreter finalises. :class:`~runtime_guard.guard.Guard` itself knows
+nothing of any of this.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from runtime_guard import _current, _fork
 from runtime_guard._current import get_guard
 from runtime_guard.config import Config
+from runtime_guard.container import ContainerPublisher
+from runtime_guard.events import EventLog
 from runtime_guard.guard import Guard
 from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.pressure import Pressure
@@ -36,9 +39,12 @@ def attach_components(guard: Guard) -> None:
     """Attach the standard components to ``guard`` according to ``guard.config``.
 
     Shedding comes before relief: what shedding frees (caches, features) is then collected
-    and trimmed back to the OS by the relief that follows in the same sample.
+    and trimmed back to the OS by the relief that follows in the same sample. The event log
+    comes first, so it hears every signal; the container publisher last, so it publishes
+    what the others made of the sample.
     """
     config = guard.config
+    guard.add_component(EventLog(guard))
     guard.add_component(Timeline(guard))
     shedding = SheddingComponent(restart_after=config.restart_after, clock=guard.clock)
     guard.add_component(shedding)
@@ -51,6 +57,7 @@ def attach_components(guard: Guard) -> None:
     guard.add_component(TrackingComponent(track_clients=config.track_clients))
     if config.leak_detection:
         guard.add_component(LeakDetector(config, guard.clock))
+    guard.add_component(ContainerPublisher())
 
 
 def install(**options: Any) -> Guard:

@@ -110,6 +110,7 @@ class Guard:
         self._sample_failures = 0
         self._sample_error = ""
         self._closed = False
+        self._round_at = self._started
 
     # -- components -------------------------------------------------------------------
 
@@ -197,7 +198,6 @@ class Guard:
         for component in list(self._components):
             self._call(component, "on_sample", sample)
         if new != old:
-            _log.info("runtime_guard: pressure %s -> %s (%s)", old.name, new.name, sample)
             for component in list(self._components):
                 self._call(component, "on_pressure", old, new, sample)
         self._dispatcher.send(signals.sample_taken, sample=sample)
@@ -258,6 +258,7 @@ class Guard:
                     _log.exception("runtime_guard: sample failed; retrying every interval")
             next_at += interval
             now = clock()
+            self._round_at = now
             delay = next_at - now
             # Fell behind (suspended, slow host, clock jumped ahead): skip, never catch up
             # in a burst. More than one interval ahead means the clock went back: waiting
@@ -267,6 +268,20 @@ class Guard:
                 delay = interval
             self._stop_event.wait(delay)
 
+    def sampler_status(self) -> tuple[str, float]:
+        """``(state, seconds since the sampler last ended a round)`` for liveness checks.
+
+        ``state`` is ``"running"``, ``"stopped"`` (never started, or stopped) or ``"dead"``
+        (its thread ended by itself). A round that fails to read memory still counts: the
+        sampler is alive, only blind. Reads two attributes; takes no lock.
+        """
+        thread = self._thread
+        if thread is None or self._stop_event.is_set():
+            state = "stopped"
+        else:
+            state = "running" if thread.is_alive() else "dead"
+        return state, self.clock() - self._round_at
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -275,6 +290,7 @@ class Guard:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop_event.clear()
+        self._round_at = self.clock()
         self._thread = threading.Thread(target=self._run, name="runtime-guard", daemon=True)
         self._thread.start()
 

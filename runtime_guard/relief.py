@@ -172,7 +172,6 @@ def relieve(guard: Guard, reason: str = "manual") -> ReliefResult:
         gc_seconds=after_gc - start,
         trim_seconds=end - after_gc if trimmed else 0.0,
     )
-    _log.info("runtime_guard: %s", result)
     guard.send(signals.gc_forced, result=result)
     return result
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime_guard import signals
+from runtime_guard import events, signals
 from runtime_guard._component import Component
 from runtime_guard.guard import Guard
 
@@ -69,12 +69,11 @@ class Recycler(Component):
                 return
             self.reason = reason or "restart requested"
             delay = self.delay()
-            _log.warning(
-                "runtime_guard: recycling %s worker pid %d in %.1f s: %s",
-                self.server,
-                os.getpid(),
-                delay,
-                self.reason,
+            events.record(
+                "recycle_scheduled",
+                logging.ERROR,
+                f"recycling {self.server} worker pid {os.getpid()} in {delay:.1f} s: {self.reason}",
+                {"server": self.server, "reason": self.reason, "delay_seconds": round(delay, 3)},
             )
             self._timer = threading.Timer(delay, self._fire)
             self._timer.daemon = True
@@ -82,11 +81,11 @@ class Recycler(Component):
             self._timer.start()
 
     def _fire(self) -> None:
-        _log.warning(
-            "runtime_guard: recycling %s worker pid %d now: %s",
-            self.server,
-            os.getpid(),
-            self.reason,
+        events.record(
+            "recycle_started",
+            logging.ERROR,
+            f"recycling {self.server} worker pid {os.getpid()} now: {self.reason}",
+            {"server": self.server, "reason": self.reason},
         )
         try:
             self.stop(self.reason or "")

@@ -138,7 +138,11 @@ class GuardMiddleware(MiddlewareBase):
 
     async def _answer(self, path: str, scope: Scope, send: Send) -> None:
         code, content_type, body = self.routes.answer(
-            path, current_guard(self.guard), lambda: self._allows(scope), lambda: _accept(scope)
+            path,
+            current_guard(self.guard),
+            lambda: self._allows(scope),
+            lambda: _accept(scope),
+            scope.get("query_string", b"").decode("latin-1"),
         )
         headers = _encode_headers(
             [

@@ -6,8 +6,8 @@
     RUNTIME_GUARD = {"memory_limit": "1GiB", "exempt": ["/admin"], "metrics_path": "/metrics"}
 
 The dict holds :func:`runtime_guard.install` options and the middleware's (``health_path``,
-``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``,
-``status_token``),
+``live_path``, ``ready_path``, ``shed_at``, ``retry_after``, ``exempt``, ``status_path``,
+``metrics_path``, ``detail``, ``status_token``),
 plus ``"install": False`` to leave installing to someone else (a gunicorn hook). The
 middleware works under WSGI and ASGI alike.
 """
@@ -105,6 +105,7 @@ class GuardMiddleware:
             current_guard(self.guard),
             lambda: self._allows(request),
             lambda: request.headers.get("Accept"),
+            request.META.get("QUERY_STRING", ""),
         )
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"

@@ -24,17 +24,21 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from runtime_guard import signals
+from runtime_guard._container import process_alive
 from runtime_guard._current import get_guard
-from runtime_guard._trend import theil_sen, window_minima
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
-from runtime_guard.integrations._health import public_health
+from runtime_guard.integrations._figures import (
+    Figures,
+    count_events,
+    figures,
+    growth_rate,
+    leak_rate,
+    recycle_signals,
+)
 from runtime_guard.sample import Sample
 
 try:
@@ -52,6 +56,7 @@ __all__ = [
     "figures",
     "growth_rate",
     "install_metrics",
+    "leak_rate",
     "make_asgi_app",
     "make_wsgi_app",
     "mark_dead",
@@ -65,11 +70,6 @@ __all__ = [
 _log = logging.getLogger("runtime_guard")
 
 PREFIX = "runtime_guard_"
-
-# The leak rate is the robust slope of usage minima, the same judgement the leak detector
-# makes: a burst or one garbage-collection cycle does not move it.
-_RATE_HORIZON = 300.0
-_RATE_WINDOW = 10.0
 
 
 def multiprocess_mode() -> bool:
@@ -104,16 +104,6 @@ def mark_dead(pid: int | None = None, directory: str | None = None) -> bool:
 _LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
-def _running(pid: int) -> bool:
-    try:
-        # A zombie is dead: only its parent has not reaped it yet.
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:  # exists, but not ours to inspect
-        return True
-
-
 def sweep_dead(directory: str | None = None) -> list[int]:
     """Mark dead every process whose live-gauge files remain but which no longer runs.
 
@@ -129,7 +119,7 @@ def sweep_dead(directory: str | None = None) -> list[int]:
     except OSError:
         return []
     pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, names) if m is not None}
-    dead = sorted(pid for pid in pids if not _running(pid))
+    dead = sorted(pid for pid in pids if not process_alive(pid))
     for pid in dead:
         mark_dead(pid, directory)
     return dead
@@ -158,74 +148,6 @@ def mark_dead_at_exit() -> None:
             _exit_hook_registered = True
 
 
-@dataclass
-class _Tally:
-    """Events counted from signals in this process."""
-
-    relief: int = 0
-    shed: int = 0
-
-
-_tally = _Tally()
-
-
-@dataclass
-class Figures:
-    """One process's figures, as exported."""
-
-    usage: int
-    limit: int
-    rss: int
-    usage_ratio: float
-    pressure: int
-    leak_rate: float
-    suspected_leaks: int
-    unreleased: dict[str, int] = field(default_factory=dict)
-    shed_features: list[str] = field(default_factory=list)
-    gc_pause: float = 0.0
-    gc_collections: int = 0
-    relief: int = 0
-    shed_events: int = 0
-
-
-def growth_rate(points: list[tuple[float, float]]) -> float:
-    """Robust slope of ``(seconds, bytes)`` points: Theil-Sen over per-window minima."""
-    if len(points) < 3:
-        return 0.0
-    minima = window_minima(points, _RATE_WINDOW)
-    return theil_sen(minima if len(minima) >= 3 else points)
-
-
-def leak_rate(guard: Guard) -> float:
-    """Bytes per second that usage grows by, over the last five minutes of samples."""
-    latest = guard.history.latest()
-    if latest is None:
-        return 0.0
-    recent = guard.history.since(latest.monotonic - _RATE_HORIZON)
-    return growth_rate([(s.monotonic, float(s.usage)) for s in recent])
-
-
-def figures(guard: Guard, sample: Sample | None = None) -> Figures:
-    """Collect the figures of ``guard`` (its latest sample and ``health()``)."""
-    sample = sample or guard.history.latest() or guard.sample()
-    health = public_health(guard.health())
-    return Figures(
-        usage=sample.usage,
-        limit=sample.limit,
-        rss=sample.rss,
-        usage_ratio=sample.usage_fraction,
-        pressure=int(sample.pressure),
-        leak_rate=leak_rate(guard),
-        suspected_leaks=int(health.get("suspected_leaks", 0)),
-        unreleased=dict(health.get("unreleased_objects", {})),
-        shed_features=list(health.get("shed_features", [])),
-        gc_pause=sample.gc_pause,
-        gc_collections=sample.gc_collections,
-        relief=_tally.relief,
-        shed_events=_tally.shed,
-    )
-
-
 _HELP = {
     "memory_usage_bytes": "Memory counted against the limit (cgroup working set or RSS).",
     "memory_limit_bytes": "The memory limit usage is measured against.",
@@ -240,6 +162,7 @@ _HELP = {
     "gc_collections": "Garbage collections run.",
     "relief": "Relief runs (full GC, malloc_trim).",
     "features_shed": "Times a feature was shed.",
+    "recycles": "Recycles of this worker asked for (restart_requested, recycle_pending).",
 }
 
 
@@ -292,6 +215,7 @@ class GuardCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "features_shed", _HELP["features_shed"], value=f.shed_events
         )
+        yield CounterMetricFamily(PREFIX + "recycles", _HELP["recycles"], value=f.recycles)
 
 
 class _MultiprocessExporter:
@@ -324,6 +248,7 @@ class _MultiprocessExporter:
         self.gc_collections = counter("gc_collections")
         self.relief = counter("relief")
         self.features_shed = counter("features_shed")
+        self.recycles = counter("recycles")
         self._pid = -1
         self._last: tuple[float, int] = (0.0, 0)
         self._types: set[str] = set()
@@ -366,15 +291,18 @@ _receivers: list[Callable[..., None]] = []
 
 
 def _count_relief(sender: Any, **_: Any) -> None:
-    _tally.relief += 1
     if _exporter is not None:
         _exporter.relief.inc()
 
 
 def _count_shed(sender: Any, **_: Any) -> None:
-    _tally.shed += 1
     if _exporter is not None:
         _exporter.features_shed.inc()
+
+
+def _count_recycle(sender: Any, **_: Any) -> None:
+    if _exporter is not None:
+        _exporter.recycles.inc()
 
 
 def _export_sample(sender: Any, sample: Sample, **_: Any) -> None:
@@ -390,11 +318,14 @@ def install_metrics(registry: CollectorRegistry = REGISTRY) -> None:
     scrapes go through :func:`scrape_registry`).
     """
     global _exporter
+    count_events()
     with _install_lock:
         if not _receivers:
             signals.gc_forced.connect(_count_relief, weak=False)
             signals.feature_shed.connect(_count_shed, weak=False)
-            _receivers.extend((_count_relief, _count_shed))
+            for signal in recycle_signals():
+                signal.connect(_count_recycle, weak=False)
+            _receivers.extend((_count_relief, _count_shed, _count_recycle))
         if multiprocess_mode():
             mark_dead_at_exit()
             if _exporter is None:

@@ -1,6 +1,7 @@
-"""WSGI middleware: a health route, and 503 with ``Retry-After`` while memory is critical.
+"""WSGI middleware: the probe routes, and 503 with ``Retry-After`` while memory is critical.
 
-::
+It answers ``/livez`` (the guard can run), ``/readyz`` (the container takes requests) and
+``/health`` (this worker) itself::
 
     from runtime_guard.integrations.wsgi import GuardMiddleware
 
@@ -61,6 +62,7 @@ class GuardMiddleware(MiddlewareBase):
             current_guard(self.guard),
             lambda: self._allows(environ),
             lambda: environ.get("HTTP_ACCEPT"),
+            environ.get("QUERY_STRING", ""),
         )
         start_response(
             _REASONS.get(code, f"{code} Error"),

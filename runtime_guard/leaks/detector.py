@@ -440,7 +440,6 @@ class LeakDetector(Component):
         return traced
 
     def _publish(self, guard: Guard, report: LeakReport, now: float) -> None:
-        _log.warning("runtime_guard: %s", report)
         guard.send(signals.leak_suspected, report=report)
         report_dir = self._config.report_dir
         if report_dir and now - self._last_file >= _REPORT_FILE_SECONDS:

@@ -250,7 +250,6 @@ class TrackingComponent(Component):
         if guard.config.report_dir:
             report.path = write_report(guard.config.report_dir, "unreleased", report.to_dict())
         self.reports.append(report)
-        _log.warning("runtime_guard: unreleased objects: %s", report)
         guard.send(signals.unreleased_objects, report=report)
 
     def health(self, guard: Guard) -> dict[str, Any]:
