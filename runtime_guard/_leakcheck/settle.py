@@ -6,10 +6,11 @@ import contextlib
 import gc
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["clear_caches", "settle"]
+__all__ = ["RecordedWarnings", "clear_caches", "settle"]
 
 
 # Attribute paths split once: the type attribute cache keeps the name strings it was looked
@@ -85,3 +86,38 @@ def settle() -> None:
     gc.collect()
     # Finalizers run by that collection may have left new cycles; they are young.
     gc.collect(0)
+
+
+class RecordedWarnings:
+    """The warnings list of the innermost ``catch_warnings(record=True)`` around the check.
+
+    pytest records every warning a test raises (``catch_warnings_for_item``), and a
+    deprecation warning raised by each run is recorded again by each run: the list grows
+    with the runs the check adds. :meth:`drop_repeats` keeps the first of each warning
+    recorded since the check began (same category, text and line), as a single run of the
+    test would have recorded it.
+    """
+
+    def __init__(self) -> None:
+        append = getattr(warnings, "_showwarnmsg_impl", None)
+        log = getattr(append, "__self__", None)
+        self._log: list[Any] | None = log if isinstance(log, list) else None
+        self._start = len(self._log) if self._log is not None else 0
+
+    def drop_repeats(self) -> None:
+        log = self._log
+        if log is None or len(log) - self._start < 2:
+            return
+        seen: set[tuple[object, ...]] = set()
+        kept = []
+        for entry in log[self._start :]:
+            key: tuple[object, ...]
+            try:
+                key = (entry.category, str(entry.message), entry.filename, entry.lineno)
+            except Exception:  # not a WarningMessage: keep it as it is
+                key = (id(entry),)
+            if key not in seen:
+                seen.add(key)
+                kept.append(entry)
+        if len(kept) < len(log) - self._start:
+            log[self._start :] = kept

@@ -59,5 +59,4 @@ _audit_trail = io.StringIO()
 
 def audit(user: str, action: str, request_id: int) -> None:
     """Appends one line (about 100 B) to the in-memory audit trail, never rotated."""
-    line = f"2024-05-01T12:00:00Z user={user} action={action} request={request_id:08d} ok\n"
-    _audit_trail.write(line)  # LEAK: audit_trail_in_memory
+    _audit_trail.write(f"user={user} action={action} id={request_id:08d}\n")  # LEAK: audit_trail

@@ -1,0 +1,63 @@
+"""Whose code a file is: the check's own machinery, a library, or the code under test.
+
+Every decision of the leak check about a frame goes through :func:`kind`: which line an
+allocation is reported at, which module's globals may hold a leak, which stack frames'
+locals are searched, which threads and tasks are the test's. Libraries are the standard
+library, installed packages (site-packages) and generated code (``<string>``); the
+machinery is this package, tracemalloc, the import system and pytest's call machinery.
+Everything else is the user's.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import functools
+import os
+import re
+import tracemalloc
+
+from runtime_guard import _sites
+
+__all__ = ["PYTEST_FILES", "Kind", "kind"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PYTEST_FILES = ("*/_pytest/*", "*/pluggy/*")
+"""pytest's own call machinery."""
+
+# One expression compiled at import: fnmatch compiles into a cache that settling empties
+# each round, so matching a new file name mid-check would leave fnmatch's strings behind.
+_MACHINERY = re.compile(
+    "|".join(
+        fnmatch.translate(pattern)
+        for pattern in (
+            os.path.join(_PACKAGE_DIR, "*"),
+            tracemalloc.__file__,
+            "<frozen importlib._bootstrap>",
+            "<frozen importlib._bootstrap_external>",
+            *PYTEST_FILES,
+        )
+    )
+)
+
+
+class Kind(enum.IntEnum):
+    """What a file is to the leak check."""
+
+    USER = 0
+    """The code under test: the application and its tests."""
+    LIBRARY = 1
+    """The standard library, an installed package, or generated code."""
+    MACHINERY = 2
+    """runtime_guard, tracemalloc, the import system, pytest and pluggy."""
+
+
+@functools.cache
+def kind(filename: str) -> Kind:
+    """What ``filename`` is to the leak check (cached per file name)."""
+    if _MACHINERY.match(filename) is not None:
+        return Kind.MACHINERY
+    if _sites.is_library(filename):
+        return Kind.LIBRARY
+    return Kind.USER
