@@ -56,13 +56,14 @@ _ATOMIC = (str, bytes, int, float, complex, bytearray)
 # Young objects a holder may be found holding, at most, and the objects the forward search
 # visits and the time it takes, at most.
 _HITS = 64
-_SEARCH_OBJECTS = 10_000
-_SEARCH_SECONDS = 0.05
+_SEARCH_OBJECTS = 5_000
+_SEARCH_SECONDS = 0.25
 _SEARCH_DEPTH = 6
-_SEARCH_FURTHER = 2
 
-# Candidates for the backward referrer chain, when the forward search found no holder.
+# Candidates for the backward referrer chain, when the forward search found no holder,
+# and the time it may take: each level of it scans the whole heap (gc.get_referrers).
 _CANDIDATES = 5
+_BACKWARD_SECONDS = 0.1
 
 Line = tuple[str, int]
 
@@ -205,6 +206,9 @@ class Findings:
     """Bytes and objects kept per user's line, and the type that stands for them."""
     fd_line: Line | None = None
     """The user's line that opened the first owner of a new descriptor (after finish)."""
+    shallow: bool = False
+    """True when the biggest kept object was made deeper in a library than the frames
+    traced reach: its user's line is unknown (after finish)."""
     sites: list[diagnosis.AllocationSite] = field(default_factory=list)
     """The traced growth by the user's line, biggest first (after :meth:`finish`)."""
     held: list[object] = field(default_factory=list)
@@ -237,7 +241,11 @@ class Findings:
             self.types[diagnosis.type_name(cls)] += count
         roots = _roots(young, [path[-1] for _, path in paths])
         self.sites = _sites(self.snapshot)
-        self.lines = _by_line(_kept_by_the_user(roots, paths))
+        kept = _kept_by_the_user(roots, paths)
+        self.lines = _by_line(kept)
+        biggest = max(kept, key=lambda root: root.size, default=None)
+        limit = self.snapshot.traceback_limit
+        self.shallow = biggest is not None and biggest.line is None and len(biggest.frames) >= limit
         self.line = _leaking_line(self.lines, self.sites)
         self.exceptions = _exceptions(roots)
         self.chain = _chain(paths, roots, self.line)
@@ -556,7 +564,13 @@ def _children(holder: object, modules: frozenset[str]) -> Iterable[object]:
         holder, (types.ModuleType, types.CodeType, types.FrameType, types.BuiltinFunctionType)
     ) or type(holder).__module__.startswith(_OWN):
         return ()
-    return gc.get_referents(holder)
+    referents = gc.get_referents(holder)
+    for at, referent in enumerate(referents):
+        # An instance's attributes are one step from it, not two: its __dict__ is followed
+        # through, as it is shown (``.sessions``).
+        if type(referent) is dict and diagnosis._is_instance_dict(holder, referent):
+            return itertools.chain(referent.values(), referents[:at], referents[at + 1 :])
+    return referents
 
 
 def _filled(cell: types.CellType) -> bool:
@@ -574,11 +588,14 @@ def _search(
 
     Leaked objects usually sit in a global of the user's module (a list, a cache dict, a
     class-level registry) or in something the test holds (a fixture's app, a local), and
-    are often untracked records that ``gc.get_objects()`` never lists. The search reads
-    every child's traceback: a child with one was allocated while tracing and is not
-    followed further; the path to it is kept. It ends after the level in which it found
-    something and two more, or when ``budget`` objects were visited or its time is up.
-    ``starts`` are ``(name, namespace)`` pairs.
+    are often untracked records that ``gc.get_objects()`` never lists. Each level's
+    children are asked for their tracebacks at once: a child that has one, or that
+    ``young`` lists, was made while tracing and is not followed further; the path to it is
+    kept. Older children are followed unless they are atomic (a string holds nothing).
+    The search goes one level past the first in which it found something
+    (what a module holds at its top level is often state each call replaces, the last
+    order id, not growth), and ends when ``budget`` objects were visited or its time is
+    up. ``starts`` are ``(name, namespace)`` pairs.
     """
     modules = frozenset(name for name, _ in starts)
     level: list[object] = [namespace for _, namespace in starts]
@@ -588,33 +605,36 @@ def _search(
     deadline = time.monotonic() + _SEARCH_SECONDS
     last = _SEARCH_DEPTH
     for depth in range(_SEARCH_DEPTH):
-        if depth > last:
+        if depth > last or not level or budget <= 0 or time.monotonic() >= deadline:
             break
-        found: list[object] = []
+        children: list[object] = []
         holders: list[object] = []
-        levels.append((found, holders))
         for holder in level:
             if isinstance(holder, _LEAVES):
                 continue
-            children = [child for child in _children(holder, modules) if id(child) not in seen]
-            seen.update(map(id, children))
-            traced = _tracebacks(children)
-            for child, frames in zip(children, traced, strict=True):
-                if frames is None and id(child) not in young:
-                    found.append(child)
+            for child in _children(holder, modules):
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    children.append(child)
                     holders.append(holder)
-                elif not machinery(frames or ()) and len(hits) < _HITS:
-                    hits.append((child, frames or ()))
-                    path = [*_path(levels[:-1], holder), child]
-                    root = next(name for name, ns in starts if ns is path[0])
-                    findings.paths.append((root, path))
-            budget -= len(children)
-            if budget <= 0 or time.monotonic() >= deadline:
-                return hits
+            if len(children) >= budget or time.monotonic() >= deadline:
+                break
+        budget -= len(children)
+        found: list[object] = []
+        followed: list[object] = []
+        levels.append((found, followed))
+        for child, holder, frames in zip(children, holders, _tracebacks(children), strict=True):
+            if frames is None and id(child) not in young:
+                if not isinstance(child, _LEAVES):
+                    found.append(child)
+                    followed.append(holder)
+            elif not machinery(frames or ()) and len(hits) < _HITS:
+                hits.append((child, frames or ()))
+                path = [*_path(levels[:-1], holder), child]
+                root = next(name for name, ns in starts if ns is path[0])
+                findings.paths.append((root, path))
         if hits and last == _SEARCH_DEPTH:
-            # What a module holds at its top level is often state a call replaces (the
-            # last order id), not growth: look two levels further before choosing.
-            last = depth + _SEARCH_FURTHER
+            last = depth + 1
         level = found
     return hits
 
@@ -702,9 +722,9 @@ def survey(
 
 def backward_chain(candidates: list[object]) -> list[str] | None:
     """The first referrer chain found from the candidates, within one overall budget."""
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + _BACKWARD_SECONDS
     while candidates and time.monotonic() < deadline:
-        chain = diagnosis.referrer_chain(candidates.pop(0), time_budget=0.5)
+        chain = diagnosis.referrer_chain(candidates.pop(0), time_budget=_BACKWARD_SECONDS)
         if chain:
             return chain
     return None
