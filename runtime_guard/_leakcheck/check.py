@@ -43,6 +43,7 @@ from runtime_guard._leakcheck.clients import ClientWatch, Unreleased
 from runtime_guard._leakcheck.message import render
 from runtime_guard._leakcheck.options import LeakCheckOptions
 from runtime_guard._leakcheck.settle import RecordedWarnings, settle
+from runtime_guard._sizes import format_size
 
 __all__ = ["Figure", "LeakCheck", "LeakLine", "LeakResult", "calls_per_round", "grew"]
 
@@ -161,6 +162,8 @@ class LeakLine:
     """Objects allocated there and kept, per call."""
     type_name: str
     """The type of the kept object that stands for the rest (what the line made)."""
+    what: str = ""
+    """What the line leaks per call, in words."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -569,21 +572,28 @@ class LeakCheck:
         result.tasks = [text for text, _ in tasks]
         # What grew decides the line named: the client, thread or task made per call is
         # the leak; the objects they hold are its consequence.
-        candidates: list[scan.Line | None] = []
+        candidates: list[tuple[scan.Line | None, str]] = []
         if "clients" in grown and self._clients is not None:
-            candidates.append(self._clients.first_site())
-        candidates += [line for _, line in threads]
-        candidates += [line for _, line in tasks]
+            site, kind = self._clients.first_site()
+            candidates.append((site, f"a {kind} made per call and never closed"))
+        candidates += [(line, "a thread started per call and still running") for _, line in threads]
+        candidates += [
+            (line, "an asyncio task created per call and still pending") for _, line in tasks
+        ]
         if findings is not None:
             if "fds" in grown:
-                candidates.append(findings.fd_line)
-            candidates.append(findings.line)
-        line = next((found for found in candidates if found is not None), None)
+                candidates.append(
+                    (findings.fd_line, "a file descriptor opened per call and left open")
+                )
+            candidates.append((findings.line, ""))
+        line, what = next(((at, what) for at, what in candidates if at is not None), (None, ""))
         if line is not None:
-            size, count, what = findings.lines.get(line, (0, 0, "")) if findings else (0, 0, "")
+            size, count, kept = findings.lines.get(line, (0, 0, "")) if findings else (0, 0, "")
+            if not what and count:
+                what = f"{kept}, {format_size(size)} in {count:,} objects kept per call"
             filename, lineno = line
             result.line = LeakLine(
-                filename, lineno, diagnosis._function_at(filename, lineno), size, count, what
+                filename, lineno, diagnosis._function_at(filename, lineno), size, count, kept, what
             )
 
 

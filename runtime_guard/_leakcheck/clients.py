@@ -71,16 +71,17 @@ class ClientWatch:
         """Tracked clients created since the mark, alive and never released."""
         return len(self._live())
 
-    def first_site(self) -> tuple[str, int] | None:
-        """The creation line of the most common unreleased client, when it is the user's."""
+    def first_site(self) -> tuple[tuple[str, int] | None, str]:
+        """The creation line of the most common unreleased client, when it is the user's,
+        and the client's type."""
         from runtime_guard._leakcheck.frames import Kind, kind
 
-        lines: Counter[tuple[str, int]] = Counter()
+        lines: Counter[tuple[tuple[str, int], str]] = Counter()
         for item in self._live():
             filename, lineno, _ = item.site.where
             if kind(filename) is Kind.USER:
-                lines[(filename, lineno)] += 1
-        return lines.most_common(1)[0][0] if lines else None
+                lines[((filename, lineno), item.type)] += 1
+        return lines.most_common(1)[0][0] if lines else (None, "")
 
     def unreleased(self) -> list[Unreleased]:
         """The same, grouped by type and creation site, most first."""

@@ -41,12 +41,9 @@ def render(result: LeakResult, verbose: bool) -> str:
     lines = [f"leak found in {result.label}: {_runs(result)}"]
     line = result.line
     if line is not None:
-        kept = ""
-        if line.count:
-            what = f"{line.type_name}, " if line.type_name else ""
-            kept = f": {what}{format_size(line.size)} in {line.count:,} objects kept per call"
+        what = f": {line.what}" if line.what else ""
         lines.append(
-            f"  leaking line: {shown(line.filename)}:{line.lineno} in {line.function}{kept}"
+            f"  leaking line: {shown(line.filename)}:{line.lineno} in {line.function}{what}"
         )
     grown = result.grown
     if grown:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from runtime_guard import diagnosis
+from runtime_guard import _sites, diagnosis
 from runtime_guard._leakcheck.frames import PYTEST_FILES, Kind, kind
 from runtime_guard._sizes import format_size
 
@@ -75,6 +75,8 @@ _FRAMELESS_MIN = 64
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 
+_LIBRARY_DIRS = tuple(sorted(_sites.library_prefixes(), key=len, reverse=True))
+
 # The check's own objects: never where a leak of the test's is held.
 _OWN = __name__.split(".", 1)[0] + "."
 
@@ -108,12 +110,18 @@ def user_frame(frames: Sequence[Line]) -> Line | None:
 
 
 def shown(filename: str) -> str:
-    """A path relative to the working directory when under it, as pytest shows paths."""
+    """A path relative to the working directory when under it, as pytest shows paths; a
+    library's relative to the directory it is installed in (``urllib3/connection.py``)."""
     try:
         relative = os.path.relpath(filename)
     except ValueError:
         return filename
-    return filename if relative.startswith(os.pardir) else relative
+    if not relative.startswith(os.pardir):
+        return relative
+    for prefix in _LIBRARY_DIRS:
+        if filename.startswith(prefix):
+            return filename[len(prefix) :]
+    return filename
 
 
 def _frames_of(obj: object) -> tuple[Line, ...] | None:
@@ -234,13 +242,14 @@ class Findings:
         self.survivors.clear()
         by_type: Counter[type] = Counter()
         for obj, frames in young.values():
-            by_type[type(obj)] += 1
+            if frames:  # an object without one may be the check's or pytest's own
+                by_type[type(obj)] += 1
             if isinstance(obj, (threading.Thread, _task_types())):
                 self.created[id(obj)] = frames
         for cls, count in by_type.items():
             self.types[diagnosis.type_name(cls)] += count
         roots = _roots(young, [path[-1] for _, path in paths])
-        self.sites = _sites(self.snapshot)
+        self.sites = _growth_sites(self.snapshot)
         kept = _kept_by_the_user(roots, paths)
         self.lines = _by_line(kept)
         biggest = max(kept, key=lambda root: root.size, default=None)
@@ -319,7 +328,7 @@ def _kept_by_the_user(roots: list[_Root], paths: list[tuple[str, list[object]]])
     return kept or roots
 
 
-def _sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSite]:
+def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSite]:
     """The traced growth grouped by its first user frame (by its first frame when none)."""
     grouped: dict[Line, list[Any]] = {}
     for trace in _raw_traces(snapshot):
@@ -731,38 +740,58 @@ def backward_chain(candidates: list[object]) -> list[str] | None:
 
 
 def new_threads(before: frozenset[int], findings: Findings | None) -> list[tuple[str, Line | None]]:
-    """Threads started since ``before`` (idents) and still running: where each was started
-    (from its allocation traceback) and where it runs now, most common first, each with
-    the user's line that started it."""
+    """Threads started since ``before`` (idents) and still running, grouped by what they
+    run: how many, where they run now, and the user's line that started them (read from
+    the allocation traceback of those the traced call started), most first."""
     frames = sys._current_frames()
-    started: Counter[tuple[str, Line | None]] = Counter()
+    groups: dict[str, list[Any]] = {}
     for ident, thread in list(threading._active.items()):  # type: ignore[attr-defined]
         if ident in before or thread is threading.current_thread():
             continue
-        made = findings.created.get(id(thread)) if findings is not None else None
-        where = user_frame(made) if made else None
-        text = f"started at {_at(where)}" if where else "started in a library"
         running = _running(frames.get(ident))
-        started[(f"{text}, running {running}" if running else text, where)] += 1
-    return [(f"{count} x {text}", where) for (text, where), count in started.most_common()]
+        what = running or f"{diagnosis.type_name(type(thread))} {_target(thread)}"
+        made = findings.created.get(id(thread)) if findings is not None else None
+        entry = groups.setdefault(what, [0, None])
+        entry[0] += 1
+        entry[1] = entry[1] or (user_frame(made) if made else None)
+    return _grouped(groups, "running", "started")
 
 
 def new_tasks(before: frozenset[int], findings: Findings | None) -> list[tuple[str, Line | None]]:
-    """asyncio tasks created since ``before`` (ids) and still pending: where each was made
-    and where its coroutine waits now, most common first, each with the user's line that
-    made it."""
+    """asyncio tasks created since ``before`` (ids) and still pending, grouped by where
+    they wait: how many, where, and the user's line that created them (read from the
+    allocation traceback of those the traced call created), most first."""
     from runtime_guard._leakcheck.readings import pending_tasks
 
-    made: Counter[tuple[str, Line | None]] = Counter()
+    groups: dict[str, list[Any]] = {}
     for task in pending_tasks():
         if id(task) in before:
             continue
-        frames = findings.created.get(id(task)) if findings is not None else None
-        where = user_frame(frames) if frames else None
-        text = f"created at {_at(where)}" if where else "created in a library"
-        waiting = _awaiting(task)
-        made[(f"{text}, waiting {waiting}" if waiting else text, where)] += 1
-    return [(f"{count} x {text}", where) for (text, where), count in made.most_common()]
+        waiting = _awaiting(task) or _target(task)
+        made = findings.created.get(id(task)) if findings is not None else None
+        entry = groups.setdefault(waiting, [0, None])
+        entry[0] += 1
+        entry[1] = entry[1] or (user_frame(made) if made else None)
+    return _grouped(groups, "waiting", "created")
+
+
+def _grouped(groups: dict[str, list[Any]], doing: str, made: str) -> list[tuple[str, Line | None]]:
+    found = []
+    for what, (count, line) in sorted(groups.items(), key=lambda item: -item[1][0]):
+        text = f"{count} x {doing} {what}"
+        if line is not None:
+            text += f", {made} at {_at(line)}"
+        found.append((text, line))
+    return found
+
+
+def _target(obj: Any) -> str:
+    """What a thread or task was given to run, by name."""
+    target = getattr(obj, "_target", None)
+    if target is None and hasattr(obj, "get_coro"):
+        target = obj.get_coro()
+    name = getattr(target, "__qualname__", None)
+    return f"({name})" if name else ""
 
 
 def _at(line: Line) -> str:
