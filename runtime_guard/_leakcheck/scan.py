@@ -18,6 +18,7 @@ import functools
 import gc
 import io
 import itertools
+import linecache
 import operator
 import os
 import socket
@@ -371,10 +372,20 @@ def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSi
                 function=diagnosis._function_at(filename, lineno),
                 size_diff=size,
                 count_diff=count,
-                traceback=[f"{shown(path)}:{number}" for path, number in frames],
+                traceback=[
+                    _frame_text(path, number)
+                    for path, number in frames
+                    if kind(path) is not Kind.MACHINERY
+                ],
             )
         )
     return sites
+
+
+def _frame_text(filename: str, lineno: int) -> str:
+    """``file:line: source`` as a traceback shows it."""
+    source = linecache.getline(filename, lineno).strip()
+    return f"{shown(filename)}:{lineno}: {source}" if source else f"{shown(filename)}:{lineno}"
 
 
 def _by_line(roots: list[_Root]) -> dict[Line, tuple[int, int, str]]:
