@@ -114,16 +114,14 @@ def user_frame(frames: Sequence[Line]) -> Line | None:
 def shown(filename: str) -> str:
     """A path relative to the working directory when under it, as pytest shows paths; a
     library's relative to the directory it is installed in (``urllib3/connection.py``)."""
+    for prefix in _LIBRARY_DIRS:
+        if filename.startswith(prefix):
+            return filename[len(prefix) :]
     try:
         relative = os.path.relpath(filename)
     except ValueError:
         return filename
-    if not relative.startswith(os.pardir):
-        return relative
-    for prefix in _LIBRARY_DIRS:
-        if filename.startswith(prefix):
-            return filename[len(prefix) :]
-    return filename
+    return filename if relative.startswith(os.pardir) else relative
 
 
 def _frames_of(obj: object) -> tuple[Line, ...] | None:
