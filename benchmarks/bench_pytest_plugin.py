@@ -48,7 +48,12 @@ VARIANTS = {
     "memray-1KB": ('@pytest.mark.limit_leaks("1 KB")', ("no:runtime_guard",)),
     "memray-64KB": ('@pytest.mark.limit_leaks("64 KB")', ("no:runtime_guard",)),
 }
-JUDGES = [name for name in VARIANTS if name != "plain"]
+# The same defaults with other threads at work: two pytest-xdist workers (each with its
+# channel's thread), and a background thread working every 5 ms (the suite's conftest).
+NOISY = {
+    "rg, xdist -n 2": ("runtime_guard", ("-p", "xdist", "-n", "2"), {}),
+    "rg, busy thread": ("runtime_guard", (), {"LEAKSUITE_BACKGROUND": "1"}),
+}
 
 # Plugins that play no part here; each variant keeps only the plugin it measures.
 _QUIET = ("no:cacheprovider", "no:hypothesispytest", "no:benchmark", "no:timeout", "no:xdist")
@@ -99,14 +104,17 @@ def _copy_suite(target: Path, mark: str) -> None:
 
 
 def _run(directory: Path, name: str, env: dict[str, str], select: str) -> tuple[float, dict]:
-    mark, disabled = VARIANTS[name]
-    variant = directory / name
+    base, extra, variables = NOISY.get(name, (name, (), {}))
+    mark, disabled = VARIANTS[base]
+    variant = directory / re.sub(r"\W+", "-", name)
     _copy_suite(variant, mark)
-    report = directory / f"{name}.xml"
+    report = variant.with_suffix(".xml")
     args = [sys.executable, "-m", "pytest", "-q", "-o", "python_files=suite_*.py"]
     args += ["-o", "asyncio_default_fixture_loop_scope=function"]
-    args += [f"--junitxml={report}"]
-    for plugin in (*_QUIET, *disabled):
+    args += [f"--junitxml={report}", *extra]
+    env = {**env, **variables}
+    quiet = [plugin for plugin in _QUIET if not (extra and plugin == "no:xdist")]
+    for plugin in (*quiet, *disabled):
         args += ["-p", plugin]
     if select:
         args += ["-k", select]
@@ -135,10 +143,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=3, help="sessions per variant")
     parser.add_argument("-k", dest="select", default="", help="pytest -k expression")
+    parser.add_argument(
+        "--quick", action="store_true", help="leave out the variants with other threads at work"
+    )
     arguments = parser.parse_args()
     repeat = max(arguments.repeat, 1)
     leaks = expected_leaks()
-    runs: dict[str, list[tuple[float, dict[str, Outcome]]]] = {name: [] for name in VARIANTS}
+    names = [*VARIANTS, *([] if arguments.quick else NOISY)]
+    runs: dict[str, list[tuple[float, dict[str, Outcome]]]] = {name: [] for name in names}
     started: list[object] = []
     env = dict(os.environ)
     env.pop("PYTEST_ADDOPTS", None)
@@ -159,7 +171,7 @@ def main() -> None:
                 env[variable] = getattr(server, attribute)
             load = os.getloadavg()[0]
             for attempt in range(repeat):
-                for name in VARIANTS:
+                for name in names:
                     runs[name].append(_run(Path(tmp) / str(attempt), name, env, arguments.select))
         finally:
             for server in started:
@@ -189,18 +201,21 @@ def _report(
         f"{repeat} sessions per variant, interleaved; times are medians; "
         f"load average at start {load:.2f}"
     )
-    header = f"{'test (expected)':52} {'plain':>6}"
-    for name in JUDGES:
-        header += f" | {name:>22}"
+    judges = [name for name in runs if name != "plain"]
+    header = f"{'test (expected)':44} {'plain':>6}"
+    for name in judges:
+        header += f" | {name:>19}"
     print(header)
-    stats = {name: {"caught": 0, "false": 0, "flaky": 0, "named": 0} for name in JUDGES}
-    times = {(name, kind): [] for name in VARIANTS for kind in ("leak", "clean")}
+    stats = {name: {"caught": 0, "false": 0, "flaky": 0, "named": 0} for name in judges}
+    times: dict[tuple[str, str], list[float]] = {
+        (name, kind): [] for name in runs for kind in ("leak", "clean")
+    }
     for test in tests:
         kind = "leak" if test in leaks else "clean"
-        row = f"{test.removeprefix('test_')[:44] + ' (' + kind + ')':52}"
+        row = f"{test.removeprefix('test_')[:36] + ' (' + kind + ')':44}"
         row += f" {seconds['plain', test] * 1000:4.0f}ms"
         times["plain", kind].append(seconds["plain", test])
-        for name in JUDGES:
+        for name in judges:
             outcomes = [outcomes[test] for _, outcomes in runs[name]]
             failed = [outcome.failed for outcome in outcomes]
             verdict = "leak" if all(failed) else "clean" if not any(failed) else "flaky"
@@ -217,7 +232,7 @@ def _report(
                 stats[name]["false"] += 1
             right = " ok" if verdict == kind else " BAD"
             times[name, kind].append(seconds[name, test])
-            row += f" | {verdict + mark + right:>14} {seconds[name, test] * 1000:5.0f}ms"
+            row += f" | {verdict + mark + right:>11} {seconds[name, test] * 1000:5.0f}ms"
         print(row)
     print("(@: every failure's first location in the suite's files is the leaking line)")
     walls = {name: _median([wall for wall, _ in results]) for name, results in runs.items()}
@@ -225,10 +240,10 @@ def _report(
     clean = len(tests) - leaky
     print()
     print(
-        f"{'variant':14} {'caught':>8} {'named':>7} {'false':>7} {'flaky':>6} "
+        f"{'variant':16} {'caught':>8} {'named':>7} {'false':>7} {'flaky':>6} "
         f"{'wall':>7} {'vs plain':>9} {'leaky tests':>12} {'clean tests':>12}"
     )
-    for name in VARIANTS:
+    for name in runs:
         wall = walls[name]
         leak_time = sum(times[name, "leak"])
         clean_time = sum(times[name, "clean"])
@@ -241,7 +256,7 @@ def _report(
                 f"{s['flaky']:>6}"
             )
         print(
-            f"{name:14} {counts} {wall:6.2f}s {wall / walls['plain']:8.2f}x "
+            f"{name:16} {counts} {wall:6.2f}s {wall / walls['plain']:8.2f}x "
             f"{leak_time:11.2f}s {clean_time:11.2f}s"
         )
     print(

@@ -7,10 +7,38 @@ is stubbed in-process, on a thread of this process, as a test would run a fake u
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections import deque
 from collections.abc import Iterator
 
 import pytest
+
+# LEAKSUITE_BACKGROUND=1: a thread of the kind an agent or an exporter runs, working every
+# 5 ms for the whole session (the benchmark's noisy variant).
+_BACKGROUND = os.environ.get("LEAKSUITE_BACKGROUND") == "1"
+
+
+@pytest.fixture(scope="session", autouse=_BACKGROUND)
+def background_flusher() -> Iterator[None]:
+    """Aggregates counters and serialises them every 5 ms, keeping the last 100 flushes."""
+    stop = threading.Event()
+    flushed: deque[str] = deque(maxlen=100)
+
+    def flush() -> None:
+        counters: dict[str, int] = {}
+        n = 0
+        while not stop.wait(0.005):
+            n += 1
+            counters[f"requests.{n % 40}"] = n
+            flushed.append(json.dumps(counters))
+
+    thread = threading.Thread(target=flush, name="flusher", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
 
 
 @pytest.fixture(scope="session")
