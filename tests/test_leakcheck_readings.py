@@ -113,6 +113,7 @@ def test_a_thread_at_work_moves_its_cpu_clock_and_a_sleeping_one_does_not() -> N
     idle.start()
     try:
         threads = [(busy.ident, busy.native_id), (idle.ident, idle.native_id)]
+        time.sleep(0.05)  # the idle one's start-up done: it waits from then on
         first = readings.cpu_clocks(threads)  # type: ignore[arg-type]
         time.sleep(0.05)
         second = readings.cpu_clocks(threads)  # type: ignore[arg-type]

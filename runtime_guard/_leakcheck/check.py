@@ -77,11 +77,19 @@ _MAX_CALLS = 16
 _FRAMES = 4
 _DEEP_FRAMES = 32
 
+# How long the process is watched with the body idle, when other threads may be growing
+# the figures on their own (see LeakCheck._own_growth).
+_PAUSE_MIN = 0.01
+_PAUSE_MAX = 0.1
+
 # How long a reading waits for the other threads to be idle, and how often it retries a
 # reading during which one of them ran.
 _IDLE_TIMEOUT = 0.02
 _IDLE_POLL = 0.001
 _READ_ATTEMPTS = 3
+
+# At most this long is waited for the other threads before tracemalloc is stopped.
+_STOP_WAIT = 0.5
 
 _MALLOC = readings.malloc_reader()
 
@@ -132,6 +140,8 @@ class Figure:
 
     name: str
     """``heap``, ``objects``, ``fds``, ``threads``, ``tasks`` or ``clients``."""
+    background: bool = False
+    """True when the process's other threads grew it as much on their own: not judged."""
     thresholds: list[int] = field(default_factory=list)
     """Per round, the growth above which the round counts as growing."""
     deltas: list[int] = field(default_factory=list)
@@ -143,7 +153,7 @@ class Figure:
     def grew_every_round(self) -> bool:
         """True when every measured round grew beyond its threshold (and, for the heap, by
         a similar amount per call in each)."""
-        return grew(self.name, self.deltas, self.thresholds, self.calls)
+        return not self.background and grew(self.name, self.deltas, self.thresholds, self.calls)
 
     @property
     def per_call(self) -> float:
@@ -213,6 +223,8 @@ class LeakResult:
     """``sys.getallocatedblocks()`` at the baseline and after each round."""
     noisy_rounds: int = 0
     """Rounds whose reading could not wait for the other threads to be idle."""
+    background: list[str] = field(default_factory=list)
+    """Figures the other threads grew as much on their own, left unjudged."""
     line: LeakLine | None = None
     """The leaking line: where what the traced call kept was allocated, in the user's code."""
     sites: list[diagnosis.AllocationSite] = field(default_factory=list)
@@ -267,11 +279,13 @@ class LeakResult:
                     "thresholds": list(f.thresholds),
                     "calls": list(f.calls),
                     "grew": f.grew_every_round,
+                    "background": f.background,
                 }
                 for name, f in self.figures.items()
             },
             "blocks": list(self.blocks),
             "noisy_rounds": self.noisy_rounds,
+            "background": list(self.background),
             "line": None if self.line is None else self.line.to_dict(),
             "sites": [site.to_dict() for site in self.sites],
             "types": [growth.to_dict() for growth in self.types],
@@ -318,9 +332,14 @@ class LeakCheck:
         # Readings go into a preallocated array: a reading kept as Python ints or in a
         # growing list would itself be a block or two per round, growth of the check's
         # own making in a check that judges blocks at zero.
-        self._rows = array("q", bytes(8 * _SLOTS * (options.rounds + 2)))
+        # Rows: the baseline, each round's end, the traced round's own start, a scratch row.
+        self._rows = array("q", bytes(8 * _SLOTS * (options.rounds + 3)))
         self._row = 0
+        self._starts = array("q", bytes(8 * options.rounds))
+        self._ends = array("q", bytes(8 * options.rounds))
         self._calls = array("q", bytes(8 * options.rounds))
+        self._times = array("d", bytes(8 * (options.rounds + 3)))
+        self._background: set[int] = set()
         self._traced = array("b", bytes(options.rounds))
         self.roots: list[tuple[str, object]] = []
         """Namespaces the body reaches besides module globals, e.g. ``("fixture", kwargs)``:
@@ -363,7 +382,7 @@ class LeakCheck:
         finally:
             if self._frozen:
                 gc.unfreeze()
-            self._session.stop()
+            self._stop_tracing()
             self._clients.close()
             resume()
 
@@ -389,11 +408,15 @@ class LeakCheck:
         self._read()
         for index in indices:
             if index == options.rounds - 1 and not self._session.active:
+                if index and not self._own_growth(slots, index):
+                    break  # what grew, other threads grew on their own
                 # The last round runs one call under tracemalloc, which names the growth.
                 self._modules = scan.user_modules()
                 self._trace()
-                self._read(again=True)
+                # Read afresh: starting tracemalloc is no growth of the body's.
+                self._read()
                 calls = 1
+            self._starts[index] = self._row - 1
             for _ in range(calls):
                 yield run
                 run += 1
@@ -401,6 +424,7 @@ class LeakCheck:
             self._calls[index] = calls
             self._traced[index] = self._session.active
             self._read()
+            self._ends[index] = self._row - 1
             result.rounds_run += 1
             if not self._grew_every_round(slots, result.rounds_run):
                 break
@@ -426,6 +450,38 @@ class LeakCheck:
         result.unreleased = self._clients.unreleased()
         self.finished = True
 
+    def _own_growth(self, slots: list[int], rounds: int) -> bool:
+        """False when the other threads, left alone, grow every figure that grew.
+
+        A thread at work on its own (an exporter flushing every few ms, a poller) adds to
+        the process's figures with time, not with calls. Each figure's growth over the
+        rounds is set against what the process grows while the body does not run, over a
+        pause three rounds long: a figure the pause grows by half as much per round as
+        the least the rounds grew is the other threads' (measured: a thread flushing
+        every 5 ms grew blocks by 2 a round, as much as a 5 ms body that keeps nothing).
+        Growth that other threads make for the body (a server answering it) happens only
+        while the body runs, and stays the body's.
+        """
+        if not readings.other_threads():
+            return True
+        rows, times = self._rows, self._times
+        last = self._ends[rounds - 1]
+        mean = (times[last] - times[0]) / rounds
+        pause = min(max(3 * mean, _PAUSE_MIN), _PAUSE_MAX)
+        time.sleep(pause)
+        self._read(scratch=True)
+        scratch = self._row * _SLOTS
+        last *= _SLOTS
+        for slot in slots:
+            if slot in self._background or not self._grew_every_round([slot], rounds):
+                continue
+            alone = (rows[scratch + slot] - rows[last + slot]) * mean / pause
+            least = min(self._delta(slot, index) for index in range(rounds))
+            if alone * 2 >= least:
+                self._background.add(slot)
+        self.result.background = [_NAMES[slot] for slot in sorted(self._background)]
+        return self._grew_every_round(slots, rounds)
+
     def _once(self) -> Iterator[int]:
         assert self._clients is not None
         self._clients.mark()
@@ -443,13 +499,12 @@ class LeakCheck:
         self._session.start()
         self._owned = self._session.owned
 
-    def _read(self, again: bool = False) -> None:
+    def _read(self, scratch: bool = False) -> None:
         """Settle, wait for the other threads, read the figures into the next row.
 
-        ``again`` replaces the last row (a reading after starting tracemalloc).
+        ``scratch`` reads into the next row without keeping it: the next reading will
+        overwrite it.
         """
-        if again:
-            self._row -= 1
         settle()
         noisy = True
         for _ in range(_READ_ATTEMPTS):
@@ -464,13 +519,15 @@ class LeakCheck:
                 break
             if before < 0:
                 break  # a thread that never rests: waiting longer only lets it do more
+        self._times[self._row] = time.perf_counter()
+        if scratch:
+            return
         self._row += 1
         if noisy:
             # Later readings wait less: a thread at work all the time changes more, the
             # longer the wait.
             self._idle_timeout = _IDLE_POLL
-            if not again:
-                self.result.noisy_rounds += 1
+            self.result.noisy_rounds += 1
 
     def _store(self) -> None:
         rows = self._rows
@@ -506,7 +563,7 @@ class LeakCheck:
     def _delta(self, slot: int, index: int) -> int:
         """Growth of figure ``slot`` over round ``index``."""
         rows = self._rows
-        now, before = (index + 1) * _SLOTS, index * _SLOTS
+        now, before = self._ends[index] * _SLOTS, self._starts[index] * _SLOTS
         delta = rows[now + slot] - rows[before + slot]
         if slot == _HEAP and self._traced[index] and self._malloc is not None:
             # Traced, the heap's growth is known exactly, small objects included; malloc's
@@ -521,6 +578,8 @@ class LeakCheck:
         growth of the check's own making.
         """
         for slot in slots:
+            if slot in self._background:
+                continue
             calls = [self._calls[index] for index in range(rounds)]
             deltas = [self._delta(slot, index) for index in range(rounds)]
             limits = [
@@ -531,13 +590,17 @@ class LeakCheck:
                 return True
         return False
 
+    def _background_of(self, slot: int) -> bool:
+        return slot in self._background
+
     def _figures(self, slots: list[int]) -> None:
         """The judged figures of the rounds run, read from the arrays once they are over."""
         rows = self._rows
         result = self.result
-        result.blocks = [rows[row * _SLOTS] for row in range(result.rounds_run + 1)]
+        ends = [self._ends[index] for index in range(result.rounds_run)]
+        result.blocks = [rows[row * _SLOTS] for row in (0, *ends)]
         for slot in slots:
-            figure = result.figures[_NAMES[slot]] = Figure(_NAMES[slot])
+            figure = result.figures[_NAMES[slot]] = Figure(_NAMES[slot], self._background_of(slot))
             for index in range(result.rounds_run):
                 calls = self._calls[index]
                 figure.deltas.append(self._delta(slot, index))
@@ -564,10 +627,31 @@ class LeakCheck:
             # Neither list may show up as a referrer in the chain found later.
             young.clear()
             roots.clear()
-        self._session.stop()
+        self._stop_tracing()
         if findings is not None:
             findings.finish(set(opened))
         return findings
+
+    def _stop_tracing(self) -> None:
+        """Stop tracemalloc (when this check started it) once the other threads rest.
+
+        On CPython 3.11, 3.12 before 3.12.9 and 3.13 before 3.13.2, ``tracemalloc.stop()``
+        can crash the process while another thread records an allocation it made without
+        the GIL (gh-128679): a thread starting or ending, a server's connection thread.
+        The other threads are waited for as for a reading, and until none starts or ends.
+        """
+        if not self._session.active:
+            return
+        if diagnosis.STOP_MAY_CRASH and self._session.owned:
+            deadline = time.monotonic() + _STOP_WAIT
+            before = diagnosis.thread_idents()
+            while time.monotonic() < deadline:
+                _idle_threads(_IDLE_TIMEOUT)
+                now = diagnosis.thread_idents()
+                if now == before:
+                    break
+                before = now
+        self._session.stop()
 
     def _deeper(self) -> bool:
         """Trace the next call with more frames; False where the host's tracing is used."""
