@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["leak_check"]
 
 _MARKERS = (
-    "no_leaks(rounds=5, warmup=2, tolerance='100B', track=(), check=('heap', 'objects', "
+    "no_leaks(rounds=4, warmup=2, tolerance='100B', track=(), check=('heap', 'objects', "
     "'fds', 'threads', 'tasks')): rerun the test body (warm-up calls, then rounds of calls) "
     "and fail when a figure grew in every measured round (runtime_guard)",
     "no_unreleased(*types): fail when a tracked client (of these types, or of any tracked "
@@ -66,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="leak_check_rounds",
         metavar="N",
         help=f"default measured rounds of a leak check (also {env_name('leak_check_rounds')} "
-        "or ini leak_check_rounds; default 5)",
+        "or ini leak_check_rounds; default 4)",
     )
     group.addoption(
         "--leak-check-tolerance",
@@ -227,12 +227,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
 
 @pytest.fixture
 def leak_check(request: pytest.FixtureRequest) -> LeakChecker:
-    """Check a callable or a block for leaks: ``leak_check(fn, *args, rounds=5, ...)``.
+    """Check a callable or a block for leaks: ``leak_check(fn, *args, rounds=4, ...)``.
 
     For a coroutine function, ``leak_check`` runs it on its own event loop in a sync test
     and must be awaited in an async one. As a context manager it hands out the rounds::
 
-        with leak_check(rounds=5) as rounds:
+        with leak_check(rounds=4) as rounds:
             for _ in rounds:
                 handler()
     """

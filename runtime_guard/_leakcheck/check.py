@@ -80,12 +80,12 @@ _DEEP_FRAMES = 32
 # How long the process is watched with the body idle, when other threads may be growing
 # the figures on their own (see LeakCheck._own_growth).
 _PAUSE_MIN = 0.01
-_PAUSE_MAX = 0.1
+_PAUSE_MAX = 0.02
 
 # How long a reading waits for the other threads to be idle, and how often it retries a
 # reading during which one of them ran.
 _IDLE_TIMEOUT = 0.02
-_IDLE_POLL = 0.001
+_IDLE_POLL = 0.0005
 _READ_ATTEMPTS = 3
 
 # At most this long is waited for the other threads before tracemalloc is stopped.
@@ -340,6 +340,7 @@ class LeakCheck:
         self._calls = array("q", bytes(8 * options.rounds))
         self._times = array("d", bytes(8 * (options.rounds + 3)))
         self._background: set[int] = set()
+        self._clocks: tuple[int, ...] = ()
         self._traced = array("b", bytes(options.rounds))
         self.roots: list[tuple[str, object]] = []
         """Namespaces the body reaches besides module globals, e.g. ``("fixture", kwargs)``:
@@ -403,8 +404,9 @@ class LeakCheck:
         if tracemalloc.is_tracing() or ("heap" in options.check and self._malloc is None):
             self._trace()
         run = options.warmup
-        # Made before the baseline is read: alive through the rounds, it would count.
+        # Made before the baseline is read: alive through the rounds, they would count.
         indices = iter(range(options.rounds))
+        self._clocks = readings.cpu_clocks(readings.other_threads())
         self._read()
         for index in indices:
             if index == options.rounds - 1 and not self._session.active:
@@ -462,8 +464,9 @@ class LeakCheck:
         Growth that other threads make for the body (a server answering it) happens only
         while the body runs, and stays the body's.
         """
-        if not readings.other_threads():
-            return True
+        threads = readings.other_threads()
+        if not threads or readings.cpu_clocks(threads) == self._clocks:
+            return True  # no other thread ran since the baseline: all growth is the body's
         rows, times = self._rows, self._times
         last = self._ends[rounds - 1]
         mean = (times[last] - times[0]) / rounds

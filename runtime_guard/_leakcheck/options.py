@@ -18,7 +18,7 @@ CHECKS = ("heap", "objects", "fds", "threads", "tasks")
 class LeakCheckOptions:
     """What one leak check does; :meth:`replace` validates keyword overrides."""
 
-    rounds: int = 5
+    rounds: int = 4
     """Measured rounds after the warm-up, each of one or more calls of the body; the
     verdict needs growth in every one."""
     warmup: int = 2

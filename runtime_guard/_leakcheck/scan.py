@@ -59,13 +59,14 @@ _ATOMIC = (str, bytes, int, float, complex, bytearray)
 # visits and the time it takes, at most.
 _HITS = 64
 _SEARCH_OBJECTS = 5_000
-_SEARCH_SECONDS = 0.25
+_SEARCH_SECONDS = 0.1
 _SEARCH_DEPTH = 6
+_WIDE = 128
 
 # Candidates for the backward referrer chain, when the forward search found no holder,
 # and the time it may take: each level of it scans the whole heap (gc.get_referrers).
 _CANDIDATES = 5
-_BACKWARD_SECONDS = 0.1
+_BACKWARD_SECONDS = 0.05
 
 Line = tuple[str, int]
 
@@ -657,9 +658,14 @@ def _search(
         owners: list[object] = []
         levels.append((found, owners))
         traced = _tracebacks(children, young)
+        wide = _wide(holders)
         for child, holder, frames in zip(children, holders, traced, strict=True):
             if frames is None:
-                if not isinstance(child, _LEAVES) and id(child) not in followed:
+                if (
+                    not isinstance(child, _LEAVES)
+                    and id(holder) not in wide
+                    and id(child) not in followed
+                ):
                     followed.add(id(child))
                     found.append(child)
                     owners.append(holder)
@@ -672,6 +678,16 @@ def _search(
             last = depth + 1
         level = found
     return hits
+
+
+def _wide(holders: list[object]) -> set[int]:
+    """Holders with more children than a registry has: data (a catalog of 2,000 products)
+    whose children are each looked at, but not followed further (measured: following them
+    was most of a search)."""
+    counts: dict[int, int] = {}
+    for holder in holders:
+        counts[id(holder)] = counts.get(id(holder), 0) + 1
+    return {key for key, count in counts.items() if count > _WIDE}
 
 
 def _held_value(holder: object, child: object) -> object:
