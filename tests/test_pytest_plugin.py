@@ -127,6 +127,7 @@ import logging
 import re
 import sys
 import threading
+import unittest.mock
 import warnings
 
 import pytest
@@ -208,6 +209,19 @@ async def test_tasks_gathered():
         return n
 
     assert await asyncio.gather(price(1), price(2)) == [1, 2]
+
+
+@pytest.fixture
+def gateway():
+    return unittest.mock.Mock(return_value={"ok": True})
+
+
+@pytest.mark.no_leaks
+def test_patched_settings_and_a_mocked_gateway(monkeypatch, gateway):
+    monkeypatch.setenv("SHOP_MODE", "test")
+    monkeypatch.setattr(log, "disabled", False)
+    assert gateway(amount=10)["ok"]
+    gateway.assert_called_once_with(amount=10)
 """
 
 
@@ -333,11 +347,12 @@ def test_holder_chain_starts_at_the_fixture_holding_the_leak(pytester: pytest.Py
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_clean_bodies_pass_every_time(pytester: pytest.Pytester, attempt: int) -> None:
-    """Bodies with first-call state, bounded caches, repeated warnings, joined threads and
-    gathered tasks pass at the defaults, run after run."""
+    """Bodies with first-call state, bounded caches, repeated warnings, joined threads,
+    gathered tasks, patches repeated on every call and a mock called on every call pass at
+    the defaults, run after run."""
     _write(pytester, "test_clean", CLEAN)
     result = pytester.runpytest_subprocess(*ARGS, "-rw")
-    result.assert_outcomes(passed=10, warnings=2)
+    result.assert_outcomes(passed=11, warnings=2)
     # pytest still reports each warning the body raised, once.
     assert result.stdout.str().count("deprecated() is deprecated") == 1
 
@@ -695,7 +710,7 @@ def test_with_the_process_wide_guard_installed(pytester: pytest.Pytester) -> Non
     source = _write(pytester, "test_shapes", SHAPES)
     _write(pytester, "test_clean", CLEAN)
     result = pytester.runpytest_subprocess(*ARGS)
-    result.assert_outcomes(passed=12, failed=4, warnings=2)
+    result.assert_outcomes(passed=13, failed=4, warnings=2)
     output = result.stdout.str()
     section = _section(output, "TestHandlers.test_leaky")
     assert _first_location(section) == f"test_shapes.py:{_line(source, 'method')}", section

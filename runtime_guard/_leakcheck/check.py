@@ -42,7 +42,7 @@ from runtime_guard._leakcheck import readings, scan
 from runtime_guard._leakcheck.clients import ClientWatch, Unreleased
 from runtime_guard._leakcheck.message import render
 from runtime_guard._leakcheck.options import LeakCheckOptions
-from runtime_guard._leakcheck.settle import RecordedWarnings, settle
+from runtime_guard._leakcheck.settle import FixtureRecords, RecordedWarnings, settle
 from runtime_guard._sizes import format_size
 
 __all__ = ["Figure", "LeakCheck", "LeakLine", "LeakResult", "calls_per_round", "grew"]
@@ -332,13 +332,13 @@ class LeakCheck:
         # Readings go into a preallocated array: a reading kept as Python ints or in a
         # growing list would itself be a block or two per round, growth of the check's
         # own making in a check that judges blocks at zero.
-        # Rows: the baseline, each round's end, the traced round's own start, a scratch row.
-        self._rows = array("q", bytes(8 * _SLOTS * (options.rounds + 3)))
+        # Rows: the baseline, each round's end, the traced round's own start, two scratch.
+        self._rows = array("q", bytes(8 * _SLOTS * (options.rounds + 4)))
         self._row = 0
         self._starts = array("q", bytes(8 * options.rounds))
         self._ends = array("q", bytes(8 * options.rounds))
         self._calls = array("q", bytes(8 * options.rounds))
-        self._times = array("d", bytes(8 * (options.rounds + 3)))
+        self._times = array("d", bytes(8 * (options.rounds + 4)))
         self._background: set[int] = set()
         self._clocks: tuple[int, ...] = ()
         self._traced = array("b", bytes(options.rounds))
@@ -404,6 +404,8 @@ class LeakCheck:
         if tracemalloc.is_tracing() or ("heap" in options.check and self._malloc is None):
             self._trace()
         run = options.warmup
+        records = FixtureRecords([namespace for _, namespace in self.roots])
+        records.settle()
         # Made before the baseline is read: alive through the rounds, they would count.
         indices = iter(range(options.rounds))
         self._clocks = readings.cpu_clocks(readings.other_threads())
@@ -423,6 +425,7 @@ class LeakCheck:
                 yield run
                 run += 1
             warnings.drop_repeats()
+            records.settle()
             self._calls[index] = calls
             self._traced[index] = self._session.active
             self._read()
@@ -468,17 +471,22 @@ class LeakCheck:
         if not threads or readings.cpu_clocks(threads) == self._clocks:
             return True  # no other thread ran since the baseline: all growth is the body's
         rows, times = self._rows, self._times
-        last = self._ends[rounds - 1]
-        mean = (times[last] - times[0]) / rounds
+        mean = (times[self._ends[rounds - 1]] - times[0]) / rounds
         pause = min(max(3 * mean, _PAUSE_MIN), _PAUSE_MAX)
+        # Both readings of the pause are taken from here, with the same locals alive.
+        first = self._row
+        noisy = self._read(scratch=True)
+        self._row += 1
         time.sleep(pause)
-        self._read(scratch=True)
-        scratch = self._row * _SLOTS
-        last *= _SLOTS
+        noisy = self._read(scratch=True) or noisy
+        self._row -= 1
+        if noisy:
+            return True  # what the others did meanwhile is not known: the body's it is
+        before, after = first * _SLOTS, (first + 1) * _SLOTS
         for slot in slots:
             if slot in self._background or not self._grew_every_round([slot], rounds):
                 continue
-            alone = (rows[scratch + slot] - rows[last + slot]) * mean / pause
+            alone = (rows[after + slot] - rows[before + slot]) * mean / pause
             least = min(self._delta(slot, index) for index in range(rounds))
             if alone * 2 >= least:
                 self._background.add(slot)
@@ -502,8 +510,9 @@ class LeakCheck:
         self._session.start()
         self._owned = self._session.owned
 
-    def _read(self, scratch: bool = False) -> None:
-        """Settle, wait for the other threads, read the figures into the next row.
+    def _read(self, scratch: bool = False) -> bool:
+        """Settle, wait for the other threads, read the figures into the next row; True
+        when another thread kept working through the reading.
 
         ``scratch`` reads into the next row without keeping it: the next reading will
         overwrite it.
@@ -524,13 +533,14 @@ class LeakCheck:
                 break  # a thread that never rests: waiting longer only lets it do more
         self._times[self._row] = time.perf_counter()
         if scratch:
-            return
+            return noisy
         self._row += 1
         if noisy:
             # Later readings wait less: a thread at work all the time changes more, the
             # longer the wait.
             self._idle_timeout = _IDLE_POLL
             self.result.noisy_rounds += 1
+        return noisy
 
     def _store(self) -> None:
         rows = self._rows

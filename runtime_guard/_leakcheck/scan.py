@@ -195,7 +195,8 @@ Traced = tuple[object, tuple[Line, ...]]
 
 @dataclass
 class _Root:
-    """A kept object none of the other kept objects holds, and what it holds of them."""
+    """A kept object that something older holds, and what it holds of the other kept
+    objects."""
 
     obj: object
     frames: tuple[Line, ...]
@@ -258,10 +259,11 @@ class Findings:
         paths, self.paths = self.paths, []
         self.survivors.clear()
         by_type: Counter[type] = Counter()
+        started = (threading.Thread, *_task_types())
         for obj, frames in young.values():
             if frames:  # an object without one may be the check's or pytest's own
                 by_type[type(obj)] += 1
-            if isinstance(obj, (threading.Thread, _task_types())):
+            if isinstance(obj, started):
                 self.created[id(obj)] = frames
         for cls, count in by_type.items():
             self.types[diagnosis.type_name(cls)] += count
