@@ -356,10 +356,12 @@ class LeakCheck:
         options = self.options
         warnings = RecordedWarnings()
         seconds: float | None = None
+        records = FixtureRecords([namespace for _, namespace in self.roots])
         for index in range(options.warmup):
             started, on_cpu = time.perf_counter(), time.thread_time()
             yield index
             cost = _call_cost(time.perf_counter() - started, time.thread_time() - on_cpu)
+            records.settle()
             # The first call fills caches and lazy singletons: the later ones tell.
             seconds = cost if seconds is None or index == 1 else min(seconds, cost)
         self._clients = ClientWatch.start(options.track)
@@ -379,7 +381,7 @@ class LeakCheck:
         if frozen:
             gc.freeze()
         try:
-            yield from self._rounds(calls, warnings)
+            yield from self._rounds(calls, warnings, records)
         finally:
             if self._frozen:
                 gc.unfreeze()
@@ -387,7 +389,9 @@ class LeakCheck:
             self._clients.close()
             resume()
 
-    def _rounds(self, calls: int, warnings: RecordedWarnings) -> Iterator[int]:
+    def _rounds(
+        self, calls: int, warnings: RecordedWarnings, records: FixtureRecords
+    ) -> Iterator[int]:
         options = self.options
         result = self.result
         assert self._clients is not None
@@ -404,8 +408,6 @@ class LeakCheck:
         if tracemalloc.is_tracing() or ("heap" in options.check and self._malloc is None):
             self._trace()
         run = options.warmup
-        records = FixtureRecords([namespace for _, namespace in self.roots])
-        records.settle()
         # Made before the baseline is read: alive through the rounds, they would count.
         indices = iter(range(options.rounds))
         self._clocks = readings.cpu_clocks(readings.other_threads())
@@ -424,8 +426,8 @@ class LeakCheck:
             for _ in range(calls):
                 yield run
                 run += 1
+                records.settle()
             warnings.drop_repeats()
-            records.settle()
             self._calls[index] = calls
             self._traced[index] = self._session.active
             self._read()

@@ -130,8 +130,9 @@ class FixtureRecords:
     a body that patches the same attribute on every call grows that record by one entry
     a call. Only the first entry per patched name is needed to undo them all (it holds
     the original value), so the repeats are dropped. A ``unittest.mock`` object a fixture
-    provides records every call made to it (``mock_calls``): it is reset between rounds,
-    its return values and side effects kept, so each run sees its own calls.
+    provides records every call made to it (``mock_calls``): it is reset after each run of
+    the body, its return values and side effects kept, so each run sees its own calls.
+    Both are done after each run of the body.
     """
 
     def __init__(self, namespaces: list[object]) -> None:
