@@ -79,7 +79,7 @@ _DEEP_FRAMES = 32
 
 # How long the process is watched with the body idle, when other threads may be growing
 # the figures on their own (see LeakCheck._own_growth).
-_PAUSE_MIN = 0.01
+_PAUSE_MIN = 0.005
 _PAUSE_MAX = 0.02
 
 # How long a reading waits for the other threads to be idle, and how often it retries a
@@ -341,6 +341,7 @@ class LeakCheck:
         self._times = array("d", bytes(8 * (options.rounds + 4)))
         self._background: set[int] = set()
         self._clocks: tuple[int, ...] = ()
+        self._elders: list[tuple[int, int | None]] = []
         self._traced = array("b", bytes(options.rounds))
         self.roots: list[tuple[str, object]] = []
         """Namespaces the body reaches besides module globals, e.g. ``("fixture", kwargs)``:
@@ -410,7 +411,8 @@ class LeakCheck:
         run = options.warmup
         # Made before the baseline is read: alive through the rounds, they would count.
         indices = iter(range(options.rounds))
-        self._clocks = readings.cpu_clocks(readings.other_threads())
+        self._elders = readings.other_threads()
+        self._clocks = readings.cpu_clocks(self._elders)
         self._read()
         for index in indices:
             if index == options.rounds - 1 and not self._session.active:
@@ -469,9 +471,9 @@ class LeakCheck:
         Growth that other threads make for the body (a server answering it) happens only
         while the body runs, and stays the body's.
         """
-        threads = readings.other_threads()
-        if not threads or readings.cpu_clocks(threads) == self._clocks:
-            return True  # no other thread ran since the baseline: all growth is the body's
+        # Threads the body started are its own; those running before it may work alone.
+        if readings.cpu_clocks(self._elders) == self._clocks:
+            return True  # none of them ran since the baseline: all growth is the body's
         rows, times = self._rows, self._times
         mean = (times[self._ends[rounds - 1]] - times[0]) / rounds
         pause = min(max(3 * mean, _PAUSE_MIN), _PAUSE_MAX)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from runtime_guard import diagnosis
 from runtime_guard._leakcheck.frames import Kind, kind
-from runtime_guard._leakcheck.scan import shown
+from runtime_guard._leakcheck.scan import frame_text, shown
 from runtime_guard._sizes import format_size
 
 if TYPE_CHECKING:
@@ -100,12 +100,13 @@ def render(result: LeakResult, verbose: bool) -> str:
             else "  also allocated and kept:"
         )
         for site in sites[:limit]:
+            function = site.function or diagnosis._function_at(site.filename, site.lineno)
             lines.append(
-                f"    {shown(site.filename)}:{site.lineno} in {site.function}: "
+                f"    {shown(site.filename)}:{site.lineno} in {function}: "
                 f"+{format_size(site.size_diff / calls)} in {site.count_diff / calls:,.0f} blocks"
             )
             if verbose:
-                lines.extend(f"        {frame}" for frame in site.traceback)
+                lines.extend(f"        {frame_text(frame)}" for frame in site.traceback)
     if result.types:
         growing = ", ".join(f"{g.type_name} +{g.growth:,}" for g in result.types[:limit])
         lines.append(f"  kept objects by type (traced call): {growing}")

@@ -42,6 +42,7 @@ __all__ = [
     "Findings",
     "backward_chain",
     "excluded",
+    "frame_text",
     "machinery",
     "new_tasks",
     "new_threads",
@@ -62,6 +63,9 @@ _SEARCH_OBJECTS = 5_000
 _SEARCH_SECONDS = 0.1
 _SEARCH_DEPTH = 6
 _WIDE = 128
+
+# Allocation sites kept from the traced call.
+_SITES = 5
 
 # Candidates for the backward referrer chain, when the forward search found no holder,
 # and the time it may take: each level of it scans the whole heap (gc.get_referrers).
@@ -363,18 +367,21 @@ def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSi
             entry[1] += 1
             if len(frames) > len(entry[2]):
                 entry[2] = frames
-    ranked = sorted(grouped.items(), key=lambda item: -item[1][0])[:10]
+    ranked = sorted(grouped.items(), key=lambda item: -item[1][0])[:_SITES]
     sites = []
     for (filename, lineno), (size, count, frames) in ranked:
+        # A library's function is named, and a frame's source read, only when shown (-v):
+        # reading them from a large library module cost milliseconds a site.
+        user = kind(filename) is Kind.USER
         sites.append(
             diagnosis.AllocationSite(
                 filename=filename,
                 lineno=lineno,
-                function=diagnosis._function_at(filename, lineno),
+                function=diagnosis._function_at(filename, lineno) if user else "",
                 size_diff=size,
                 count_diff=count,
                 traceback=[
-                    _frame_text(path, number)
+                    f"{path}:{number}"
                     for path, number in frames
                     if kind(path) is not Kind.MACHINERY
                 ],
@@ -383,10 +390,13 @@ def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSi
     return sites
 
 
-def _frame_text(filename: str, lineno: int) -> str:
-    """``file:line: source`` as a traceback shows it."""
-    source = linecache.getline(filename, lineno).strip()
-    return f"{shown(filename)}:{lineno}: {source}" if source else f"{shown(filename)}:{lineno}"
+def frame_text(frame: str) -> str:
+    """``file:line: source`` as a traceback shows it, from a site's ``path:line``."""
+    filename, _, number = frame.rpartition(":")
+    if not number.isdecimal():
+        return frame
+    source = linecache.getline(filename, int(number)).strip()
+    return f"{shown(filename)}:{number}: {source}" if source else f"{shown(filename)}:{number}"
 
 
 def _by_line(roots: list[_Root]) -> dict[Line, tuple[int, int, str]]:
@@ -629,11 +639,13 @@ def _search(
     are often untracked records that ``gc.get_objects()`` never lists. Each level's
     children are asked for their tracebacks at once: a child that has one was made while
     tracing and is not followed further; the path to it is kept. Older children are
-    followed unless they are atomic (a string holds nothing). The search goes one level
-    past the first in which it found something (what a module holds at its top level is
-    often state each call replaces, the last order id, not growth), and ends when
-    ``budget`` objects were visited or its time is up. ``starts`` are ``(name, namespace)``
-    pairs.
+    followed unless they are atomic (a string holds nothing), or held by a holder found
+    holding young ones (the older ones are the same growth from earlier calls), or by
+    one with more children than a registry has (data, such as a catalog of 2,000
+    products). The search goes one level past the first in which it found something (what
+    a module holds at its top level is often state each call replaces, the last order id,
+    not growth), and ends when ``budget`` objects were visited or its time is up.
+    ``starts`` are ``(name, namespace)`` pairs.
     """
     modules = frozenset(name for name, _ in starts)
     level: list[object] = [namespace for _, namespace in starts]
@@ -648,48 +660,43 @@ def _search(
         if depth > last or not level or budget <= 0 or time.monotonic() >= deadline:
             break
         children: list[object] = []
-        holders: list[object] = []
+        spans: list[tuple[object, int, int]] = []
         for holder in level:
-            held = list(_children(holder, modules))
-            children += held
-            holders += itertools.repeat(holder, len(held))
+            start = len(children)
+            children += _children(holder, modules)
+            spans.append((holder, start, len(children)))
             if len(children) >= budget or time.monotonic() >= deadline:
                 break
         budget -= len(children)
+        traced = _tracebacks(children, young)
         found: list[object] = []
         owners: list[object] = []
         levels.append((found, owners))
-        traced = _tracebacks(children, young)
-        wide = _wide(holders)
-        for child, holder, frames in zip(children, holders, traced, strict=True):
-            if frames is None:
-                if (
-                    not isinstance(child, _LEAVES)
-                    and id(holder) not in wide
-                    and id(child) not in followed
-                ):
-                    followed.add(id(child))
-                    found.append(child)
-                    owners.append(holder)
-            elif not machinery(frames) and len(hits) < _HITS:
-                hits.append((child, frames))
-                path = [*_path(levels[:-1], holder), child]
-                root = next(name for name, ns in starts if ns is path[0])
-                findings.paths.append((root, path))
+        for holder, start, stop in spans:
+            held = children[start:stop]
+            frames = traced[start:stop]
+            if not any(frames):
+                if stop - start <= _WIDE:
+                    for child in itertools.filterfalse(_is_leaf, held):
+                        if id(child) not in followed:
+                            followed.add(id(child))
+                            found.append(child)
+                            owners.append(holder)
+                continue
+            for child, made in itertools.compress(zip(held, frames, strict=True), frames):
+                if made and not machinery(made) and len(hits) < _HITS:
+                    hits.append((child, made))
+                    path = [*_path(levels[:-1], holder), child]
+                    root = next(name for name, ns in starts if ns is path[0])
+                    findings.paths.append((root, path))
         if hits and last == _SEARCH_DEPTH:
             last = depth + 1
         level = found
     return hits
 
 
-def _wide(holders: list[object]) -> set[int]:
-    """Holders with more children than a registry has: data (a catalog of 2,000 products)
-    whose children are each looked at, but not followed further (measured: following them
-    was most of a search)."""
-    counts: dict[int, int] = {}
-    for holder in holders:
-        counts[id(holder)] = counts.get(id(holder), 0) + 1
-    return {key for key, count in counts.items() if count > _WIDE}
+def _is_leaf(obj: object) -> bool:
+    return isinstance(obj, _LEAVES)
 
 
 def _held_value(holder: object, child: object) -> object:
