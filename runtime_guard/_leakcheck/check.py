@@ -95,6 +95,9 @@ _MALLOC = readings.malloc_reader()
 
 _DEFAULT: Any = object()
 
+# Figures whose growth names its own line: the client, thread, task or file made per call.
+_NAMED_BY_FIGURE = frozenset({"clients", "threads", "tasks", "fds"})
+
 # Reading slots: one row of these per reading, in a preallocated array.
 _NAMES = ("objects", "heap", "fds", "threads", "tasks", "clients")
 _OBJECTS, _HEAP = 0, 1
@@ -446,7 +449,9 @@ class LeakCheck:
         if grown:
             opened = self._opened()
             findings = self._survey(young, opened)
-            if findings is not None and findings.shallow and self._deeper():
+            # A client, thread, task or descriptor left per call names its own line.
+            named = bool(_NAMED_BY_FIGURE.intersection(grown))
+            if findings is not None and findings.shallow and not named and self._deeper():
                 # The kept objects were made deeper in a library than the frames traced
                 # reach: one more call, traced deep enough to reach the user's line.
                 yield run
@@ -640,7 +645,7 @@ class LeakCheck:
         if tracemalloc.is_tracing():
             roots = [*self.roots, *scan.stack_roots()]
             modules = self._modules or scan.user_modules()
-            findings = scan.on_short_stack(scan.survey, young, roots, modules)
+            findings = scan.survey(young, roots, modules)
             # Neither list may show up as a referrer in the chain found later.
             young.clear()
             roots.clear()
@@ -694,7 +699,10 @@ class LeakCheck:
                 for name, count in findings.types.most_common(10)
             ]
             result.exceptions = findings.exceptions
-            result.chain = findings.chain or scan.backward_chain(findings.held)
+            # The backward search scans the heap per level: only when nothing else names
+            # what leaked.
+            named = bool(_NAMED_BY_FIGURE.intersection(grown))
+            result.chain = findings.chain or (None if named else scan.backward_chain(findings.held))
             findings.held.clear()
             if "fds" in grown:
                 result.fd_owners = findings.fd_owners

@@ -2,8 +2,8 @@
 what holds them.
 
 Everything that needs an object's allocation traceback runs while tracemalloc still traces,
-inside :func:`survey`, on a thread of its own (:func:`on_short_stack`), and reads the
-tracebacks in bulk from threads that run no Python frame at all. Only objects allocated
+inside :func:`survey`, and reads the tracebacks in bulk (``map`` over C calls): while
+tracing, every object Python code makes is itself a traced allocation. Only objects allocated
 since tracing began are looked at: the heap before it is frozen (``gc.freeze()``), so
 ``gc.get_objects()`` lists the young objects alone. :meth:`Findings.finish` then works out,
 with tracing stopped, which of them are kept by something older (the roots of the growth)
@@ -12,7 +12,6 @@ and names each root by the user's line that made it.
 
 from __future__ import annotations
 
-import _thread
 import _tracemalloc
 import functools
 import gc
@@ -31,7 +30,7 @@ import types
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from runtime_guard import _sites, diagnosis
 from runtime_guard._leakcheck.frames import PYTEST_FILES, Kind, kind
@@ -46,7 +45,6 @@ __all__ = [
     "machinery",
     "new_tasks",
     "new_threads",
-    "on_short_stack",
     "shown",
     "stack_roots",
     "survey",
@@ -70,15 +68,12 @@ _SITES = 5
 # Candidates for the backward referrer chain, when the forward search found no holder,
 # and the time it may take: each level of it scans the whole heap (gc.get_referrers).
 _CANDIDATES = 5
-_BACKWARD_SECONDS = 0.05
+_BACKWARD_SECONDS = 0.02
 
 Line = tuple[str, int]
 
 # Never followed by the forward search: leaves, or paths into everything.
 _LEAVES = (*_ATOMIC, types.ModuleType, type(None), bool)
-
-# Below this many reads a thread costs more than it saves.
-_FRAMELESS_MIN = 64
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 
@@ -87,7 +82,6 @@ _LIBRARY_DIRS = tuple(sorted(_sites.library_prefixes(), key=len, reverse=True))
 # The check's own objects: never where a leak of the test's is held.
 _OWN = __name__.split(".", 1)[0] + "."
 
-_T = TypeVar("_T")
 
 
 def excluded(filename: str) -> bool:
@@ -175,7 +169,7 @@ def _tracebacks(
     ``young``: ids of the objects known to be young (the collector's young objects); only
     those are looked up again by address on 3.11, as old ones have no traceback anyway.
     """
-    found: list[tuple[Line, ...] | None] = _frameless_map(_raw_traceback, objects)
+    found: list[tuple[Line, ...] | None] = list(map(_raw_traceback, objects))
     if _by_address is None or not young:
         return found
     missing = itertools.compress(range(len(found)), map(operator.is_, found, _NONES))
@@ -501,34 +495,6 @@ def _traced(objects: Iterable[object]) -> list[Traced]:
     return [(obj, found) for obj, found in zip(objects, frames, strict=True) if found]
 
 
-def _frameless_map(fn: Callable[[object], _T], items: list[object]) -> list[_T]:
-    """``list(map(fn, items))`` on a thread that runs no Python frame at all.
-
-    Reading a traceback makes a tuple per frame, and while tracing each of those is a
-    traced allocation whose own traceback is read from the calling stack. On a thread
-    started straight into C (``list.extend`` over a ``map``) that stack is empty (measured on
-    leaky bodies: 200 survivors among 1,400 objects read in 9.7 ms from the survey's own
-    thread, in 3.9 ms here).
-    """
-    out: list[_T] = []
-    if len(items) < _FRAMELESS_MIN:  # fewer reads than a thread's start costs
-        return list(map(fn, items))
-    before = _thread._count()
-    try:
-        _thread.start_new_thread(out.extend, (map(fn, items),))
-    except RuntimeError:  # no thread to be had: the same reads, only slower
-        return list(map(fn, items))
-    deadline = time.monotonic() + 2.0
-    # The count goes up inside the new thread, so completion is read from the output.
-    while len(out) < len(items) and time.monotonic() < deadline:
-        time.sleep(0.0001)
-    while _thread._count() > before and time.monotonic() < deadline:
-        time.sleep(0.0001)
-    if len(out) != len(items):  # it failed (out of memory): read them here instead
-        return list(map(fn, items))
-    return out
-
-
 def _with_held(objects: list[object]) -> list[Traced]:
     """``objects`` (young, tracked) with their frames (``()`` where unknown), and the
     untracked objects they hold two levels down that have tracebacks.
@@ -760,9 +726,7 @@ def survey(
     may be found: first the modules whose lines allocated the growth, with ``roots``, then
     the others. Call :meth:`Findings.finish` on the result once tracing has stopped.
     """
-    # The snapshot's raw traces are read frameless too: a tuple per trace and per frame.
-    call: Callable[[Any], list[Any]] = operator.call
-    raw = _frameless_map(call, [_tracemalloc._get_traces])[0]
+    raw = _tracemalloc._get_traces()
     findings = Findings(tracemalloc.Snapshot(raw, tracemalloc.get_traceback_limit()))
     findings.survivors.append(_with_held(young))
     ids = set(map(id, young))
@@ -877,43 +841,3 @@ def _awaiting(task: Any) -> str:
         if coro is None:
             break
     return found
-
-
-def on_short_stack(fn: Callable[..., _T], *args: Any) -> _T:
-    """``fn(*args)`` on a fresh thread, waited for.
-
-    While tracemalloc runs, each allocation costs a walk of the calling stack; the survey
-    allocates as it goes, and from a thread of its own the stack is a couple of frames
-    instead of pytest's eight or more (measured on leaky bodies: 45-55% less).
-    ``_thread`` rather than ``threading``: a Thread object and its lock and event would
-    themselves be allocations the survey counts.
-    """
-    outcome: list[Any] = []
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def run() -> None:
-        try:
-            outcome.append((True, fn(*args)))
-        except BaseException as exc:  # handed back to the caller's thread below
-            outcome.append((False, exc))
-        finally:
-            done.release()
-
-    before = _thread._count()
-    try:
-        _thread.start_new_thread(run, ())
-    except RuntimeError:  # no thread to be had: the same survey, only slower
-        return fn(*args)
-    done.acquire()
-    # tracemalloc is stopped soon after, and stopping it while a thread is ending can crash
-    # an affected Python (CPython gh-128679, see diagnosis.stop_is_safe): wait until the
-    # thread is counted out, then a moment for the last of its teardown.
-    deadline = time.monotonic() + 1.0
-    while _thread._count() > before and time.monotonic() < deadline:
-        time.sleep(0.0005)
-    time.sleep(0.002)
-    ok, value = outcome.pop()
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
