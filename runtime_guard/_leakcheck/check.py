@@ -75,7 +75,7 @@ _MAX_CALLS = 16
 # again in one more call with more frames, only when the first trace did not reach the
 # user's line.
 _FRAMES = 4
-_DEEP_FRAMES = 32
+_DEEP_FRAMES = 16
 
 # How long the process is watched with the body idle, when other threads may be growing
 # the figures on their own (see LeakCheck._own_growth).
@@ -100,7 +100,7 @@ _NAMED_BY_FIGURE = frozenset({"clients", "threads", "tasks", "fds"})
 
 # Reading slots: one row of these per reading, in a preallocated array.
 _NAMES = ("objects", "heap", "fds", "threads", "tasks", "clients")
-_OBJECTS, _HEAP = 0, 1
+_OBJECTS, _HEAP, _CLIENTS = 0, 1, 5
 # A last slot per reading holds tracemalloc's traced bytes, read while it traces.
 _TRACED = len(_NAMES)
 _SLOTS = _TRACED + 1
@@ -421,7 +421,11 @@ class LeakCheck:
             if index == options.rounds - 1 and not self._session.active:
                 if index and not self._own_growth(slots, index):
                     break  # what grew, other threads grew on their own
-                # The last round runs one call under tracemalloc, which names the growth.
+                # The last round runs one call under tracemalloc, which names the growth. A
+                # client left open per call is named by its creation site, which tracking
+                # records: one frame per allocation then tells young from old, cheaper.
+                if self._grew_every_round([_CLIENTS], index):
+                    self._session = diagnosis.TracemallocSession(frames=1)
                 self._modules = scan.user_modules()
                 self._trace()
                 # Read afresh: starting tracemalloc is no growth of the body's.
@@ -645,7 +649,8 @@ class LeakCheck:
         if tracemalloc.is_tracing():
             roots = [*self.roots, *scan.stack_roots()]
             modules = self._modules or scan.user_modules()
-            findings = scan.survey(young, roots, modules)
+            site = self._clients.first_site()[0] if self._clients is not None else None
+            findings = scan.survey(young, roots, modules, [site[0]] if site else [])
             # Neither list may show up as a referrer in the chain found later.
             young.clear()
             roots.clear()

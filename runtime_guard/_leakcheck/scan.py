@@ -83,7 +83,6 @@ _LIBRARY_DIRS = tuple(sorted(_sites.library_prefixes(), key=len, reverse=True))
 _OWN = __name__.split(".", 1)[0] + "."
 
 
-
 def excluded(filename: str) -> bool:
     """True for files whose allocations are the check's own or pytest's, not the body's."""
     return kind(filename) is Kind.MACHINERY
@@ -717,20 +716,22 @@ def survey(
     young: list[object],
     roots: Sequence[tuple[str, object]] = (),
     modules: Sequence[tuple[str, dict[str, Any]]] = (),
+    prefer: Sequence[str] = (),
 ) -> Findings:
     """Gather the traces, the survivors among ``young`` and the holders of young objects;
     call while tracemalloc traces.
 
     ``modules`` are the user's modules (:func:`user_modules`) and ``roots`` other
     namespaces (the test's fixtures, the locals of its frames) where a holder of the growth
-    may be found: first the modules whose lines allocated the growth, with ``roots``, then
-    the others. Call :meth:`Findings.finish` on the result once tracing has stopped.
+    may be found: first the modules of the ``prefer`` files and those whose lines allocated
+    the growth, with ``roots``, then the others. Call :meth:`Findings.finish` on the result
+    once tracing has stopped.
     """
     raw = _tracemalloc._get_traces()
     findings = Findings(tracemalloc.Snapshot(raw, tracemalloc.get_traceback_limit()))
     findings.survivors.append(_with_held(young))
     ids = set(map(id, young))
-    top = set(_top_files(findings.snapshot))
+    top = {*prefer, *_top_files(findings.snapshot)}
     first = [module for module in modules if module[1].get("__file__") in top]
     rest = [module for module in modules if module[1].get("__file__") not in top]
     hits = _search(findings, [*first, *roots], _SEARCH_OBJECTS, ids)
