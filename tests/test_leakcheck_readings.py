@@ -22,6 +22,7 @@ def test_descriptors_are_counted_and_named_from_the_fd_directory(tmp_path: Path)
     os.symlink("socket:[4242]", fd_dir / "7")
     (fd_dir / "not-a-number").write_text("")
     assert readings.fd_count(str(fd_dir)) == 3
+    assert sorted(readings.fd_numbers(str(fd_dir))) == [3, 7]
     assert readings.fd_targets(fd_dir=str(fd_dir)) == {3: "/var/log/app.log", 7: "socket:[4242]"}
     assert readings.fd_targets({7}, fd_dir=str(fd_dir)) == {7: "socket:[4242]"}
 
@@ -30,6 +31,7 @@ def test_a_missing_fd_directory_reads_as_nothing(tmp_path: Path) -> None:
     """Where the listing is unavailable the figures are empty, never an error."""
     missing = str(tmp_path / "absent")
     assert readings.fd_count(missing) == 0
+    assert readings.fd_numbers(missing) == []
     assert readings.fd_targets(fd_dir=missing) == {}
 
 

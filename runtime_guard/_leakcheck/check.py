@@ -325,7 +325,7 @@ class LeakCheck:
         self._malloc = _MALLOC if malloc is _DEFAULT else malloc
         self._clients: ClientWatch | None = None
         self._session = diagnosis.TracemallocSession(frames=_FRAMES)
-        self._fds: dict[int, str] = {}
+        self._fds: frozenset[int] = frozenset()
         self._frozen = False
         self._idle_timeout = _IDLE_TIMEOUT
         self._owned = False
@@ -404,7 +404,9 @@ class LeakCheck:
         slots = [
             slot for slot, name in enumerate(_NAMES) if name in options.check or name == "clients"
         ]
-        self._fds = readings.fd_targets() if "fds" in options.check else {}
+        # Numbers only: reading every descriptor's target took 1 ms a check; the new ones'
+        # are read at the end, when they are named.
+        self._fds = frozenset(readings.fd_numbers()) if "fds" in options.check else frozenset()
         self._threads = frozenset(threading._active)  # type: ignore[attr-defined]
         self._tasks = frozenset(map(id, readings.pending_tasks()))
         # Bytes cannot be read untraced without malloc's figures; a host that traces
@@ -636,11 +638,7 @@ class LeakCheck:
 
     def _opened(self) -> dict[int, str]:
         """Descriptors opened since the baseline and still open, with their targets."""
-        return {
-            fd: target
-            for fd, target in readings.fd_targets().items()
-            if self._fds.get(fd) != target
-        }
+        return readings.fd_targets(set(readings.fd_numbers()) - self._fds)
 
     def _survey(self, young: list[object], opened: dict[int, str]) -> scan.Findings | None:
         """What the traced calls left (``young``): gathered while tracing, then tracing is

@@ -20,6 +20,7 @@ __all__ = [
     "MallocReader",
     "cpu_clocks",
     "fd_count",
+    "fd_numbers",
     "fd_targets",
     "malloc_reader",
     "other_threads",
@@ -41,6 +42,14 @@ def fd_count(fd_dir: str = _FD_DIR) -> int:
         return len(os.listdir(fd_dir))
     except OSError:
         return 0
+
+
+def fd_numbers(fd_dir: str = _FD_DIR) -> list[int]:
+    """The open descriptors' numbers; empty where the listing is unavailable."""
+    try:
+        return [int(name) for name in os.listdir(fd_dir) if name.isdecimal()]
+    except OSError:
+        return []
 
 
 def fd_targets(fds: set[int] | None = None, fd_dir: str = _FD_DIR) -> dict[int, str]:

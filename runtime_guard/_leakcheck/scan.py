@@ -546,15 +546,28 @@ def stack_roots() -> list[tuple[str, object]]:
 
 
 def user_modules() -> list[tuple[str, dict[str, Any]]]:
-    """``(name, globals)`` of every loaded module of the user's code."""
+    """``(name, globals)`` of every loaded module of the user's code.
+
+    Kept from one check to the next while ``sys.modules`` keeps its size and its last
+    module: walking 1,500 modules took 4 ms a failing check.
+    """
+    modules = sys.modules
+    key = (len(modules), next(reversed(modules), None))
+    if _user_modules[0] == key:
+        return list(_user_modules[1])
     found: list[tuple[str, dict[str, Any]]] = []
-    for key, module in list(sys.modules.items()):
+    for key_name, module in list(modules.items()):
         namespace = diagnosis._namespace(module)
         filename = namespace.get("__file__") if namespace is not None else None
         if isinstance(filename, str) and kind(filename) is Kind.USER:
             name = namespace.get("__name__")  # type: ignore[union-attr]
-            found.append((name if isinstance(name, str) else key, namespace))  # type: ignore[arg-type]
-    return found
+            found.append((name if isinstance(name, str) else key_name, namespace))  # type: ignore[arg-type]
+    _user_modules[:] = [key, found]
+    return list(found)
+
+
+# The user's modules as last found, and the state of sys.modules then (see user_modules).
+_user_modules: list[Any] = [None, []]
 
 
 def _children(holder: object, modules: frozenset[str]) -> Iterable[object]:
