@@ -101,6 +101,8 @@ _NAMED_BY_FIGURE = frozenset({"clients", "threads", "tasks", "fds"})
 # Reading slots: one row of these per reading, in a preallocated array.
 _NAMES = ("objects", "heap", "fds", "threads", "tasks", "clients")
 _OBJECTS, _HEAP, _CLIENTS = 0, 1, 5
+# Figures that other threads' own work moves; the others count things the body made.
+_AMOUNTS = (_OBJECTS, _HEAP)
 # A last slot per reading holds tracemalloc's traced bytes, read while it traces.
 _TRACED = len(_NAMES)
 _SLOTS = _TRACED + 1
@@ -485,6 +487,8 @@ class LeakCheck:
         # Threads the body started are its own; those running before it may work alone.
         if readings.cpu_clocks(self._elders) == self._clocks:
             return True  # none of them ran since the baseline: all growth is the body's
+        if any(self._grew_every_round([slot], rounds) for slot in slots if slot not in _AMOUNTS):
+            return True  # a client, thread, task or file per call is a leak either way
         rows, times = self._rows, self._times
         mean = (times[self._ends[rounds - 1]] - times[0]) / rounds
         pause = min(max(3 * mean, _PAUSE_MIN), _PAUSE_MAX)
