@@ -344,6 +344,7 @@ class LeakCheck:
         self._ends = array("q", bytes(8 * options.rounds))
         self._calls = array("q", bytes(8 * options.rounds))
         self._times = array("d", bytes(8 * (options.rounds + 4)))
+        self._cpu = array("d", [0.0])
         self._background: set[int] = set()
         self._clocks: tuple[int, ...] = ()
         self._elders: list[tuple[int, int | None]] = []
@@ -436,12 +437,19 @@ class LeakCheck:
                 self._read()
                 calls = 1
             self._starts[index] = self._row - 1
+            # Stored in an array: a float kept in a local would be alive at the reading.
+            self._cpu[0] = time.thread_time()
             for _ in range(calls):
                 yield run
                 run += 1
                 records.settle()
             warnings.drop_repeats()
             self._calls[index] = calls
+            if index == 0 and not self._session.active:
+                # One warm call's cost can be a collection's or a busy machine's: the
+                # first round's calls, timed together, may let the next rounds run more.
+                calls = max(calls, calls_per_round((time.thread_time() - self._cpu[0]) / calls))
+                result.calls_per_round = calls
             self._traced[index] = self._session.active
             self._read()
             self._ends[index] = self._row - 1
