@@ -88,6 +88,9 @@ _IDLE_TIMEOUT = 0.02
 _IDLE_POLL = 0.0005
 _READ_ATTEMPTS = 3
 
+# Rounds run again at most, when a count of the body's fell in them (LeakCheck._fell).
+_REPEATS = 2
+
 # At most this long is waited for the other threads before tracemalloc is stopped.
 _STOP_WAIT = 0.5
 
@@ -337,18 +340,20 @@ class LeakCheck:
         # Readings go into a preallocated array: a reading kept as Python ints or in a
         # growing list would itself be a block or two per round, growth of the check's
         # own making in a check that judges blocks at zero.
-        # Rows: the baseline, each round's end, the traced round's own start, two scratch.
-        self._rows = array("q", bytes(8 * _SLOTS * (options.rounds + 4)))
+        # Rows: the baseline, each round's end (rounds run again too), the traced round's
+        # own start, two scratch.
+        rounds = options.rounds + 1 + _REPEATS
+        self._rows = array("q", bytes(8 * _SLOTS * (rounds + 4)))
         self._row = 0
-        self._starts = array("q", bytes(8 * options.rounds))
-        self._ends = array("q", bytes(8 * options.rounds))
-        self._calls = array("q", bytes(8 * options.rounds))
-        self._times = array("d", bytes(8 * (options.rounds + 4)))
+        self._starts = array("q", bytes(8 * rounds))
+        self._ends = array("q", bytes(8 * rounds))
+        self._calls = array("q", bytes(8 * rounds))
+        self._times = array("d", bytes(8 * (rounds + 4)))
         self._cpu = array("d", [0.0])
         self._background: set[int] = set()
         self._clocks: tuple[int, ...] = ()
         self._elders: list[tuple[int, int | None]] = []
-        self._traced = array("b", bytes(options.rounds))
+        self._traced = array("b", bytes(rounds))
         self.roots: list[tuple[str, object]] = []
         """Namespaces the body reaches besides module globals, e.g. ``("fixture", kwargs)``:
         where the diagnosis looks for the holder of a leak."""
@@ -417,13 +422,12 @@ class LeakCheck:
         if tracemalloc.is_tracing() or ("heap" in options.check and self._malloc is None):
             self._trace()
         run = options.warmup
-        # Made before the baseline is read: alive through the rounds, they would count.
-        indices = iter(range(options.rounds))
+        planned, repeats, index = options.rounds, _REPEATS, 0
         self._elders = readings.other_threads()
         self._clocks = readings.cpu_clocks(self._elders)
         self._read()
-        for index in indices:
-            if index == options.rounds - 1 and not self._session.active:
+        while index < planned:
+            if index == planned - 1 and not self._session.active:
                 if index and not self._own_growth(slots, index):
                     break  # what grew, other threads grew on their own
                 # The last round runs one call under tracemalloc, which names the growth. A
@@ -446,15 +450,23 @@ class LeakCheck:
             warnings.drop_repeats()
             self._calls[index] = calls
             if index == 0 and not self._session.active:
-                # One warm call's cost can be a collection's or a busy machine's: the
-                # first round's calls, timed together, may let the next rounds run more.
-                calls = max(calls, calls_per_round((time.thread_time() - self._cpu[0]) / calls))
-                result.calls_per_round = calls
+                # One warm call's cost can be a collection's or a busy machine's: the first
+                # round's calls, timed together, may let the next rounds run more, and one
+                # round more, so that bounded caches get as many calls to fill as planned.
+                more = calls_per_round((time.thread_time() - self._cpu[0]) / calls)
+                if more > calls:
+                    calls = result.calls_per_round = more
+                    planned += 1
             self._traced[index] = self._session.active
             self._read()
             self._ends[index] = self._row - 1
-            result.rounds_run += 1
-            if not self._grew_every_round(slots, result.rounds_run):
+            if repeats and index and self._fell(slots, index):
+                # A count of the body's fell: something else freed (another test's garbage,
+                # another thread's): this round tells nothing of the body. It runs again.
+                repeats -= 1
+                continue
+            index = result.rounds_run = index + 1
+            if not self._grew_every_round(slots, index):
                 break
         # Frozen since tracing began, the heap lists the traced calls' objects alone: read
         # before anything else of the check's is made.
@@ -585,6 +597,13 @@ class LeakCheck:
         rows[at + 4] = len(readings.pending_tasks())
         rows[at + 5] = self._clients.count() if self._clients is not None else 0
         rows[at + _TRACED] = tracemalloc.get_traced_memory()[0] if tracing else 0
+
+    def _fell(self, slots: list[int], index: int) -> bool:
+        """True when a count that grew in every round before ``index`` fell in it."""
+        return any(
+            slot != _HEAP and self._delta(slot, index) < 0 and self._grew_every_round([slot], index)
+            for slot in slots
+        )
 
     def _limit(self, slot: int, calls: int, traced: bool) -> int:
         """The growth of figure ``slot`` over a round of ``calls`` calls that is forgiven."""
