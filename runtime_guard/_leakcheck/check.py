@@ -460,7 +460,7 @@ class LeakCheck:
             self._traced[index] = self._session.active
             self._read()
             self._ends[index] = self._row - 1
-            if repeats and index and self._fell(slots, index):
+            if repeats and self._fell(slots, index):
                 # A count of the body's fell: something else freed (another test's garbage,
                 # another thread's): this round tells nothing of the body. It runs again.
                 repeats -= 1
@@ -599,9 +599,11 @@ class LeakCheck:
         rows[at + _TRACED] = tracemalloc.get_traced_memory()[0] if tracing else 0
 
     def _fell(self, slots: list[int], index: int) -> bool:
-        """True when a count that grew in every round before ``index`` fell in it."""
+        """True when a count that grew in every round before ``index`` (if any) fell in it."""
         return any(
-            slot != _HEAP and self._delta(slot, index) < 0 and self._grew_every_round([slot], index)
+            slot != _HEAP
+            and self._delta(slot, index) < 0
+            and (index == 0 or self._grew_every_round([slot], index))
             for slot in slots
         )
 
