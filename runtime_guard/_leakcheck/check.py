@@ -85,6 +85,7 @@ _PAUSE_MAX = 0.02
 # How long a reading waits for the other threads to be idle, and how often it retries a
 # reading during which one of them ran.
 _IDLE_TIMEOUT = 0.02
+_STARVED_TIMEOUT = 0.2
 _IDLE_POLL = 0.0005
 _READ_ATTEMPTS = 3
 
@@ -458,11 +459,12 @@ class LeakCheck:
                     calls = result.calls_per_round = more
                     planned += 1
             self._traced[index] = self._session.active
-            self._read()
+            noisy = self._read()
             self._ends[index] = self._row - 1
-            if repeats and self._fell(slots, index):
-                # A count of the body's fell: something else freed (another test's garbage,
-                # another thread's): this round tells nothing of the body. It runs again.
+            if repeats and (noisy or self._fell(slots, index)):
+                # Read while another thread kept working, or a count of the body's fell
+                # (something else freed: another test's garbage, another thread's): this
+                # round tells nothing sure of the body. It runs again.
                 repeats -= 1
                 continue
             index = result.rounds_run = index + 1
@@ -599,13 +601,24 @@ class LeakCheck:
         rows[at + _TRACED] = tracemalloc.get_traced_memory()[0] if tracing else 0
 
     def _fell(self, slots: list[int], index: int) -> bool:
-        """True when a count that grew in every round before ``index`` (if any) fell in it."""
-        return any(
-            slot != _HEAP
-            and self._delta(slot, index) < 0
-            and (index == 0 or self._grew_every_round([slot], index))
-            for slot in slots
-        )
+        """True when a count that grew in every round before ``index`` fell in it by more
+        than any of those rounds grew (by more than one per call in the first round).
+
+        Only a fall too large for noise counts: re-running every round that fell would
+        favour the rounds that grew, and turn noise into a leak.
+        """
+        for slot in slots:
+            if slot == _HEAP:
+                continue
+            delta = self._delta(slot, index)
+            if index == 0:
+                if delta < -self._calls[0]:
+                    return True
+            elif self._grew_every_round([slot], index) and -delta > max(
+                self._delta(slot, earlier) for earlier in range(index)
+            ):
+                return True
+        return False
 
     def _limit(self, slot: int, calls: int, traced: bool) -> int:
         """The growth of figure ``slot`` over a round of ``calls`` calls that is forgiven."""
@@ -789,17 +802,22 @@ def _idle_threads(timeout: float) -> int | None:
         return None
     clocks = readings.cpu_clocks(threads)
     moved: set[int] = set()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while True:
         time.sleep(_IDLE_POLL)
         now = readings.cpu_clocks(threads)
+        waited = time.monotonic() - started
         if now == clocks:
             # Only threads seen running are asked about their state: reading /proc costs
             # 40 us a thread, and one asleep throughout has nothing in flight.
             suspects = [thread for at, thread in enumerate(threads) if at in moved]
             if not suspects or not readings.runnable(suspects):
                 return abs(hash(now))
-        if time.monotonic() >= deadline:
+            # Runnable, yet it did not run: the machine's cores are busy elsewhere. It
+            # will run, and is waited for longer than a thread that keeps running.
+            if waited >= _STARVED_TIMEOUT:
+                return -1
+        elif waited >= timeout:
             return -1
         moved.update(
             at for at, (old, new) in enumerate(zip(clocks, now, strict=True)) if old != new
