@@ -226,9 +226,9 @@ def test_a_clean_body_never_runs_under_tracemalloc() -> None:
     assert not any(tracing)
 
 
-def test_a_leaky_body_is_traced_for_one_last_call_only() -> None:
-    """Every round but the last runs untraced, several calls each; the last is one traced
-    call, which names the growth."""
+def test_a_leaky_body_is_traced_in_its_last_round_only() -> None:
+    """Every round but the last runs untraced, several calls each; the last, of a few
+    calls, is traced and names the growth."""
     kept: list[object] = []
     tracing: list[bool] = []
 
@@ -238,10 +238,12 @@ def test_a_leaky_body_is_traced_for_one_last_call_only() -> None:
 
     result = _checked(body, rounds=4)
     calls = result.figures["objects"].calls
-    assert result.leaked and result.traced_rounds == 1 and calls[-1] == 1
-    assert tracing == [False] * (2 + sum(calls[:-1])) + [True]  # 2 warm-up calls, 3 rounds
+    assert result.leaked and result.traced_rounds == 1 and calls[-1] == result.traced_calls
+    assert 1 <= result.traced_calls <= 4
+    # 2 warm-up calls, 3 untraced rounds, then the traced one.
+    assert tracing == [False] * (2 + sum(calls[:-1])) + [True] * calls[-1]
     assert not tracemalloc.is_tracing()
-    assert "the last one a single traced call" in result.message()
+    assert re.search(r"the last one (a single traced call|traced \(\d calls\))", result.message())
     assert result.chain is not None and "kept (list)" in result.chain[0], result.message(True)
 
 

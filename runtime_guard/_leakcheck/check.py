@@ -89,6 +89,9 @@ _STARVED_TIMEOUT = 0.2
 _IDLE_POLL = 0.0005
 _READ_ATTEMPTS = 3
 
+# Calls of the traced round at most.
+_TRACED_CALLS = 4
+
 # Rounds run again at most, when a count of the body's fell in them (LeakCheck._fell).
 _REPEATS = 2
 
@@ -225,7 +228,9 @@ class LeakResult:
     traced_rounds: int = 0
     """Measured rounds run under tracemalloc: the ones the diagnosis is read from."""
     calls_per_round: int = 1
-    """Calls of the body in each untraced measured round (the traced round runs one)."""
+    """Calls of the body in each untraced measured round."""
+    traced_calls: int = 0
+    """Calls of the body in the traced round: what the diagnosis was read from."""
     figures: dict[str, Figure] = field(default_factory=dict)
     """Figures by name."""
     blocks: list[int] = field(default_factory=list)
@@ -280,6 +285,7 @@ class LeakResult:
             "rounds_run": self.rounds_run,
             "traced_rounds": self.traced_rounds,
             "calls_per_round": self.calls_per_round,
+            "traced_calls": self.traced_calls,
             "warmup": self.options.warmup,
             "tolerance": self.options.tolerance,
             "figures": {
@@ -343,7 +349,7 @@ class LeakCheck:
         # own making in a check that judges blocks at zero.
         # Rows: the baseline, each round's end (rounds run again too), the traced round's
         # own start, two scratch.
-        rounds = options.rounds + 1 + _REPEATS
+        rounds = options.rounds + 2 + _REPEATS
         self._rows = array("q", bytes(8 * _SLOTS * (rounds + 4)))
         self._row = 0
         self._starts = array("q", bytes(8 * rounds))
@@ -427,20 +433,28 @@ class LeakCheck:
         self._elders = readings.other_threads()
         self._clocks = readings.cpu_clocks(self._elders)
         self._read()
+        slowing = True
         while index < planned:
+            if index == planned - 1 and slowing and self._slowing(slots, index):
+                # Growth halved from one round to the next: a bounded cache filling up
+                # slows down so, a leak does not. One more round, untraced, tells.
+                slowing = False
+                planned += 1
             if index == planned - 1 and not self._session.active:
                 if index and not self._own_growth(slots, index):
                     break  # what grew, other threads grew on their own
-                # The last round runs one call under tracemalloc, which names the growth. A
-                # client left open per call is named by its creation site, which tracking
-                # records: one frame per allocation then tells young from old, cheaper.
+                # The last round runs under tracemalloc, which names the growth: a few calls
+                # (one for a slow body), so that a block kept per call stands clear of what
+                # another thread may have left in flight. A client left open per call is
+                # named by its creation site, which tracking records: one frame per
+                # allocation then tells young from old, cheaper.
                 if self._grew_every_round([_CLIENTS], index):
                     self._session = diagnosis.TracemallocSession(frames=1)
                 self._modules = scan.user_modules()
                 self._trace()
                 # Read afresh: starting tracemalloc is no growth of the body's.
                 self._read()
-                calls = 1
+                calls = result.traced_calls = min(calls, _TRACED_CALLS)
             self._starts[index] = self._row - 1
             # Stored in an array: a float kept in a local would be alive at the reading.
             self._cpu[0] = time.thread_time()
@@ -599,6 +613,20 @@ class LeakCheck:
         rows[at + 4] = len(readings.pending_tasks())
         rows[at + 5] = self._clients.count() if self._clients is not None else 0
         rows[at + _TRACED] = tracemalloc.get_traced_memory()[0] if tracing else 0
+
+    def _slowing(self, slots: list[int], rounds: int) -> bool:
+        """True when a count that grew in each of ``rounds`` rounds grew in the last by less
+        than half as much per call as in the one before."""
+        if rounds < 2:
+            return False
+        last, before = rounds - 1, rounds - 2
+        return any(
+            slot != _HEAP
+            and self._grew_every_round([slot], rounds)
+            and 2 * self._delta(slot, last) * self._calls[before]
+            < self._delta(slot, before) * self._calls[last]
+            for slot in slots
+        )
 
     def _fell(self, slots: list[int], index: int) -> bool:
         """True when a count that grew in every round before ``index`` fell in it by more
@@ -780,6 +808,8 @@ class LeakCheck:
         line, what = next(((at, what) for at, what in candidates if at is not None), (None, ""))
         if line is not None:
             size, count, kept = findings.lines.get(line, (0, 0, "")) if findings else (0, 0, "")
+            # The traced round may run a few calls: what the line keeps, per call.
+            size, count = size // max(result.traced_calls, 1), count // max(result.traced_calls, 1)
             if not what and count:
                 what = f"{kept}, {format_size(size)} in {count:,} objects kept per call"
             filename, lineno = line

@@ -93,7 +93,7 @@ def render(result: LeakResult, verbose: bool) -> str:
         )
     ]
     if sites:
-        calls = max(result.traced_rounds, 1)
+        calls = max(result.traced_calls, 1)
         lines.append(
             "  allocation sites of the traced call's growth:"
             if verbose
@@ -108,8 +108,9 @@ def render(result: LeakResult, verbose: bool) -> str:
             if verbose:
                 lines.extend(f"        {frame_text(frame)}" for frame in site.traceback)
     if result.types:
-        growing = ", ".join(f"{g.type_name} +{g.growth:,}" for g in result.types[:limit])
-        lines.append(f"  kept objects by type (traced call): {growing}")
+        calls = max(result.traced_calls, 1)
+        growing = ", ".join(f"{g.type_name} {g.growth / calls:+,.3g}" for g in result.types[:limit])
+        lines.append(f"  kept objects by type (per traced call): {growing}")
     if result.noisy_rounds:
         lines.append(f"  ({result.noisy_rounds} rounds read while another thread kept working)")
     if options.tolerance_text and verbose:
@@ -124,5 +125,7 @@ def _runs(result: LeakResult) -> str:
     if result.traced_rounds >= result.rounds_run:
         return text + ", traced"
     if result.traced_rounds == 1:
+        if result.traced_calls > 1:
+            return text + f", the last one traced ({result.traced_calls} calls)"
         return text + ", the last one a single traced call"
     return text
