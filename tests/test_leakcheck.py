@@ -347,8 +347,8 @@ def test_calls_per_round_fill_two_milliseconds() -> None:
 
     assert calls_per_round(None) == 1
     assert [calls_per_round(s) for s in (1e-6, 1e-4, 2e-4, 1e-3, 5e-3)] == [16, 16, 8, 2, 1]
-    # A call that mostly waits counts an eighth of its wall time; CPU time in full.
-    assert _call_cost(wall=8e-3, cpu=1e-4) == 1e-3
+    # A call that mostly waits counts a quarter of its wall time; CPU time in full.
+    assert _call_cost(wall=4e-3, cpu=1e-4) == 1e-3
     assert _call_cost(wall=2e-4, cpu=1e-4) == 1e-4
 
 

@@ -136,14 +136,14 @@ def calls_per_round(seconds: float | None) -> int:
 
 
 def _call_cost(wall: float, cpu: float) -> float:
-    """What one call costs, for :func:`calls_per_round`: its CPU time, or an eighth of its
+    """What one call costs, for :func:`calls_per_round`: its CPU time, or a quarter of its
     wall time when it mostly waits (on a server, a disk).
 
     Wall time alone would count the time the process waited for a core: on a busy
     machine a body of 10 us took 500 us now and then, and ran half the calls per round,
     which changes which bounded caches have filled before the last round.
     """
-    return max(cpu, wall / 8)
+    return max(cpu, wall / 4)
 
 
 @dataclass
