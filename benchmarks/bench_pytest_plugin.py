@@ -235,6 +235,19 @@ def _report(
             row += f" | {verdict + mark + right:>11} {seconds[name, test] * 1000:5.0f}ms"
         print(row)
     print("(@: every failure's first location in the suite's files is the leaking line)")
+    # What a wrong verdict of the plugin's said: the figures that grew.
+    for test in tests:
+        for name in judges:
+            if name.startswith("memray"):
+                continue
+            for session, (_, outcomes) in enumerate(runs[name], start=1):
+                outcome = outcomes[test]
+                if outcome.failed != (test in leaks):
+                    said = next(
+                        (line.strip() for line in outcome.message.splitlines() if "grew" in line),
+                        "passed" if not outcome.failed else outcome.message[:100],
+                    )
+                    print(f"  {name}, session {session}, {test}: {said}")
     walls = {name: _median([wall for wall, _ in results]) for name, results in runs.items()}
     leaky = sum(test in leaks for test in tests)
     clean = len(tests) - leaky
