@@ -8,9 +8,11 @@ import os
 import re
 import socket
 import socketserver
+import sys
 import threading
 import time
 import tracemalloc
+import types
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -306,6 +308,69 @@ def test_an_object_a_library_builds_deep_inside_is_named_at_the_user_line() -> N
     line = result.line
     assert line is not None and line.filename == __file__, result.message(True)
     assert line.type_name == "email.message.Message", result.message(True)
+
+
+# A registry in this module, which has more names than a registry has entries.
+_ORDERS: list[dict[str, int]] = []
+
+
+def test_a_module_of_many_names_is_searched_for_the_holder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A module-level list of a module with over a hundred names is found going forwards
+    as what holds the leak, with no backward scan of the heap."""
+    from runtime_guard._leakcheck import scan
+
+    assert len(globals()) > 64
+    monkeypatch.setattr(scan, "backward_chain", lambda candidates: None)
+    result = _checked(lambda: _ORDERS.append({"id": len(_ORDERS)}), rounds=3)
+    assert result.leaked
+    assert result.chain is not None and result.chain[0].endswith("._ORDERS (list)"), result.message(
+        True
+    )
+
+
+def test_a_library_registry_holding_the_leak_is_named_going_forwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A logger made per call is held by logging's own registry, and the chain to it is
+    found from the logging module, with no backward scan of the heap."""
+    import itertools
+    import logging
+
+    from runtime_guard._leakcheck import scan
+
+    monkeypatch.setattr(scan, "backward_chain", lambda candidates: None)
+    ids = itertools.count()
+    result = _checked(lambda: logging.getLogger(f"rg-test.request.{next(ids)}"), rounds=3)
+    assert result.leaked
+    assert result.line is not None and result.line.filename == __file__, result.message(True)
+    assert result.chain is not None, result.message(True)
+    assert result.chain[0].startswith("logging.") and ".loggerDict dict" in result.chain
+
+
+_HELD_TOO: list[object] = []
+
+
+def test_the_backward_chain_never_starts_in_the_checks_own_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An object a module of this package also holds is reported held by the user's
+    module-level name, not by the package's."""
+    import runtime_guard
+    from runtime_guard._leakcheck import scan
+
+    own = types.ModuleType("runtime_guard._probe_holder")
+    own.__file__ = os.path.join(os.path.dirname(runtime_guard.__file__), "_probe_holder.py")
+    record = {"order": 42}
+    own.kept = [record]  # type: ignore[attr-defined]
+    _HELD_TOO.append(record)
+    monkeypatch.setitem(sys.modules, own.__name__, own)
+    try:
+        chain = scan.backward_chain([record])
+    finally:
+        _HELD_TOO.clear()
+    assert chain is not None and chain[0].endswith("._HELD_TOO (list)"), chain
 
 
 def test_a_host_that_froze_objects_keeps_its_freeze_and_gets_verdicts() -> None:

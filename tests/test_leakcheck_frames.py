@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import _pytest.config
 import _pytest.python
 import pluggy
 import redis
 
 from runtime_guard._leakcheck import check
-from runtime_guard._leakcheck.frames import Kind, kind
+from runtime_guard._leakcheck.frames import Kind, kind, machinery_module
 from runtime_guard._leakcheck.scan import machinery, shown, user_frame
 
 
@@ -43,3 +44,12 @@ def test_library_paths_are_shown_from_where_they_are_installed() -> None:
     assert shown(redis.__file__) == "redis/__init__.py"
     assert shown(json.__file__) == "json/__init__.py"
     assert shown(os.path.abspath("app/views.py")) == os.path.join("app", "views.py")
+
+
+def test_modules_of_the_machinery_are_told_from_the_users_and_libraries() -> None:
+    """pytest's config and plugin manager are the machinery's classes, whose instances the
+    search for a holder skips; the user's classes and a library's are not."""
+    for cls in (_pytest.config.Config, pluggy.PluginManager, check.LeakCheck):
+        assert machinery_module(cls.__module__), cls
+    for cls in (redis.Redis, json.JSONDecoder, type("Local", (), {})):
+        assert not machinery_module(cls.__module__), cls

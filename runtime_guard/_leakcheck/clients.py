@@ -85,9 +85,12 @@ class ClientWatch:
 
     def unreleased(self) -> list[Unreleased]:
         """The same, grouped by type and creation site, most first."""
+        from runtime_guard._leakcheck.scan import shown
+
         groups: Counter[tuple[str, str]] = Counter()
         for item in self._live():
-            groups[(item.type, str(item.site))] += 1
+            filename, lineno, function = item.site.where
+            groups[(item.type, f"{shown(filename)}:{lineno} in {function}")] += 1
         return [Unreleased(kind, site, count) for (kind, site), count in groups.most_common()]
 
     def close(self) -> None:

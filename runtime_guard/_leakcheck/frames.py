@@ -15,11 +15,12 @@ import fnmatch
 import functools
 import os
 import re
+import sys
 import tracemalloc
 
 from runtime_guard import _sites
 
-__all__ = ["PYTEST_FILES", "Kind", "kind"]
+__all__ = ["PYTEST_FILES", "Kind", "kind", "machinery_module"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,3 +62,12 @@ def kind(filename: str) -> Kind:
     if _sites.is_library(filename):
         return Kind.LIBRARY
     return Kind.USER
+
+
+@functools.cache
+def machinery_module(name: str) -> bool:
+    """Whether the loaded module ``name`` is the machinery's (pytest's, pluggy's, this
+    package's): its globals and its classes' instances never hold the code under test's
+    leaks (cached per module name)."""
+    filename = getattr(sys.modules.get(name), "__file__", None)
+    return isinstance(filename, str) and kind(filename) is Kind.MACHINERY

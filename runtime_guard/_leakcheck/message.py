@@ -95,15 +95,17 @@ def render(result: LeakResult, verbose: bool) -> str:
     if sites:
         calls = max(result.traced_calls, 1)
         lines.append(
-            "  allocation sites of the traced call's growth:"
+            "  allocation sites of the traced calls' growth (per call):"
             if verbose
-            else "  also allocated and kept:"
+            else "  also allocated and kept (per call):"
         )
         for site in sites[:limit]:
             function = site.function or diagnosis._function_at(site.filename, site.lineno)
+            blocks = site.count_diff / calls
             lines.append(
                 f"    {shown(site.filename)}:{site.lineno} in {function}: "
-                f"+{format_size(site.size_diff / calls)} in {site.count_diff / calls:,.0f} blocks"
+                f"+{format_size(site.size_diff / calls)} in {blocks:,.0f} "
+                + ("block" if round(blocks) == 1 else "blocks")
             )
             if verbose:
                 lines.extend(f"        {frame_text(frame)}" for frame in site.traceback)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime_guard import _sites, diagnosis
-from runtime_guard._leakcheck.frames import PYTEST_FILES, Kind, kind
+from runtime_guard._leakcheck.frames import PYTEST_FILES, Kind, kind, machinery_module
 from runtime_guard._sizes import format_size
 
 __all__ = [
@@ -68,7 +68,10 @@ _SITES = 5
 # Candidates for the backward referrer chain, when the forward search found no holder,
 # and the time it may take: each level of it scans the whole heap (gc.get_referrers).
 _CANDIDATES = 5
-_BACKWARD_SECONDS = 0.02
+_BACKWARD_SECONDS = 0.04
+
+# Library modules a forward search starts from when the user's hold nothing of the growth.
+_LIBRARY_STARTS = 3
 
 Line = tuple[str, int]
 
@@ -78,9 +81,6 @@ _LEAVES = (*_ATOMIC, types.ModuleType, type(None), bool)
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 
 _LIBRARY_DIRS = tuple(sorted(_sites.library_prefixes(), key=len, reverse=True))
-
-# The check's own objects: never where a leak of the test's is held.
-_OWN = __name__.split(".", 1)[0] + "."
 
 
 def excluded(filename: str) -> bool:
@@ -237,6 +237,8 @@ class Findings:
     held: list[object] = field(default_factory=list)
     """A few roots: where a backward referrer chain may start when the forward search found
     no holder (after :meth:`finish`)."""
+    library_paths: list[tuple[str, list[object]]] = field(default_factory=list)
+    """Paths the forward search found from library modules, when none from the user's."""
     chain: list[str] | None = None
     """Links from a root namespace down to the leaking line's objects (after finish)."""
     exceptions: list[str] = field(default_factory=list)
@@ -254,6 +256,7 @@ class Findings:
                 if id(obj) not in young and not machinery(frames):
                     young[id(obj)] = (obj, frames)
         paths, self.paths = self.paths, []
+        library, self.library_paths = self.library_paths, []
         self.survivors.clear()
         by_type: Counter[type] = Counter()
         started = (threading.Thread, *_task_types())
@@ -264,7 +267,7 @@ class Findings:
                 self.created[id(obj)] = frames
         for cls, count in by_type.items():
             self.types[diagnosis.type_name(cls)] += count
-        roots = _roots(young, [path[-1] for _, path in paths])
+        roots = _roots(young, [path[-1] for _, path in paths + library])
         self.sites = _growth_sites(self.snapshot)
         kept = _kept_by_the_user(roots, paths)
         self.lines = _by_line(kept)
@@ -273,7 +276,7 @@ class Findings:
         self.shallow = biggest is not None and biggest.line is None and len(biggest.frames) >= limit
         self.line = _leaking_line(self.lines, self.sites)
         self.exceptions = _exceptions(roots)
-        self.chain = _chain(paths, roots, self.line)
+        self.chain = _chain(paths, roots, self.line) or _chain(library, roots, self.line)
         if self.chain is None:
             self.held = [root.obj for root in roots if root.line == self.line][:_CANDIDATES]
         self.fd_owners, self.fd_line = _fd_owners(new_fds, self.files)
@@ -533,6 +536,28 @@ def _top_files(snapshot: tracemalloc.Snapshot) -> list[str]:
     return sorted(sizes, key=lambda name: -sizes[name])
 
 
+def _library_modules(snapshot: tracemalloc.Snapshot) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, globals)`` of the library modules whose code allocated the most traced
+    growth (the frames above the user's line), most first."""
+    sizes: dict[str, int] = {}
+    for trace in _raw_traces(snapshot):
+        frames = trace[2]
+        if not frames or machinery(frames):
+            continue
+        for filename, _ in frames:
+            if kind(filename) is not Kind.LIBRARY:
+                break
+            sizes[filename] = sizes.get(filename, 0) + trace[1]
+    files = sorted(sizes, key=lambda name: -sizes[name])[:_LIBRARY_STARTS]
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, module in list(sys.modules.items()):
+        namespace = diagnosis._namespace(module)
+        filename = namespace.get("__file__") if namespace is not None else None
+        if filename in files:
+            found[filename] = (name, namespace)  # type: ignore[assignment]
+    return [found[filename] for filename in files if filename in found]
+
+
 def stack_roots() -> list[tuple[str, object]]:
     """Locals of the calling frames that run the user's code (not pytest's, not ours)."""
     roots: list[tuple[str, object]] = []
@@ -588,7 +613,7 @@ def _children(holder: object, modules: frozenset[str]) -> Iterable[object]:
         )
     if isinstance(
         holder, (types.ModuleType, types.CodeType, types.FrameType, types.BuiltinFunctionType)
-    ) or type(holder).__module__.startswith(_OWN):
+    ) or machinery_module(type(holder).__module__):
         return ()
     referents = gc.get_referents(holder)
     for at, referent in enumerate(referents):
@@ -654,7 +679,9 @@ def _search(
             held = children[start:stop]
             frames = traced[start:stop]
             if not any(frames):
-                if stop - start <= _WIDE:
+                # A namespace is followed whatever its size: a module of many names is
+                # where registries live, not a mass of data.
+                if stop - start <= _WIDE or depth == 0:
                     for child in itertools.filterfalse(_is_leaf, held):
                         if id(child) not in followed:
                             followed.add(id(child))
@@ -750,6 +777,12 @@ def survey(
     hits = _search(findings, [*first, *roots], _SEARCH_OBJECTS, ids)
     if not hits and rest:
         hits = _search(findings, rest, _SEARCH_OBJECTS // 4, ids)
+    if not hits:
+        # Held by a library's own registry (logging's loggers, a signal's receivers): the
+        # modules whose code allocated the growth hold it, found going forwards from them
+        # at the cost of a few hundred objects, where a backward search scans the heap.
+        hits = _search(findings, _library_modules(findings.snapshot), _SEARCH_OBJECTS // 4, ids)
+        findings.library_paths, findings.paths = findings.paths, []
     findings.survivors.append(hits)
     # Concrete classes only: an isinstance() check against the io.IOBase ABC would fill
     # its cache with every type on the heap. Buffered and text files wrap a FileIO.
@@ -762,7 +795,9 @@ def backward_chain(candidates: list[object]) -> list[str] | None:
     """The first referrer chain found from the candidates, within one overall budget."""
     deadline = time.monotonic() + _BACKWARD_SECONDS
     while candidates and time.monotonic() < deadline:
-        chain = diagnosis.referrer_chain(candidates.pop(0), time_budget=_BACKWARD_SECONDS)
+        chain = diagnosis.referrer_chain(
+            candidates.pop(0), time_budget=_BACKWARD_SECONDS, skip_module=machinery_module
+        )
         if chain:
             return chain
     return None
