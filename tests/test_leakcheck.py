@@ -373,6 +373,22 @@ def test_the_backward_chain_never_starts_in_the_checks_own_modules(
     assert chain is not None and chain[0].endswith("._HELD_TOO (list)"), chain
 
 
+def test_unreleased_clients_made_inside_a_library_are_shown_at_its_short_path() -> None:
+    """Sockets a pool's worker made and the body kept are listed at the library's path as
+    installed (``socket.py:N``), as allocation sites are, not at the interpreter's path."""
+    kept: list[tuple[socket.socket, socket.socket]] = []
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            result = _checked(lambda: kept.append(pool.submit(socket.socketpair).result()))
+        finally:
+            for pair in kept:
+                for end in pair:
+                    end.close()
+    assert result.leaked and result.unreleased, result.message(True)
+    sites = [item.site for item in result.unreleased]
+    assert all(site.startswith("socket.py:") for site in sites), sites
+
+
 def test_a_host_that_froze_objects_keeps_its_freeze_and_gets_verdicts() -> None:
     """A heap the host froze itself is left frozen as it was, and verdicts still hold."""
     import gc
