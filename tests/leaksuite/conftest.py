@@ -51,21 +51,22 @@ def upstream() -> Iterator[str]:
     server.stop()
 
 
+def _server_url(variable: str) -> str:
+    url = os.environ.get(variable)
+    if not url:
+        pytest.skip(f"{variable} is not set")
+    return url
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    url = os.environ.get("LEAKSUITE_REDIS_URL")
-    if not url:
-        pytest.skip("LEAKSUITE_REDIS_URL is not set")
-    return url
+    return _server_url("LEAKSUITE_REDIS_URL")
 
 
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
     """A libpq URL (``postgresql://...``) for psycopg."""
-    url = os.environ.get("LEAKSUITE_POSTGRES_URL")
-    if not url:
-        pytest.skip("LEAKSUITE_POSTGRES_URL is not set")
-    return url
+    return _server_url("LEAKSUITE_POSTGRES_URL")
 
 
 @pytest.fixture(scope="session")
