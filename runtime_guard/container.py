@@ -31,6 +31,7 @@ import re
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -312,6 +313,8 @@ class ContainerPublisher(Component):
         for signal, receiver in self._receivers:
             signal.disconnect(receiver)
         self._receivers.clear()
+        with _exit_lock:
+            _exiting.discard(self)
         self.remove()
 
     def remove(self) -> None:
@@ -326,18 +329,22 @@ class ContainerPublisher(Component):
                 os.unlink(path)
 
 
-_exiting: list[ContainerPublisher] = []
+# Publishers whose file is to go at exit; held weakly, and left by close(), so that guards
+# installed and uninstalled many times keep none of theirs.
+_exiting: weakref.WeakSet[ContainerPublisher] = weakref.WeakSet()
 _exit_lock = threading.Lock()
+_exit_registered = False
 
 
 def _remove_at_exit(publisher: ContainerPublisher) -> None:
+    global _exit_registered
     import atexit
 
     with _exit_lock:
-        if not _exiting:
+        if not _exit_registered:
+            _exit_registered = True
             atexit.register(_remove_all)
-        if publisher not in _exiting:
-            _exiting.append(publisher)
+        _exiting.add(publisher)
 
 
 def _remove_all() -> None:

@@ -334,7 +334,7 @@ def test_metrics_table_lists_every_metric() -> None:
 
 def test_pytest_options_table_matches_the_plugin() -> None:
     """The plugin's options table names each flag, ini key and variable the plugin has."""
-    rows = _table(DOCS / "guide" / "pytest-plugin.md", "pytest-options")
+    rows = _table(DOCS / "pytest.md", "pytest-options")
     help_text = subprocess.run(
         [sys.executable, "-m", "pytest", "--help"],
         capture_output=True,
