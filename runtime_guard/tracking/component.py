@@ -19,43 +19,17 @@ from runtime_guard import signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen, window_minima
 from runtime_guard.reports.files import write_report
-from runtime_guard.tracking.registry import (
-    Counts,
-    TrackedInstance,
-    counts,
-    disable_known_clients,
-    enable_known_clients,
-    entry_summary,
-    is_tracked,
-    live_objects,
-    marker,
-    track,
-    tracked_names,
-    unreleased_since,
-    untrack,
-    untrack_all,
-)
+from runtime_guard.tracking.registry import Counts, TrackingRegistry, default_registry
 
 if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
 __all__ = [
-    "TrackedInstance",
     "TrackingComponent",
     "UnreleasedReport",
     "build_report",
-    "disable_known_clients",
-    "enable_known_clients",
-    "is_tracked",
     "judge_growth",
-    "live_objects",
-    "marker",
-    "track",
-    "tracked_names",
-    "unreleased_since",
-    "untrack",
-    "untrack_all",
 ]
 
 _log = logging.getLogger("runtime_guard")
@@ -157,10 +131,15 @@ class UnreleasedReport:
 
 
 def build_report(
-    name: str, reasons: Sequence[str], growth: float | None = None
+    name: str,
+    reasons: Sequence[str],
+    growth: float | None = None,
+    *,
+    registry: TrackingRegistry | None = None,
 ) -> UnreleasedReport | None:
-    """Build the report for tracked type ``name`` now (``None`` if it is not tracked)."""
-    summary = entry_summary(name)
+    """Build the report for tracked type ``name`` now (``None`` if it is not tracked in
+    ``registry``, by default the process's)."""
+    summary = (registry or default_registry).entry_summary(name)
     if summary is None:
         return None
     return UnreleasedReport(
@@ -192,19 +171,25 @@ class TrackingComponent(Component):
 
     name = "tracking"
 
-    def __init__(self, track_clients: bool = True) -> None:
+    def __init__(
+        self, track_clients: bool = True, *, registry: TrackingRegistry | None = None
+    ) -> None:
+        self.registry = registry or default_registry
+        """The tracked classes this component judges (the process's unless given)."""
         self.track_clients = track_clients
         """Whether the known clients were switched on by this component."""
         self._states: dict[str, _TypeState] = {}
-        self._baseline = {name: c.collected_unreleased for name, c in counts().items()}
+        self._baseline = {
+            name: c.collected_unreleased for name, c in self.registry.counts().items()
+        }
         self.reports: deque[UnreleasedReport] = deque(maxlen=20)
         """The last reports sent, newest last."""
         if track_clients:
-            enable_known_clients()
+            self.registry.enable_known_clients()
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         window = WINDOW_SAMPLES * guard.config.interval
-        for name, figures in counts().items():
+        for name, figures in self.registry.counts().items():
             state = self._states.get(name)
             if state is None:
                 # Types tracked after the guard started count from zero; older ones from
@@ -244,7 +229,7 @@ class TrackingComponent(Component):
         return reasons, growth
 
     def _report(self, guard: Guard, name: str, reasons: list[str], growth: float | None) -> None:
-        report = build_report(name, reasons, growth)
+        report = build_report(name, reasons, growth, registry=self.registry)
         if report is None:
             return
         if guard.config.report_dir:
@@ -261,7 +246,7 @@ class TrackingComponent(Component):
                     "unreleased": figures.unreleased,
                     "collected_unreleased": figures.collected_unreleased,
                 }
-                for name, figures in counts().items()
+                for name, figures in self.registry.counts().items()
                 if figures.created
             }
         }
@@ -271,4 +256,4 @@ class TrackingComponent(Component):
 
     def close(self, guard: Guard) -> None:
         self._states.clear()
-        untrack_all()
+        self.registry.untrack_all()

@@ -87,6 +87,10 @@ class ImportWatcher(importlib.abc.MetaPathFinder):
             self._callbacks.clear()
             self._detach()
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held it at the fork)."""
+        self._lock = threading.RLock()
+
     def _detach(self) -> None:
         while self in sys.meta_path:
             sys.meta_path.remove(self)
