@@ -9,6 +9,7 @@ from runtime_guard import _install, limiters, shedding
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.probes import Reading
+from runtime_guard.tracking import registry as tracking
 
 __all__ = ["FakeProbe", "ManualClock", "make_guard", "reset"]
 
@@ -80,12 +81,14 @@ def make_guard(
 
 def reset() -> None:
     """Put the process back as it was before any guard: uninstall the process-wide guard,
-    restore every shed feature and forget the declared features, caches and limiters.
+    restore every shed feature and forget the declared features, caches and limiters;
+    untrack every tracked class (each is restored exactly) and forget the records, the
+    ``marker()`` and the warnings already logged.
 
-    Tracked classes stay tracked (patching is process-wide); untrack them with
-    ``runtime_guard.tracking.untrack_all()`` where a test needs that. Call it in a fixture,
-    after each test that declares features or installs a guard.
+    Call it in a fixture, after each test that declares features, tracks classes or
+    installs a guard.
     """
     _install.uninstall()
     shedding.default_registry.clear()
     limiters.default_registry.clear()
+    tracking.default_registry.reset()
