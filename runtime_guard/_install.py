@@ -17,6 +17,7 @@ from runtime_guard import _fork
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.leaks.detector import LeakDetector
+from runtime_guard.pools.component import PoolComponent
 from runtime_guard.pressure import Pressure
 from runtime_guard.relief import ReliefComponent
 from runtime_guard.reports.timeline import Timeline
@@ -49,6 +50,10 @@ def attach_components(guard: Guard) -> None:
             ReliefComponent(Pressure.parse(config.relief_at), config.relief_cooldown, guard.clock)
         )
     guard.add_component(TrackingComponent(track_clients=config.track_clients))
+    if config.track_resources:
+        guard.add_component(
+            PoolComponent(config.checkout_warn_after, config.pool_exhausted_after)
+        )
     if config.leak_detection:
         guard.add_component(LeakDetector(config, guard.clock))
 

@@ -12,14 +12,18 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "CgroupMemory",
     "MemoryProbe",
     "Reading",
     "RssReader",
+    "RuntimeProbe",
+    "RuntimeReading",
     "find_cgroup_memory",
     "physical_memory",
     "rlimit_as",
@@ -374,3 +378,95 @@ class MemoryProbe:
         if self._cgroup is not None:
             self._cgroup.close()
             self._cgroup = None
+
+
+class RuntimeReading(NamedTuple):
+    """The figures of a sample that are not bytes."""
+
+    threads: int
+    """Live Python threads."""
+    tasks: int
+    """asyncio tasks not yet collected (pending, or finished and still referenced)."""
+    fds: int
+    """Open file descriptors; ``-1`` where they cannot be counted."""
+    loop_lag: float | None
+    """Worst event-loop lag in seconds since the last reading; ``None`` with no loop watched."""
+
+
+# Counting by listing the directory costs tens of microseconds and grows with the count;
+# where that is the only way, it is done on one reading in this many.
+_FD_LIST_EVERY = 10
+
+
+class RuntimeProbe:
+    """Threads, asyncio tasks, file descriptors and loop lag: a few microseconds a reading.
+
+    File descriptors: since Linux 6.2 ``stat()`` of ``/proc/self/fd`` gives their number as
+    its size (about 2 us, against 20 us for listing the directory and 30 us for a psutil
+    memory read); older kernels say 0 there, and the directory is listed on one reading in
+    ten. Tasks: the length of asyncio's own registry of tasks, read without importing
+    asyncio. Loop lag: what :mod:`runtime_guard.looplag` measured, when it is loaded.
+    """
+
+    def __init__(self, root: str = "/") -> None:
+        self._fd_dir = _join(root, "/proc/self/fd")
+        self._fd_by_size: bool | None = None
+        self._fds = -1
+        self._readings = 0
+
+    def read(self) -> RuntimeReading:
+        """One reading now; never raises (a figure that cannot be read is ``-1``/``None``)."""
+        return RuntimeReading(threading.active_count(), self.tasks(), self.fds(), self.loop_lag())
+
+    def fds(self) -> int:
+        """Open file descriptors of this process (``-1`` when they cannot be counted)."""
+        if self._fd_by_size is not False:
+            try:
+                size = os.stat(self._fd_dir).st_size
+            except OSError:
+                size = 0
+            # Standard input, output and error are nearly always open: a size of 0 is an
+            # older kernel's answer, not a process without descriptors.
+            self._fd_by_size = size > 0
+            if size > 0:
+                return size
+        self._readings += 1
+        if self._fds < 0 or self._readings % _FD_LIST_EVERY == 0:
+            try:
+                # Listing opens one descriptor of its own for the directory.
+                self._fds = max(len(os.listdir(self._fd_dir)) - 1, 0)
+            except OSError:
+                self._fds = -1
+        return self._fds
+
+    @staticmethod
+    def tasks() -> int:
+        """asyncio tasks of every loop not yet collected; 0 while asyncio is not imported."""
+        module = sys.modules.get("asyncio.tasks")
+        if module is None:
+            return 0
+        count = 0
+        # 3.11: _all_tasks; 3.12 and later: _scheduled_tasks (a WeakSet) and _eager_tasks.
+        for name in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
+            registry = getattr(module, name, None)
+            if registry is not None:
+                with contextlib.suppress(Exception):  # resized by the loop's thread meanwhile
+                    count += len(registry)
+        return count
+
+    @staticmethod
+    def loop_lag() -> float | None:
+        """Worst lag of the watched event loops since the last call, when any is watched."""
+        looplag = sys.modules.get("runtime_guard.looplag")
+        if looplag is None:
+            return None
+        try:
+            lag: float | None = looplag.default_monitor.take()
+        except Exception:
+            return None
+        return lag
+
+    def reopen(self) -> None:
+        """After ``fork()``: the child counts its own descriptors from scratch."""
+        self._fds = -1
+        self._readings = 0

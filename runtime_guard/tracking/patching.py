@@ -34,7 +34,7 @@ from runtime_guard.tracking.records import (
 if TYPE_CHECKING:
     from runtime_guard.tracking.clients import ClientSpec
 
-__all__ = ["Patch", "patch_class", "unpatch"]
+__all__ = ["Patch", "patch_class", "replace", "restore", "unpatch"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -226,16 +226,17 @@ def _companion_wrapper(
 # -- putting the wrappers on and off -------------------------------------------------------
 
 
-def _patch(entry: Entry, owner: type, attr: str, replacement: Any) -> None:
+def replace(patches: list[Patch], owner: type, attr: str, replacement: Any) -> None:
+    """Set ``owner.attr`` to ``replacement``, remembering in ``patches`` what to put back."""
     had = attr in owner.__dict__
     original = owner.__dict__.get(attr)
     setattr(owner, attr, replacement)
-    entry.patches.append(Patch(owner, attr, had, original))
+    patches.append(Patch(owner, attr, had, original))
 
 
-def unpatch(entry: Entry) -> None:
-    """Put back everything :func:`patch_class` replaced for ``entry``, newest first."""
-    for patch in reversed(entry.patches):
+def restore(patches: list[Patch]) -> None:
+    """Put back everything :func:`replace` changed, newest first, and empty ``patches``."""
+    for patch in reversed(patches):
         try:
             if patch.had:
                 setattr(patch.owner, patch.attr, patch.original)
@@ -245,7 +246,16 @@ def unpatch(entry: Entry) -> None:
             _log.warning(
                 "runtime_guard: could not restore %s.%s", patch.owner.__qualname__, patch.attr
             )
-    entry.patches.clear()
+    patches.clear()
+
+
+def _patch(entry: Entry, owner: type, attr: str, replacement: Any) -> None:
+    replace(entry.patches, owner, attr, replacement)
+
+
+def unpatch(entry: Entry) -> None:
+    """Put back everything :func:`patch_class` replaced for ``entry``, newest first."""
+    restore(entry.patches)
 
 
 def patch_class(
