@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime_guard.tracking.sites import format_frame
 
-__all__ = ["MAX_FRAMES", "format_frames", "task_stack", "thread_stack"]
+__all__ = ["MAX_FRAMES", "format_frames", "stack_of", "task_stack", "thread_stack"]
 
 MAX_FRAMES = 20
 """Frames kept per stack, the innermost ones."""
@@ -36,13 +36,17 @@ def _outwards(frame: FrameType | None) -> list[FrameType]:
     return frames
 
 
+def stack_of(frame: FrameType | None, limit: int = MAX_FRAMES) -> list[str]:
+    """The stack that ends in ``frame``, outermost first, innermost last."""
+    return format_frames(_outwards(frame), limit)
+
+
 def thread_stack(ident: int | None, limit: int = MAX_FRAMES) -> list[str]:
     """The stack of thread ``ident`` now, outermost first, innermost last; ``[]`` when the
     thread has ended."""
     if ident is None:
         return []
-    frame = sys._current_frames().get(ident)
-    return format_frames(_outwards(frame), limit)
+    return stack_of(sys._current_frames().get(ident), limit)
 
 
 def _await_chain(coro: Any) -> list[FrameType]:

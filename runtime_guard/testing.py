@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime_guard import _install, limiters, shedding
+from runtime_guard import _install, limiters, shedding, stuck
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
+from runtime_guard.pools import checkouts as pools
 from runtime_guard.probes import Reading
 from runtime_guard.tracking import registry as tracking
 
@@ -83,7 +84,8 @@ def reset() -> None:
     """Put the process back as it was before any guard: uninstall the process-wide guard,
     restore every shed feature and forget the declared features, caches and limiters;
     untrack every tracked class (each is restored exactly) and forget the records, the
-    ``marker()`` and the warnings already logged.
+    ``marker()`` and the warnings already logged; forget the pools seen and the runs with
+    a deadline in progress.
 
     Call it in a fixture, after each test that declares features, tracks classes or
     installs a guard.
@@ -92,3 +94,5 @@ def reset() -> None:
     shedding.default_registry.clear()
     limiters.default_registry.clear()
     tracking.default_registry.reset()
+    pools.default_registry.clear()
+    stuck.default_registry.clear()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
 from runtime_guard._component import Component
+from runtime_guard._units import format_duration
 from runtime_guard.pools.checkouts import (
     Checkout,
     PoolFigures,
@@ -92,10 +93,10 @@ class PoolComponent(Component):
         data = {"kind": "checkout_held", **checkout.to_dict(now, watch.name)}
         state = f", {data['state']}" if data["state"] else ""
         _log.warning(
-            "runtime_guard: a connection of pool %s has been held %.0f s%s, checked out at "
+            "runtime_guard: a connection of pool %s has been held %s%s, checked out at "
             "%s by %s\n%s",
             watch.name,
-            seconds,
+            format_duration(seconds),
             state,
             checkout.site,
             data["thread"],
@@ -139,15 +140,16 @@ class PoolComponent(Component):
         }
         waiting = "unknown" if figures.waiting < 0 else str(figures.waiting)
         _log.warning(
-            "runtime_guard: pool %s exhausted for %.0f s: %d in use of %s, %s waiting; "
+            "runtime_guard: pool %s exhausted for %s: %d in use of %s, %s waiting; "
             "longest holders:\n%s",
             watch.name,
-            lasted,
+            format_duration(lasted),
             figures.in_use,
             "?" if figures.size is None else figures.size,
             waiting,
             "\n".join(
-                f"    {h['seconds']:.1f} s  {h['site']}  ({h['state'] or 'state unknown'})"
+                f"    {format_duration(h['seconds'])}  {h['site']}  "
+                f"({h['state'] or 'state unknown'})"
                 for h in data["holders"]
             ),
         )

@@ -193,6 +193,18 @@ class RecordStore:
 
         return on_collect
 
+    def add(self, obj: Any, entry: Entry, site: Site, created: float) -> Record:
+        """Record ``obj`` (made elsewhere than in a wrapped ``__init__``) under ``entry``."""
+        rec = Record(obj, self.on_collect)
+        rec.entry = entry
+        rec.key = id(obj)
+        rec.site = site
+        rec.created = created
+        rec.state = UNRELEASED
+        self.records[rec.key] = rec
+        entry.created += 1
+        return rec
+
     def forget(self, rec: Record) -> None:
         """Drop ``rec`` as if its instance had never been made (its ``__init__`` raised)."""
         if self.records.get(rec.key) is rec:

@@ -299,6 +299,15 @@ class TrackingRegistry:
         """:func:`tracked_names` on this registry."""
         return sorted(self._entries)
 
+    def declare(self, name: str, cls: type) -> Entry:
+        """An entry for instances of ``cls`` that a hook of the caller's records (through
+        ``store.add``) rather than a wrapped ``__init__``: nothing is patched."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                entry = self._entries[name] = Entry(cls, name, None, weak=True)
+            return entry
+
     def entry(self, name: str) -> Entry | None:
         """The counts of tracked type ``name`` as the hot path keeps them, or ``None``."""
         return self._entries.get(name)
