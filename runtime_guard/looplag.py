@@ -9,7 +9,9 @@ stack of the loop's thread then: the line that blocks it. In asyncio's debug mod
 callback asyncio itself logs is named as well.
 
 Loops are watched from their first ``create_task`` while the guard records task creations
-(:mod:`runtime_guard.resources.creation`), or explicitly with :func:`watch` (uvloop).
+(:mod:`runtime_guard.resources.creation`), from the first task in asyncio's registry of
+tasks at a sample (uvloop's loops, whose ``create_task`` cannot be hooked), or explicitly
+with :func:`watch`.
 The lag is a figure of every sample (``Sample.loop_lag``), a health field, and with
 ``loop_lag_pressure`` a pressure input: while it stays above its threshold the guard's
 level is at least that level, so shedding and limiters relieve the loop too.
@@ -131,6 +133,25 @@ class LoopMonitor:
             return
         self._ensure_watchdog()
 
+    def discover(self) -> None:
+        """Watch the loop of the first task in asyncio's registry of tasks, if it is not yet:
+        the way to reach loops whose ``create_task`` the guard cannot hook (uvloop)."""
+        module = sys.modules.get("asyncio.tasks")
+        if module is None:
+            return
+        for name in ("_all_tasks", "_scheduled_tasks"):
+            tasks = getattr(module, name, None)
+            if tasks is None:
+                continue
+            try:
+                for task in tasks:  # the first one is enough: one peek a sample
+                    loop = task.get_loop()
+                    if id(loop) not in self._watched and not loop.is_closed():
+                        self.watch(loop)
+                    break
+            except Exception:  # resized by the loop's thread meanwhile: next sample
+                continue
+
     def watching(self) -> int:
         """How many loops are watched."""
         return len(self._watched)
@@ -138,7 +159,7 @@ class LoopMonitor:
     def _tick(self, state: _Watched) -> None:
         now = time.monotonic()
         loop = state.loop()
-        if loop is None:
+        if loop is None or self._watched.get(id(loop)) is not state:  # no longer watched
             return
         if state.ident is None:
             state.ident = threading.get_ident()
@@ -209,7 +230,7 @@ class LoopMonitor:
     def take(self) -> float | None:
         """Worst lag since the previous call (a loop blocked now counts as late so far);
         ``None`` while no loop is watched."""
-        if not self._watched:
+        if not self._watched and self._worst is None:
             return None
         worst, self._worst = self._worst, None
         now = time.monotonic()
@@ -247,6 +268,9 @@ class LoopMonitor:
         logging.getLogger("asyncio").removeFilter(self._filter)
         with self._lock:
             self._watched.clear()
+        self._worst = None
+        self.blocks.clear()
+        self._slow.clear()
 
     def after_fork(self) -> None:
         """In a forked child: no watchdog thread, and the parent's loops do not run here."""
@@ -317,6 +341,8 @@ class LoopLagComponent(Component):
             self.hooks.add_loop_listener(self.monitor.watch)
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
+        if self.hooks is not None:
+            self.monitor.discover()
         self.lag = lag = sample.loop_lag
         if lag is not None and lag >= self.threshold:
             self._quiet = 0
