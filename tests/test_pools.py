@@ -319,6 +319,7 @@ def test_hooks_come_off_exactly_when_the_guard_stops(
     from sqlalchemy.pool import Pool
 
     classes = [
+        Pool,
         psycopg_pool.ConnectionPool,
         psycopg_pool.AsyncConnectionPool,
         redis.ConnectionPool,
@@ -330,11 +331,11 @@ def test_hooks_come_off_exactly_when_the_guard_stops(
     component = guard.component("pools")
     assert component is not None and component.hooks is not None  # type: ignore[attr-defined]
     assert sorted(component.hooks.installed) == ["psycopg_pool", "redis", "sqlalchemy"]  # type: ignore[attr-defined]
-    assert vars(redis.ConnectionPool)["get_connection"] is not before[2]["get_connection"]
+    assert vars(redis.ConnectionPool)["get_connection"] is not before[3]["get_connection"]
     listeners = [fn for _, _, fn in component.hooks._listeners]  # type: ignore[attr-defined]
     guard.stop()
     assert [dict(vars(cls)) for cls in classes] == before
-    assert not any(event.contains(Pool, "checkout", fn) for fn in listeners)
+    assert not any(event.contains(Pool, "checkin", fn) for fn in listeners)
     engine = sqlalchemy.create_engine(_sqlalchemy_url(postgres_server))
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("select 1"))

@@ -62,24 +62,21 @@ def transaction_state(connection: Any) -> str | None:
 class Checkout:
     """One connection out of its pool: where it was asked for, when, and by which thread."""
 
-    __slots__ = ("_connection", "ident", "long_lived", "lost", "reported", "since", "site")
+    __slots__ = ("_weak", "held", "ident", "long_lived", "lost", "reported", "since", "site")
 
     def __init__(
-        self,
-        site: Site,
-        since: float,
-        ident: int,
-        connection: Any = None,
-        *,
-        watch_loss: bool = False,
-        long_lived: bool = False,
+        self, site: Site, since: float, ident: int, held: Any = None, long_lived: bool = False
     ) -> None:
+        # Positional and plain: made on every checkout (measured in bench_resources.py).
         self.site = site
         """Where the connection was checked out (the first frame in the user's code)."""
         self.since = since
         """When, on the pool registry's clock (``time.monotonic()``)."""
         self.ident = ident
         """The checking-out thread's ``threading.get_ident()``."""
+        self.held = held
+        """The driver's connection, held strongly where its pool holds it anyway (SQLAlchemy),
+        for its transaction state; ``None`` otherwise."""
         self.long_lived = long_lived
         """Held for its holder's whole life by design (a redis pub/sub subscriber): counted
         in use, never reported as held too long."""
@@ -87,15 +84,25 @@ class Checkout:
         """The connection was collected without being returned (its pool slot is gone)."""
         self.reported = False
         """Whether ``checkout_held`` was sent for it."""
-        self._connection: Callable[[], Any] | None = None
-        if connection is not None:
-            self._connection = _reference(connection, self if watch_loss else None)
+        self._weak: weakref.ref[Any] | None = None
+
+    def watch_loss(self, connection: Any) -> None:
+        """Hold ``connection`` weakly, for a pool that lets go of what it lends (psycopg_pool):
+        its collection before it is returned marks this checkout :attr:`lost`."""
+        try:
+            self._weak = weakref.ref(connection, self._lose)
+        except TypeError:  # no weak references: no transaction state either
+            self._weak = None
+
+    def _lose(self, _: Any) -> None:
+        self.lost = True
 
     @property
     def connection(self) -> Any:
         """The driver's connection while it is alive and known (for its transaction state)."""
-        ref = self._connection
-        return None if ref is None else ref()
+        if self.held is not None:
+            return self.held
+        return None if self._weak is None else self._weak()
 
     def seconds(self, now: float) -> float:
         """Seconds held at ``now`` (on the pool registry's clock)."""
@@ -128,20 +135,6 @@ class Checkout:
 
     def __repr__(self) -> str:
         return f"<Checkout at {self.site}>"
-
-
-def _reference(connection: Any, checkout: Checkout | None) -> Callable[[], Any]:
-    # Weak where the driver allows it: a checkout must never keep a connection the program
-    # dropped alive. With ``checkout``, its collection while checked out means the pool
-    # never gets that slot back (psycopg_pool); other pools hold their connections anyway.
-    def lost(_: Any) -> None:
-        if checkout is not None:
-            checkout.lost = True
-
-    try:
-        return weakref.ref(connection, lost if checkout is not None else None)
-    except TypeError:
-        return lambda: connection
 
 
 class PoolFigures(NamedTuple):

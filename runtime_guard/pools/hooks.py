@@ -1,12 +1,13 @@
 """The checkout hooks on SQLAlchemy, psycopg_pool and redis-py pools, each put in place once
 its library is imported (before or after the guard) and taken off exactly.
 
-SQLAlchemy: its own pool events, ``checkout`` and ``checkin``, listened to on the ``Pool``
-class (every pool of every engine). psycopg_pool: ``getconn``/``putconn`` of the sync and
-async pools are wrapped (``connection()`` goes through them). redis-py:
-``get_connection``/``release`` of the sync and async pools, the path of every command. Each
-hook records the checkout with the user's line that asked for the connection; that is the
-whole per-checkout cost (measured in ``benchmarks/bench_pools.py``).
+SQLAlchemy: ``Pool.connect`` (the checkout of every engine's pool) is wrapped, and the
+pool's own ``checkin`` event is listened to on the ``Pool`` class. psycopg_pool:
+``getconn``/``putconn`` of the sync and async pools are wrapped (``connection()`` goes
+through them). redis-py: ``get_connection``/``release`` of the sync and async pools, the
+path of every command. Each hook records the checkout with the user's line that asked for
+the connection, and counts the requests inside the checkout (the waiters); that is the
+whole per-checkout cost (measured in ``benchmarks/bench_resources.py``).
 """
 
 from __future__ import annotations
@@ -46,30 +47,6 @@ _REDIS_HOLDERS = frozenset({"Redis.__init__", "Monitor.__init__", "PubSub.execut
 _UNBOUNDED = 1 << 30
 
 
-def _add(
-    watch: PoolWatch,
-    key: int,
-    site: _sites.Site,
-    since: float,
-    connection: Any = None,
-    *,
-    watch_loss: bool = False,
-    long_lived: bool = False,
-) -> None:
-    checkouts = watch.checkouts
-    if key in checkouts or len(checkouts) < MAX_CHECKOUTS:
-        checkouts[key] = Checkout(
-            site,
-            since,
-            threading.get_ident(),
-            connection,
-            watch_loss=watch_loss,
-            long_lived=long_lived,
-        )
-    else:
-        watch.uncounted += 1
-
-
 def _remove(watch: PoolWatch, key: int) -> bool:
     if watch.checkouts.pop(key, None) is not None:
         return True
@@ -97,33 +74,15 @@ def _sqlalchemy_name(pool: Any) -> str:
     return f"{dialect} {type(pool).__name__}"
 
 
-def _sqlalchemy_waiters(pool: Any) -> int:
-    queue = getattr(pool, "_pool", None)
-    condition = getattr(queue, "not_empty", None)
-    if condition is not None:  # a thread waits on the queue's condition
-        return len(condition._waiters)
-    # The asyncio queue is made on first use; reading it through its property from this
-    # thread would make one here.
-    inner = getattr(queue, "__dict__", {}).get("_queue")
-    getters = getattr(inner, "_getters", None)
-    if getters is not None:
-        return sum(1 for future in list(getters) if not future.done())
-    return -1
-
-
 def _sqlalchemy_figures(pool: Any, watch: PoolWatch) -> PoolFigures:
     if not callable(getattr(pool, "checkedout", None)):  # NullPool, StaticPool...
-        return PoolFigures(None, watch.held(), None, 0, -1)
+        return PoolFigures(None, watch.held(), None, 0, watch.requests)
     max_overflow = getattr(pool, "_max_overflow", -1)
     steady = pool.size()
     size = steady + max_overflow if steady and max_overflow >= 0 else None
-    return PoolFigures(
-        size,
-        pool.checkedout(),
-        pool.checkedin(),
-        max(pool.overflow(), 0),
-        _sqlalchemy_waiters(pool),
-    )
+    # Requests still inside Pool.connect() are the waiters: the pool's queue holds them.
+    overflow = max(pool.overflow(), 0)
+    return PoolFigures(size, pool.checkedout(), pool.checkedin(), overflow, watch.requests)
 
 
 def _psycopg_name(pool: Any) -> str:
@@ -167,10 +126,27 @@ def _redis_figures(pool: Any, watch: PoolWatch) -> PoolFigures:
     return PoolFigures(size, watch.held(), idle, 0, watch.requests)
 
 
+def _same(connection: Any) -> Any:
+    return connection
+
+
+def _fairy_record(fairy: Any) -> Any:
+    # The checkin event names the pool entry, not the proxy Pool.connect() returned.
+    return fairy._connection_record
+
+
+def _fairy_connection(fairy: Any) -> Any:
+    return fairy.dbapi_connection
+
+
 class _Library(NamedTuple):
     kind: str
     name: Callable[[Any], str]
     read: Callable[[Any, PoolWatch], PoolFigures]
+    key: Callable[[Any], Any] = _same
+    """What a return is matched by, from what the checkout returned."""
+    held: Callable[[Any], Any] | None = None
+    """The driver connection to hold for its transaction state (pools that keep it)."""
     watch_loss: bool = False
     """Whether the pool lets go of a checked-out connection (psycopg_pool does): its
     collection before it is returned then means a slot lost for good."""
@@ -178,7 +154,13 @@ class _Library(NamedTuple):
     """Qualified names of the library's callers that hold a connection by design."""
 
 
-_SQLALCHEMY = _Library("sqlalchemy", _sqlalchemy_name, _sqlalchemy_figures)
+_SQLALCHEMY = _Library(
+    "sqlalchemy",
+    _sqlalchemy_name,
+    _sqlalchemy_figures,
+    key=_fairy_record,
+    held=_fairy_connection,
+)
 _PSYCOPG_POOL = _Library("psycopg_pool", _psycopg_name, _psycopg_figures, watch_loss=True)
 _REDIS = _Library("redis", _redis_name, _redis_figures, holders=_REDIS_HOLDERS)
 
@@ -240,25 +222,19 @@ class PoolHooks:
             self._warned.add(key)
             _log.warning("runtime_guard: recording a %s checkout failed", key, exc_info=True)
 
-    # -- SQLAlchemy: its pool events ----------------------------------------------------------
+    # -- SQLAlchemy: Pool.connect, and its checkin event ------------------------------------
 
     def _sqlalchemy(self, module: ModuleType) -> None:
+        # Pool.connect is wrapped rather than listened to through the checkout event: a
+        # checkout listener takes SQLAlchemy's checkout off its fast path (measured: 0.5 us
+        # more), and the wrapper also sees the pool and the requests waiting inside it.
         from sqlalchemy import event
         from sqlalchemy.pool import Pool
 
-        registry, watches, capture = self.registry, self.registry.watches, _sites.capture
-
-        def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-            try:
-                pool = proxy._pool
-                watch = watches.get(id(pool))
-                if watch is None:
-                    watch = registry.watch(
-                        pool, _SQLALCHEMY.kind, _SQLALCHEMY.name, _SQLALCHEMY.read
-                    )
-                _add(watch, id(record), capture(1), registry.clock(), dbapi_connection)
-            except Exception:
-                self._warn_once("sqlalchemy")
+        original = Pool.__dict__.get("connect")
+        if not inspect.isfunction(original):
+            return
+        watches = self.registry.watches
 
         def on_checkin(dbapi_connection: Any, record: Any) -> None:
             key = id(record)
@@ -266,9 +242,9 @@ class PoolHooks:
                 if watch.kind == "sqlalchemy" and _remove(watch, key):
                     return
 
-        for name, listener in (("checkout", on_checkout), ("checkin", on_checkin)):
-            event.listen(Pool, name, listener)
-            self._listeners.append((Pool, name, listener))
+        replace(self._patches, Pool, "connect", self._getter(original, _SQLALCHEMY))
+        event.listen(Pool, "checkin", on_checkin)
+        self._listeners.append((Pool, "checkin", on_checkin))
         self.installed.append("sqlalchemy")
 
     # -- psycopg_pool: getconn and putconn --------------------------------------------------
@@ -301,28 +277,28 @@ class PoolHooks:
         replace(self._patches, cls, put, putter)
 
     def _getter(self, original: Callable[..., Any], library: _Library) -> Callable[..., Any]:
-        # Bound once as closure cells: this runs on every checkout (for redis, every command).
-        registry, watches, capture, getframe = (
-            self.registry,
-            self.registry.watches,
-            _sites.capture,
-            sys._getframe,
-        )
-        warn = self._warn_once
-        kind, name, read, watch_loss, holders = library
+        # Everything is bound once as closure cells and the recording is inlined: this runs
+        # on every checkout (for redis, every command).
+        registry, watches, capture = self.registry, self.registry.watches, _sites.capture
+        getframe, get_ident, warn = sys._getframe, threading.get_ident, self._warn_once
+        kind, name, read, key, held, watch_loss, holders = library
 
-        def record(pool: Any, watch: PoolWatch, connection: Any) -> None:
+        def record(watch: PoolWatch, connection: Any) -> None:
             try:
-                long_lived = bool(holders) and getframe(2).f_code.co_qualname in holders
-                _add(
-                    watch,
-                    id(connection),
-                    capture(2),
-                    registry.clock(),
-                    connection if watch_loss else None,
-                    watch_loss=watch_loss,
-                    long_lived=long_lived,
-                )
+                checkouts = watch.checkouts
+                found = id(key(connection))
+                if found in checkouts or len(checkouts) < MAX_CHECKOUTS:
+                    checkout = checkouts[found] = Checkout(
+                        capture(2),
+                        registry.clock(),
+                        get_ident(),
+                        None if held is None else held(connection),
+                        bool(holders) and getframe(2).f_code.co_qualname in holders,
+                    )
+                    if watch_loss:
+                        checkout.watch_loss(connection)
+                else:
+                    watch.uncounted += 1
             except Exception:
                 warn(kind)
 
@@ -335,7 +311,7 @@ class PoolHooks:
                     connection = await original(pool, *args, **kwargs)
                 finally:
                     watch.requests -= 1
-                record(pool, watch, connection)
+                record(watch, connection)
                 return connection
 
             aget.__wrapped__ = original  # type: ignore[attr-defined]
@@ -348,7 +324,7 @@ class PoolHooks:
                 connection = original(pool, *args, **kwargs)
             finally:
                 watch.requests -= 1
-            record(pool, watch, connection)
+            record(watch, connection)
             return connection
 
         get.__wrapped__ = original  # type: ignore[attr-defined]
