@@ -298,6 +298,7 @@ def test_a_pool_used_correctly_under_load_never_reports(
                 watch.after(10.0 + round_)
         assert watch.held == [] and watch.exhausted == []
         assert all(p["in_use"] == 0 for p in watch.guard.health()["pools"].values())
+        assert all(found.held() == 0 for found in default_registry.all())
     finally:
         engine.dispose()
         pg.close()

@@ -98,12 +98,14 @@ def _psycopg_name(pool: Any) -> str:
 
 
 def _psycopg_figures(pool: Any, watch: PoolWatch) -> PoolFigures:
+    # In use from the checkouts seen: the pool's own size minus available also counts
+    # connections its workers are still opening or resetting.
     stats = pool.get_stats()
-    size, available = int(stats.get("pool_size", 0)), int(stats.get("pool_available", 0))
+    size = int(stats.get("pool_size", 0))
     return PoolFigures(
         int(stats["pool_max"]) if "pool_max" in stats else None,
-        max(size - available, 0),
-        available,
+        watch.held(),
+        int(stats.get("pool_available", 0)),
         max(size - int(stats.get("pool_min", size)), 0),
         int(stats.get("requests_waiting", -1)),
     )
