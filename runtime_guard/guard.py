@@ -89,13 +89,14 @@ class Guard:
             self.config.elevated, self.config.high, self.config.critical, self.config.hysteresis
         )
         self._level = Pressure.OK
-        self._runtime = RuntimeProbe()
         self.history = History(self.config.history_size)
         """Recent samples, oldest first; bounded by ``history_size``."""
         # Held files close when the guard is collected, not at stop(): a host thread may
         # still call sample() on a guard another thread just uninstalled.
         # At exit the OS closes them; closing earlier would pull them from under the sampler.
         weakref.finalize(self, self._probe.close).atexit = False
+        self._runtime = RuntimeProbe()
+        weakref.finalize(self, self._runtime.close).atexit = False
         self._gc = GcStats()
         self._gc.install()
         self._dispatcher = Dispatcher(self)
