@@ -33,42 +33,10 @@ def _skipped(task: str) -> None:
 
 def _wrap(function: F, task: str, deadline: float | None) -> F:
     # A non-blocking acquire is all that is needed, and a threading.Lock serves threads
-    # and tasks of any loop alike (it may be released by another thread or task).
+    # and tasks of any loop alike (it may be released by another thread or task). With a
+    # deadline each run is noted with its thread (or task), so that one past the deadline
+    # can be reported with its stack; without, a run costs one comparison more.
     running = threading.Lock()
-    if deadline is not None:
-        return _wrap_with_deadline(function, task, deadline, running)
-
-    if inspect.iscoroutinefunction(function):
-
-        @functools.wraps(function)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not running.acquire(blocking=False):
-                _skipped(task)
-                return None
-            try:
-                return await function(*args, **kwargs)
-            finally:
-                running.release()
-
-        return cast(F, async_wrapper)
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not running.acquire(blocking=False):
-            _skipped(task)
-            return None
-        try:
-            return function(*args, **kwargs)
-        finally:
-            running.release()
-
-    return cast(F, wrapper)
-
-
-def _wrap_with_deadline(function: F, task: str, deadline: float, running: threading.Lock) -> F:
-    # Each run is noted with its thread (or task) so that a run past the deadline can be
-    # reported with its stack; a separate wrapper keeps runs without a deadline as cheap
-    # as before.
     works = stuck.default_registry
 
     if inspect.iscoroutinefunction(function):
@@ -78,11 +46,12 @@ def _wrap_with_deadline(function: F, task: str, deadline: float, running: thread
             if not running.acquire(blocking=False):
                 _skipped(task)
                 return None
-            token = works.begin(task, deadline, stuck.current_task())
+            token = 0 if deadline is None else works.begin(task, deadline, stuck.current_task())
             try:
                 return await function(*args, **kwargs)
             finally:
-                works.end(token)
+                if token:
+                    works.end(token)
                 running.release()
 
         return cast(F, async_wrapper)
@@ -92,11 +61,12 @@ def _wrap_with_deadline(function: F, task: str, deadline: float, running: thread
         if not running.acquire(blocking=False):
             _skipped(task)
             return None
-        token = works.begin(task, deadline)
+        token = 0 if deadline is None else works.begin(task, deadline)
         try:
             return function(*args, **kwargs)
         finally:
-            works.end(token)
+            if token:
+                works.end(token)
             running.release()
 
     return cast(F, wrapper)

@@ -7,18 +7,16 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 import servers
+from clocked import Clocked, clocked, line_of
 
 from runtime_guard import signals
-from runtime_guard.guard import Guard
 from runtime_guard.pools import Checkout, checkouts, hooks
 from runtime_guard.pools.checkouts import default_registry
-from runtime_guard.testing import ManualClock, make_guard
+from runtime_guard.testing import make_guard
 
 # Connections dropped without being returned are the case being tested: psycopg says so.
 pytestmark = [
@@ -28,47 +26,15 @@ pytestmark = [
 
 
 def _line(text: str) -> int:
-    lines = Path(__file__).read_text().splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
-
-
-@dataclass
-class Watch:
-    """A guard on a hand-driven clock (shared with the pool registry) and what it sent."""
-
-    guard: Guard
-    clock: ManualClock
-    held: list[dict[str, Any]] = field(default_factory=list)
-    exhausted: list[dict[str, Any]] = field(default_factory=list)
-
-    def after(self, seconds: float) -> None:
-        """Move the clock on, take a sample and deliver its signals."""
-        self.clock.now += seconds
-        self.guard.sample()
-        self.guard.flush_signals()
+    return line_of(__file__, text)
 
 
 @pytest.fixture
-def watch() -> Iterator[Watch]:
-    clock = ManualClock()
-    default_registry.clock = clock
-    guard = make_guard(clock=clock, track_clients=True)
-    found = Watch(guard, clock)
-
-    def on_held(sender: Any, **payload: Any) -> None:
-        found.held.append(payload)
-
-    def on_exhausted(sender: Any, **payload: Any) -> None:
-        found.exhausted.append(payload)
-
-    signals.checkout_held.connect(on_held)
-    signals.pool_exhausted.connect(on_exhausted)
-    guard.sample()
-    yield found
-    signals.checkout_held.disconnect(on_held)
-    signals.pool_exhausted.disconnect(on_exhausted)
-    guard.stop()
-    default_registry.clock = time.monotonic
+def watch() -> Iterator[Clocked]:
+    signals_ = [signals.checkout_held, signals.pool_exhausted]
+    with clocked(signals_, (default_registry,), track_clients=True) as found:
+        found.guard.sample()
+        yield found
 
 
 def _sqlalchemy_url(postgres: servers.PostgresServer) -> str:
@@ -79,7 +45,7 @@ def _sqlalchemy_url(postgres: servers.PostgresServer) -> str:
 
 
 def test_a_flask_handler_that_never_returns_its_connection_is_reported_with_its_line(
-    watch: Watch, postgres_server: servers.PostgresServer
+    watch: Clocked, postgres_server: servers.PostgresServer
 ) -> None:
     """psycopg_pool connections taken in a handler and never put back are reported once
     each past checkout_warn_after, at the handler's line, as lost to the pool."""
@@ -105,26 +71,26 @@ def test_a_flask_handler_that_never_returns_its_connection_is_reported_with_its_
             assert client.get("/user").json == {"id": 1}
             assert client.get("/clean").json == {"id": 1}
         watch.after(29.0)
-        assert watch.held == []
+        assert watch.sent["checkout_held"] == []
         watch.after(2.0)
-        assert len(watch.held) == 3
-        for payload in watch.held:
+        assert len(watch.sent["checkout_held"]) == 3
+        for payload in watch.sent["checkout_held"]:
             assert payload["site"].lineno == _line("checked out, never returned")
             assert payload["seconds"] >= 30.0
         pools = watch.guard.health()["pools"]
         (name,) = [n for n in pools if pools[n]["library"] == "psycopg_pool"]
-        assert watch.held[0]["pool"] == name
+        assert watch.sent["checkout_held"][0]["pool"] == name
         assert pools[name]["held_too_long"] == 3
         holder = pools[name]["holders"][0]
         assert holder["state"].startswith("lost")
         watch.after(60.0)
-        assert len(watch.held) == 3  # once per checkout
+        assert len(watch.sent["checkout_held"]) == 3  # once per checkout
     finally:
         pool.close()
 
 
 def test_a_session_left_open_in_a_worker_thread_is_reported_idle_in_transaction(
-    watch: Watch, postgres_server: servers.PostgresServer
+    watch: Clocked, postgres_server: servers.PostgresServer
 ) -> None:
     """A scoped_session used by a request thread and never removed holds its connection in
     an open transaction: reported with the line and ``idle in transaction``."""
@@ -141,7 +107,7 @@ def test_a_session_left_open_in_a_worker_thread_is_reported_idle_in_transaction(
     try:
         assert workers.submit(handler).result(30) == 1
         watch.after(31.0)
-        (payload,) = watch.held
+        (payload,) = watch.sent["checkout_held"]
         assert payload["site"].lineno == _line("session never removed")
         report = watch.guard.component("pools").reports[-1]  # type: ignore[union-attr]
         assert report["state"] == "idle in transaction"
@@ -154,7 +120,7 @@ def test_a_session_left_open_in_a_worker_thread_is_reported_idle_in_transaction(
 
 
 def test_redis_connections_taken_and_kept_are_reported_but_commands_and_pubsub_are_not(
-    watch: Watch, redis_server: servers.RedisServer
+    watch: Clocked, redis_server: servers.RedisServer
 ) -> None:
     """Every redis command checks a connection out and back: never reported; one taken with
     get_connection() and kept is; a pub/sub subscriber holds one by design: never reported."""
@@ -167,8 +133,8 @@ def test_redis_connections_taken_and_kept_are_reported_but_commands_and_pubsub_a
     subscriber.subscribe("news")
     kept = client.connection_pool.get_connection()  # taken and kept
     watch.after(31.0)
-    assert [p["site"].lineno for p in watch.held] == [_line("taken and kept")]
-    figures = watch.guard.health()["pools"][watch.held[0]["pool"]]
+    assert [p["site"].lineno for p in watch.sent["checkout_held"]] == [_line("taken and kept")]
+    figures = watch.guard.health()["pools"][watch.sent["checkout_held"][0]["pool"]]
     assert figures["in_use"] == 2 and figures["held_too_long"] == 1
     client.connection_pool.release(kept)
     subscriber.close()
@@ -188,7 +154,7 @@ def _hold(engine: Any, ready: threading.Event, done: threading.Event) -> None:
 
 
 def test_an_exhausted_sqlalchemy_pool_is_reported_with_its_longest_holders(
-    watch: Watch, postgres_server: servers.PostgresServer
+    watch: Clocked, postgres_server: servers.PostgresServer
 ) -> None:
     """Requests that wait for a pool whose connections are all held, for longer than
     pool_exhausted_after, give one pool_exhausted naming the holders' line."""
@@ -211,14 +177,14 @@ def test_an_exhausted_sqlalchemy_pool_is_reported_with_its_longest_holders(
         _wait_for(lambda: watch.guard.health()["pools"] and _waiting(watch) == 3)
         watch.after(1.0)  # first seen waiting
         watch.after(3.0)
-        assert watch.exhausted == []
+        assert watch.sent["pool_exhausted"] == []
         watch.after(3.0)
-        (payload,) = watch.exhausted
+        (payload,) = watch.sent["pool_exhausted"]
         assert (payload["in_use"], payload["waiting"]) == (2, 3)
         assert [h.site.lineno for h in payload["holders"]] == [_line("a slow query holds it")] * 2
         assert all(isinstance(h, Checkout) for h in payload["holders"])
         watch.after(3.0)
-        assert len(watch.exhausted) == 1  # once per episode
+        assert len(watch.sent["pool_exhausted"]) == 1  # once per episode
     finally:
         done.set()
         for thread in holders + waiters:
@@ -226,7 +192,7 @@ def test_an_exhausted_sqlalchemy_pool_is_reported_with_its_longest_holders(
         engine.dispose()
 
 
-def _waiting(watch: Watch) -> int:
+def _waiting(watch: Clocked) -> int:
     return sum(p.get("waiting", 0) for p in watch.guard.health()["pools"].values())
 
 
@@ -238,7 +204,7 @@ def _wait_for(condition: Any, timeout: float = 30.0) -> None:
 
 
 def test_an_exhausted_psycopg_pool_and_a_blocking_redis_pool_are_reported(
-    watch: Watch, postgres_server: servers.PostgresServer, redis_server: servers.RedisServer
+    watch: Clocked, postgres_server: servers.PostgresServer, redis_server: servers.RedisServer
 ) -> None:
     """psycopg_pool's own waiting count and redis's blocking pool (waiters inside
     get_connection) both turn into pool_exhausted."""
@@ -260,8 +226,8 @@ def test_an_exhausted_psycopg_pool_and_a_blocking_redis_pool_are_reported(
         _wait_for(lambda: _waiting(watch) == 2)
         watch.after(1.0)
         watch.after(6.0)
-        assert sorted(p["waiting"] for p in watch.exhausted) == [1, 1]
-        names = sorted(p["pool"] for p in watch.exhausted)
+        assert sorted(p["waiting"] for p in watch.sent["pool_exhausted"]) == [1, 1]
+        names = sorted(p["pool"] for p in watch.sent["pool_exhausted"])
         assert names[0].startswith("pool-") and names[1].startswith("redis://")
     finally:
         pg.putconn(held[0])
@@ -273,7 +239,7 @@ def test_an_exhausted_psycopg_pool_and_a_blocking_redis_pool_are_reported(
 
 
 def test_a_pool_used_correctly_under_load_never_reports(
-    watch: Watch, postgres_server: servers.PostgresServer, redis_server: servers.RedisServer
+    watch: Clocked, postgres_server: servers.PostgresServer, redis_server: servers.RedisServer
 ) -> None:
     """Many threads through pools large enough, every connection returned: nothing sent."""
     import psycopg_pool
@@ -296,7 +262,7 @@ def test_a_pool_used_correctly_under_load_never_reports(
             for round_ in range(5):
                 list(workers.map(request, range(40)))
                 watch.after(10.0 + round_)
-        assert watch.held == [] and watch.exhausted == []
+        assert watch.sent["checkout_held"] == [] and watch.sent["pool_exhausted"] == []
         assert all(p["in_use"] == 0 for p in watch.guard.health()["pools"].values())
         assert all(found.held() == 0 for found in default_registry.all())
     finally:
@@ -345,7 +311,7 @@ def test_hooks_come_off_exactly_when_the_guard_stops(
 
 
 def test_a_failing_record_never_breaks_a_checkout(
-    watch: Watch, redis_server: servers.RedisServer, caplog: Any
+    watch: Clocked, redis_server: servers.RedisServer, caplog: Any
 ) -> None:
     """With the registry's clock raising, commands still work and one warning is logged."""
     import redis
@@ -363,7 +329,7 @@ def test_a_failing_record_never_breaks_a_checkout(
 
 
 def test_checkouts_kept_per_pool_are_capped(
-    watch: Watch, redis_server: servers.RedisServer, monkeypatch: pytest.MonkeyPatch
+    watch: Clocked, redis_server: servers.RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past MAX_CHECKOUTS a pool's checkouts are counted in use but not recorded one by one."""
     import redis

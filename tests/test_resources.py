@@ -9,59 +9,54 @@ import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import servers
+from clocked import Clocked, clocked, line_of
 
 from runtime_guard import signals
 from runtime_guard.guard import Guard
 from runtime_guard.probes import RuntimeProbe
 from runtime_guard.resources import ResourceReport, default_hooks
 from runtime_guard.resources.component import Floors
-from runtime_guard.testing import ManualClock, make_guard
+from runtime_guard.testing import make_guard
 
 WINDOW = 10.0
 
 
 def _line(text: str) -> int:
-    lines = Path(__file__).read_text().splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
+    return line_of(__file__, text)
 
 
 @dataclass
 class Watch:
-    guard: Guard
-    clock: ManualClock
-    reports: list[ResourceReport] = field(default_factory=list)
+    clocked: Clocked
+    reports: list[dict[str, Any]]
+
+    @property
+    def guard(self) -> Guard:
+        return self.clocked.guard
 
     def window(self) -> None:
         """Samples spread over one window of the hand-driven clock."""
-        for _ in range(2):
-            self.clock.now += WINDOW / 2
-            self.guard.sample()
-        self.guard.flush_signals()
+        self.clocked.after(WINDOW / 2)
+        self.clocked.after(WINDOW / 2)
 
     def kinds(self) -> list[str]:
-        return [r.kind for r in self.reports]
+        return [r["report"].kind for r in self.reports]
+
+    def report(self, kind: str) -> ResourceReport:
+        return next(r["report"] for r in self.reports if r["report"].kind == kind)
 
 
 @pytest.fixture
 def watch() -> Iterator[Watch]:
-    clock = ManualClock()
-    guard = make_guard(clock=clock, resource_window=WINDOW, resource_min_growth=10)
-    found = Watch(guard, clock)
-
-    def receive(sender: Any, report: ResourceReport) -> None:
-        found.reports.append(report)
-
-    signals.resources_growing.connect(receive)
-    guard.sample()
-    yield found
-    signals.resources_growing.disconnect(receive)
-    guard.stop()
+    options = {"resource_window": WINDOW, "resource_min_growth": 10}
+    with clocked([signals.resources_growing], **options) as found:
+        found.guard.sample()
+        yield Watch(found, found.sent["resources_growing"])
 
 
 # -- threads ------------------------------------------------------------------------------
@@ -81,7 +76,7 @@ def test_a_thread_started_per_request_is_reported_with_its_site(watch: Watch) ->
                 handle_request()
             watch.window()
         assert watch.kinds() == ["threads"]
-        report = watch.reports[0]
+        report = watch.report("threads")
         assert report.rise >= 10 and report.growth_per_minute > 0
         assert report.sites[0]["line"] == _line("a thread per request")
         assert report.sites[0]["count"] >= 20
@@ -130,7 +125,7 @@ def test_tasks_created_and_never_awaited_are_reported_with_their_site(watch: Wat
 
     asyncio.run(main())
     assert watch.kinds() == ["tasks"]
-    report = watch.reports[0]
+    report = watch.report("tasks")
     assert report.sites[0]["line"] == _line("fire and forget")
     assert report.sites[0]["count"] >= 20
     where = f":{_line('stuck here')} in wait_forever"
@@ -170,7 +165,7 @@ def test_sockets_opened_per_call_and_kept_are_reported_with_their_owner(
                 connect().close()
             watch.window()
         assert "fds" in watch.kinds()
-        report = next(r for r in watch.reports if r.kind == "fds")
+        report = watch.report("fds")
         assert report.kinds["socket"] >= 16
         owner = report.sites[0]
         assert owner["type"] == "socket.socket" and owner["count"] >= 16

@@ -9,60 +9,33 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import servers
+from clocked import Clocked, clocked, line_of
 
 import runtime_guard
 from runtime_guard import limiter, no_overlap, signals, stuck
-from runtime_guard.guard import Guard
-from runtime_guard.testing import ManualClock, make_guard
 
 
 def _line(text: str) -> int:
-    lines = Path(__file__).read_text().splitlines()
-    return next(i for i, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
-
-
-@dataclass
-class Watch:
-    guard: Guard
-    clock: ManualClock
-    stuck: list[dict[str, Any]] = field(default_factory=list)
-
-    def after(self, seconds: float) -> None:
-        self.clock.now += seconds
-        self.guard.sample()
-        self.guard.flush_signals()
+    return line_of(__file__, text)
 
 
 @pytest.fixture
-def watch() -> Iterator[Watch]:
-    clock = ManualClock()
-    stuck.default_registry.clock = clock
-    guard = make_guard(clock=clock)
-    found = Watch(guard, clock)
-
-    def receive(sender: Any, **payload: Any) -> None:
-        found.stuck.append(payload)
-
-    signals.work_stuck.connect(receive)
-    yield found
-    signals.work_stuck.disconnect(receive)
-    guard.stop()
-    stuck.default_registry.clock = time.monotonic
+def watch() -> Iterator[Clocked]:
+    with clocked([signals.work_stuck], (stuck.default_registry,)) as found:
+        yield found
 
 
 def _names(line: int) -> str:
     return f"{Path(__file__).name}:{line} in "
 
 
-def test_a_hung_periodic_job_is_reported_once_with_the_line_it_hangs_on(watch: Watch) -> None:
+def test_a_hung_periodic_job_is_reported_once_with_the_line_it_hangs_on(watch: Clocked) -> None:
     """A no_overlap job past its deadline: one work_stuck with its thread's stack, ending at
     the call it hangs in; the next runs are skipped as before."""
     release = threading.Event()
@@ -78,22 +51,22 @@ def test_a_hung_periodic_job_is_reported_once_with_the_line_it_hangs_on(watch: W
     try:
         assert started.wait(30)
         watch.after(59.0)
-        assert watch.stuck == []
+        assert watch.sent["work_stuck"] == []
         watch.after(2.0)
-        (payload,) = watch.stuck
+        (payload,) = watch.sent["work_stuck"]
         assert payload["task"].endswith("sync_prices") and payload["seconds"] >= 60
         assert any(_names(_line("the call that hangs")) in frame for frame in payload["stack"])
         assert sync_prices() is None  # still running: skipped
         assert watch.guard.health()["stuck_work"][0]["task"] == payload["task"]
         watch.after(60.0)
-        assert len(watch.stuck) == 1
+        assert len(watch.sent["work_stuck"]) == 1
     finally:
         release.set()
         runner.join(30)
     assert watch.guard.health()["stuck_work"] == []
 
 
-def test_a_job_that_finishes_in_time_never_reports(watch: Watch) -> None:
+def test_a_job_that_finishes_in_time_never_reports(watch: Clocked) -> None:
     """Runs shorter than the deadline leave nothing behind."""
 
     @no_overlap(deadline=5)
@@ -103,10 +76,10 @@ def test_a_job_that_finishes_in_time_never_reports(watch: Watch) -> None:
     for _ in range(100):
         assert quick() == 1
     watch.after(3600.0)
-    assert watch.stuck == [] and stuck.default_registry.running == {}
+    assert watch.sent["work_stuck"] == [] and stuck.default_registry.running == {}
 
 
-def test_an_async_job_past_its_deadline_names_the_await_it_waits_in(watch: Watch) -> None:
+def test_an_async_job_past_its_deadline_names_the_await_it_waits_in(watch: Clocked) -> None:
     """For an asyncio task the stack is its chain of awaits, down to the one it waits in."""
 
     @no_overlap(name="refresh-cache", deadline=10)
@@ -122,12 +95,12 @@ def test_an_async_job_past_its_deadline_names_the_await_it_waits_in(watch: Watch
         await job
 
     asyncio.run(main())
-    (payload,) = watch.stuck
+    (payload,) = watch.sent["work_stuck"]
     assert payload["task"] == "refresh-cache"
     assert any(_names(_line("awaiting forever")) in frame for frame in payload["stack"])
 
 
-def test_a_limiter_holder_past_its_deadline_is_reported(watch: Watch) -> None:
+def test_a_limiter_holder_past_its_deadline_is_reported(watch: Clocked) -> None:
     """A thread holding a limiter slot longer than the limiter's deadline is reported with
     its stack; holders that give the slot back in time are not."""
     reports = limiter("reports", 2, deadline=30)
@@ -147,7 +120,7 @@ def test_a_limiter_holder_past_its_deadline_is_reported(watch: Watch) -> None:
     try:
         assert holding.wait(30)
         watch.after(31.0)
-        (payload,) = watch.stuck
+        (payload,) = watch.sent["work_stuck"]
         assert payload["task"] == "limiter reports"
         assert any(_names(_line("holds the slot")) in frame for frame in payload["stack"])
     finally:
