@@ -51,6 +51,7 @@ QUIET_SAMPLES = 10
 
 # asyncio's debug mode logs each callback slower than loop.slow_callback_duration so.
 _SLOW_CALLBACK = "Executing %s took %.3f seconds"
+_MAX_SLOW = 64
 
 
 @dataclass
@@ -290,6 +291,8 @@ class _SlowCallbackFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == _SLOW_CALLBACK and record.args and record.thread is not None:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
+            if len(self._slow) >= _MAX_SLOW:  # loop threads that came and went
+                self._slow.clear()
             self._slow[record.thread] = (time.monotonic(), str(args[0]))
         return True
 
