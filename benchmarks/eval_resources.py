@@ -249,6 +249,8 @@ def wait_up(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 def serve(
     directory: Path, command: list[str], env: dict[str, str], port: int, paths: list[str]
 ) -> str:
+    # Requests a user's clients would send: paced, so that a thread per request is tens a
+    # second rather than as many as a loop on loopback can make.
     log = directory / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=directory, env=env, stdout=out, stderr=out)
@@ -260,6 +262,7 @@ def serve(
             text=True,
             timeout=180,
             check=False,
+            env={**os.environ, "LOADGEN_PAUSE": "0.02"},
         )
         time.sleep(1.0)
         return log.read_text() + "\nLOAD " + loader.stdout

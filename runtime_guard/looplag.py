@@ -49,6 +49,9 @@ PERIOD = 0.1
 QUIET_SAMPLES = 10
 """Samples with the lag under its threshold after which a lag episode ends."""
 
+DEFER_SAMPLES = 3
+"""Samples ``loop_blocked`` may wait for a block caught with its stack (see above)."""
+
 # asyncio's debug mode logs each callback slower than loop.slow_callback_duration so.
 _SLOW_CALLBACK = "Executing %s took %.3f seconds"
 _MAX_SLOW = 64
@@ -109,6 +112,8 @@ class LoopMonitor:
         """Seconds late from which a block is caught with its stack."""
         self.blocks: deque[Block] = deque(maxlen=20)
         """The last blocks seen, newest last."""
+        self.seen = 0
+        """Blocks seen so far (the deque keeps the last ones)."""
         self._watched: dict[int, _Watched] = {}
         self._worst: float | None = None
         self._slow: dict[int, tuple[float, str]] = {}
@@ -180,7 +185,7 @@ class LoopMonitor:
         slow = self._slow.pop(state.ident or 0, None)
         if block is None:  # over before the watchdog looked: the lag alone
             block = Block(lag)
-            self.blocks.append(block)
+            self._add(block)
         block.lag = lag
         if slow is not None:
             block.callback = slow[1]
@@ -222,7 +227,7 @@ class LoopMonitor:
         frame = sys._current_frames().get(state.ident)
         block = Block(late, _innermost_user_line(frame), _stacks.stack_of(frame))
         state.block = block
-        self.blocks.append(block)
+        self._add(block)
         if self._worst is None or late > self._worst:
             self._worst = late
 
@@ -254,6 +259,15 @@ class LoopMonitor:
                 self._look(state, now)
             except Exception:
                 continue
+
+    def _add(self, block: Block) -> None:
+        self.blocks.append(block)
+        self.seen += 1
+
+    def since(self, seen: int) -> list[Block]:
+        """The blocks seen after the count was ``seen`` (those still kept)."""
+        new = min(self.seen - seen, len(self.blocks))
+        return list(self.blocks)[-new:] if new > 0 else []
 
     def latest_block(self) -> Block | None:
         """The last block seen."""
@@ -339,6 +353,9 @@ class LoopLagComponent(Component):
         self.episode = False
         """Whether the loop is lagging now (reported once)."""
         self._quiet = 0
+        self._pending = 0
+        self._since = self._calm = 0
+        self._worst = 0.0
         if self.hooks is not None:
             self.hooks.enable()
             self.hooks.add_loop_listener(self.monitor.watch)
@@ -347,29 +364,47 @@ class LoopLagComponent(Component):
         if self.hooks is not None:
             self.monitor.discover()
         self.lag = lag = sample.loop_lag
-        if lag is not None and lag >= self.threshold:
+        lagging = lag is not None and lag >= self.threshold
+        if lagging:
             self._quiet = 0
             if self.pressure is not None:
                 self.pressure_floor = self.pressure
             if not self.episode:
-                self.episode = True
-                self.monitor.look_now()
-                block = self.monitor.latest_block()
-                callback = None if block is None else block.callback
-                stack = [] if block is None else list(block.stack)
-                _log.warning(
-                    "runtime_guard: the event loop ran %s late%s\n%s",
-                    format_duration(lag),
-                    f", blocked by {callback}" if callback else "",
-                    "\n".join(f"    {line}" for line in stack),
-                )
-                guard.send(signals.loop_blocked, lag=lag, callback=callback, stack=stack)
+                self.episode, self._pending, self._worst = True, DEFER_SAMPLES, 0.0
+                self._since = self._calm  # blocks since the last calm sample
+            self._worst = max(self._worst, lag or 0.0)
+        else:
+            self._calm = self.monitor.seen
+        if self._pending:
+            self._report(guard)
+        if lagging or not self.episode:
             return
-        if self.episode:
-            self._quiet += 1
-            if self._quiet >= QUIET_SAMPLES:
-                self.episode = False
-                self.pressure_floor = Pressure.OK
+        self._quiet += 1
+        if self._quiet >= QUIET_SAMPLES:
+            self.episode = False
+            self.pressure_floor = Pressure.OK
+
+    def _report(self, guard: Guard) -> None:
+        # The block that named its line is preferred: on a busy machine the watchdog may
+        # see the loop blocked only at the episode's second or third block, so the signal
+        # waits a few samples for one before it goes without.
+        self.monitor.look_now()
+        caught = [b for b in self.monitor.since(self._since) if b.stack]
+        self._pending -= 1
+        if not caught and self._pending > 0:
+            return
+        self._pending = 0
+        block = caught[0] if caught else self.monitor.latest_block()
+        callback = None if block is None else block.callback
+        stack = [] if block is None else list(block.stack)
+        lag = max(self._worst, 0.0 if block is None else block.lag)
+        _log.warning(
+            "runtime_guard: the event loop ran %s late%s\n%s",
+            format_duration(lag),
+            f", blocked by {callback}" if callback else "",
+            "\n".join(f"    {line}" for line in stack),
+        )
+        guard.send(signals.loop_blocked, lag=lag, callback=callback, stack=stack)
 
     def health(self, guard: Guard) -> dict[str, Any]:
         block = self.monitor.latest_block()

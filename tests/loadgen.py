@@ -1,12 +1,14 @@
 """Load from another process: ``python tests/loadgen.py PORT SECONDS PATH [PATH ...]``.
 
 One client thread per PATH given (repeat a path for more concurrency), each sending GET
-requests back to back for SECONDS; prints ``requests N errors E slowest S``.
+requests for SECONDS, back to back or with ``LOADGEN_PAUSE`` seconds between them; prints
+``requests N errors E slowest S``.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ def main() -> None:
     slowest = [0.0]
     lock = threading.Lock()
     end = time.monotonic() + seconds
+    pause = float(os.environ.get("LOADGEN_PAUSE", "0"))
 
     def client(path: str) -> None:
         while time.monotonic() < end:
@@ -35,6 +38,8 @@ def main() -> None:
                 counts["requests"] += 1
                 counts["errors"] += failed
                 slowest[0] = max(slowest[0], time.monotonic() - started)
+            if pause:
+                time.sleep(pause)
 
     threads = [threading.Thread(target=client, args=(path,)) for path in paths]
     for thread in threads:
