@@ -239,9 +239,10 @@ class PoolHooks:
         watches = self.registry.watches
 
         def on_checkin(dbapi_connection: Any, record: Any) -> None:
+            # The event does not name the pool: the entry is looked for in each (a few).
             key = id(record)
             for watch in list(watches.values()):
-                if watch.kind == "sqlalchemy" and _remove(watch, key):
+                if watch.kind == "sqlalchemy" and watch.checkouts.pop(key, None) is not None:
                     return
 
         replace(self._patches, Pool, "connect", self._getter(original, _SQLALCHEMY))
