@@ -419,7 +419,10 @@ class RuntimeProbe:
 
     def read(self) -> RuntimeReading:
         """One reading now; never raises (a figure that cannot be read is ``-1``/``None``)."""
-        return RuntimeReading(threading.active_count(), self.tasks(), self.fds(), self.loop_lag())
+        modules = sys.modules
+        tasks = 0 if "asyncio.tasks" not in modules else self.tasks()
+        lag = None if "runtime_guard.looplag" not in modules else self.loop_lag()
+        return RuntimeReading(threading.active_count(), tasks, self.fds(), lag)
 
     def fds(self) -> int:
         """Open file descriptors of this process, the probe's own included (``-1`` when they

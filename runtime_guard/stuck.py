@@ -145,6 +145,8 @@ class StuckComponent(Component):
         """The last reports sent, newest last."""
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
+        if not self.registry.running:
+            return
         now = self.registry.clock()
         for work in self.registry.overdue():
             if work.reported:

@@ -74,6 +74,8 @@ class PoolComponent(Component):
             self.hooks.enable()
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
+        if not self.registry.watches:
+            return
         now = self.registry.clock()
         for watch in self.registry.all():
             for checkout in list(watch.checkouts.values()):

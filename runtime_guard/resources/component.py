@@ -60,22 +60,27 @@ class Floors:
         self.window = window
         self.floors: deque[tuple[float, float]] = deque(maxlen=keep)
         """``(window end, minimum)`` of the last complete windows, oldest first."""
-        self._start: float | None = None
+        self._end: float | None = None
         self._low: float | None = None
 
     def add(self, at: float, value: float) -> bool:
         """Fold in one value; True when it closed a window (a new floor is in)."""
-        if self._start is None:
-            self._start = at
-        closed = False
-        while at >= self._start + self.window:
-            if self._low is not None:
-                self.floors.append((self._start + self.window, self._low))
-                closed = True
-            self._start += self.window
-            self._low = None
-        self._low = value if self._low is None else min(self._low, value)
-        return closed
+        end = self._end
+        if end is not None and at < end:  # the common case: one comparison more
+            low = self._low
+            if low is None or value < low:
+                self._low = value
+            return False
+        if end is None:
+            self._end = at + self.window
+            self._low = value
+            return False
+        self.floors.append((end, self._low if self._low is not None else value))
+        # Windows without a sample (a suspended process) leave no floor.
+        while at >= end:
+            end += self.window
+        self._end, self._low = end, value
+        return True
 
     def growth(self, min_rise: float) -> tuple[float, float] | None:
         """``(rise, per minute)`` when each floor rose over the one before and the floors
@@ -181,21 +186,26 @@ class ResourceComponent(Component):
         """The last reports sent, newest last."""
         self._floors = {kind: Floors(window) for kind in KINDS}
         self._growing: set[str] = set()
-        self._latest: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._records_sites = record_sites
         if record_sites:
             self.hooks.enable()
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
+        floors, at = self._floors, sample.monotonic
+        closed = floors["threads"].add(at, sample.threads)
+        closed = floors["tasks"].add(at, sample.tasks) or closed
+        if sample.fds >= 0:
+            closed = floors["fds"].add(at, sample.fds) or closed
+        if closed:  # once per window: the judgement
+            self._judge(guard, sample)
+
+    def _judge(self, guard: Guard, sample: Sample) -> None:
         figures = {"threads": sample.threads, "tasks": sample.tasks, "fds": sample.fds}
+        # The three share their windows: each closes with the others.
         for kind, value in figures.items():
             if value < 0:
                 continue
-            self._latest[kind] = value
-            floors = self._floors[kind]
-            if not floors.add(sample.monotonic, value):
-                continue
-            growth = floors.growth(self.min_growth)
+            growth = self._floors[kind].growth(self.min_growth)
             if growth is None:
                 self._growing.discard(kind)  # the episode ends with a window that did not rise
             elif kind not in self._growing:
@@ -259,7 +269,17 @@ class ResourceComponent(Component):
         guard.send(signals.resources_growing, report=report)
 
     def health(self, guard: Guard) -> dict[str, Any]:
-        return {"resources": {**self._latest, "growing": sorted(self._growing)}}
+        latest = guard.history.latest()
+        figures = (
+            {}
+            if latest is None
+            else {
+                "threads": latest.threads,
+                "tasks": latest.tasks,
+                "fds": latest.fds,
+            }
+        )
+        return {"resources": {**figures, "growing": sorted(self._growing)}}
 
     def after_fork(self, guard: Guard) -> None:
         self._floors = {kind: Floors(self.window) for kind in KINDS}
