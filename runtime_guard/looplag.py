@@ -3,7 +3,7 @@
 Each watched loop runs a timer callback every :data:`PERIOD` seconds that notes how late it
 ran, the way @fastify/under-pressure measures ``eventLoopDelay``: a callback that blocks
 the loop (a ``time.sleep`` or a CPU-bound loop in an ``async def`` handler) delays it by as
-long as it blocks. A watchdog thread, awake only while some loop is watched, sees a loop
+long as it blocks. A watchdog thread, running only while some loop is watched, sees a loop
 whose timer is overdue by ``loop_lag_threshold`` while it is still blocked and takes the
 stack of the loop's thread then: the line that blocks it. In asyncio's debug mode the slow
 callback asyncio itself logs is named as well.
@@ -132,12 +132,11 @@ class LoopMonitor:
                 return
             state = self._watched[key] = _Watched(loop)
             weakref.finalize(loop, self._watched.pop, key, None)
+        self._ensure_watchdog()
         try:
             loop.call_soon_threadsafe(self._tick, state)
         except RuntimeError:  # closed already
             self._watched.pop(key, None)
-            return
-        self._ensure_watchdog()
 
     def discover(self) -> None:
         """Watch the loop of the first task in asyncio's registry of tasks, if it is not yet:
@@ -194,7 +193,7 @@ class LoopMonitor:
 
     def _ensure_watchdog(self) -> None:
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._thread is not None:
                 return
             self._stop.clear()
             logging.getLogger("asyncio").addFilter(self._filter)
@@ -206,7 +205,10 @@ class LoopMonitor:
     def _watchdog(self) -> None:
         while not self._stop.wait(self.period):
             if not self._watched:
-                continue
+                with self._lock:  # no loop left: the thread ends; watch() starts another
+                    if not self._watched:
+                        self._thread = None
+                        return
             now = time.monotonic()
             for state in list(self._watched.values()):
                 try:

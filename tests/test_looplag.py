@@ -230,3 +230,25 @@ def test_uvicorn_names_the_blocking_handler_and_not_the_clean_one(tmp_path: Path
     line = APP.splitlines().index(next(x for x in APP.splitlines() if "blocking call" in x)) + 1
     assert found.group(2).endswith(f"lagapp.py:{line}"), lagging
     assert float(found.group(1)) >= 0.3
+
+
+def test_the_watchdog_thread_ends_when_no_loop_is_left() -> None:
+    """Once the loops it watched are gone, the watchdog thread ends though the guard runs on."""
+    import gc
+
+    guard = make_guard()
+
+    async def main() -> None:
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(main())
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while "runtime-guard-looplag" in [t.name for t in threading.enumerate()]:
+            assert time.monotonic() < deadline, "the watchdog thread kept running"
+            time.sleep(0.05)
+        asyncio.run(main())  # a new loop: watched again, by a new watchdog
+        assert default_monitor.seen >= 0 and guard.component("looplag") is not None
+    finally:
+        guard.stop()
