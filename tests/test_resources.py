@@ -20,8 +20,8 @@ from runtime_guard import signals
 from runtime_guard.guard import Guard
 from runtime_guard.probes import RuntimeProbe
 from runtime_guard.resources import ResourceReport, default_hooks
-from runtime_guard.resources.component import Floors
 from runtime_guard.testing import make_guard
+from runtime_guard.tracking.component import Floors
 
 WINDOW = 10.0
 

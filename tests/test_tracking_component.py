@@ -171,14 +171,16 @@ def test_guard_uninstall_removes_every_patch() -> None:
 
 
 def test_component_keeps_at_most_its_report_and_point_caps() -> None:
-    """Over many samples and episodes the tracking component keeps 200 points per type and
-    its last 20 reports, however long it runs."""
+    """Over many samples and episodes the tracking component keeps the last floors of each
+    type and its last 20 reports, however long it runs."""
+    from runtime_guard.testing import ManualClock
 
     class Pooled(Resource):
         pass
 
     name = track(Pooled, max_live=0)
-    guard = make_guard()
+    clock = ManualClock()
+    guard = make_guard(clock=clock)
     try:
         component = guard.component("tracking")
         assert isinstance(component, tracking.TrackingComponent)
@@ -189,8 +191,10 @@ def test_component_keeps_at_most_its_report_and_point_caps() -> None:
             del held
             gc.collect()
             for _ in range(tracking_component.QUIET_SAMPLES):
+                clock.now += 1.0
                 guard.sample()
         assert len(component.reports) == 20
-        assert len(component._states[name].points) == 200
+        floors = component._states[name].floors.floors
+        assert len(floors) == floors.maxlen == tracking_component.GROWTH_WINDOWS + 1
     finally:
         guard.stop()

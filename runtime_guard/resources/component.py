@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import _stacks, signals
 from runtime_guard._component import Component
-from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard.reports.files import write_report
 from runtime_guard.resources.creation import CreationHooks, default_hooks
 from runtime_guard.resources.fds import describe_fds
-from runtime_guard.tracking.component import GROWTH_WINDOWS
+from runtime_guard.tracking.component import Floors
 from runtime_guard.tracking.records import Record
 from runtime_guard.tracking.registry import TOP_SITES
 
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["GUARD_THREADS", "KINDS", "OLDEST", "Floors", "ResourceComponent", "ResourceReport"]
+__all__ = ["GUARD_THREADS", "KINDS", "OLDEST", "ResourceComponent", "ResourceReport"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -51,47 +50,6 @@ _UNKNOWN_SITE = {
     "function": "",
     "stack": [],
 }
-
-
-class Floors:
-    """The minimum of each window of ``window`` seconds, for the last few windows."""
-
-    def __init__(self, window: float, keep: int = GROWTH_WINDOWS + 1) -> None:
-        self.window = window
-        self.floors: deque[tuple[float, float]] = deque(maxlen=keep)
-        """``(window end, minimum)`` of the last complete windows, oldest first."""
-        self._end: float | None = None
-        self._low: float | None = None
-
-    def add(self, at: float, value: float) -> bool:
-        """Fold in one value; True when it closed a window (a new floor is in)."""
-        end = self._end
-        if end is not None and at < end:  # the common case: one comparison more
-            low = self._low
-            if low is None or value < low:
-                self._low = value
-            return False
-        if end is None:
-            self._end = at + self.window
-            self._low = value
-            return False
-        self.floors.append((end, self._low if self._low is not None else value))
-        # Windows without a sample (a suspended process) leave no floor.
-        while at >= end:
-            end += self.window
-        self._end, self._low = end, value
-        return True
-
-    def growth(self, min_rise: float) -> tuple[float, float] | None:
-        """``(rise, per minute)`` when each floor rose over the one before and the floors
-        rose by ``min_rise`` in all, else ``None``."""
-        values = [v for _, v in self.floors]
-        if not sustained_growth(values, GROWTH_WINDOWS):
-            return None
-        rise = values[-1] - values[-(GROWTH_WINDOWS + 1)]
-        if rise < min_rise:
-            return None
-        return rise, theil_sen(list(self.floors)) * 60.0
 
 
 @dataclass
