@@ -49,6 +49,9 @@ PERIOD = 0.1
 QUIET_SAMPLES = 10
 """Samples with the lag under its threshold after which a lag episode ends."""
 
+DISCOVER_EVERY = 10
+"""Samples between looks for loops the hooks did not see, once one loop is watched."""
+
 DEFER_SAMPLES = 3
 """Samples ``loop_blocked`` may wait for a block caught with its stack (see above)."""
 
@@ -355,7 +358,7 @@ class LoopLagComponent(Component):
         self.episode = False
         """Whether the loop is lagging now (reported once)."""
         self._quiet = 0
-        self._pending = 0
+        self._pending = self._samples = 0
         self._since = self._calm = 0
         self._worst = 0.0
         if self.hooks is not None:
@@ -363,7 +366,11 @@ class LoopLagComponent(Component):
             self.hooks.add_loop_listener(self.monitor.watch)
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
-        if self.hooks is not None:
+        self._samples += 1
+        # A new loop is rare: looked for on one sample in ten once one is watched.
+        if self.hooks is not None and (
+            self._samples % DISCOVER_EVERY == 0 or not self.monitor.watching()
+        ):
             self.monitor.discover()
         self.lag = lag = sample.loop_lag
         lagging = lag is not None and lag >= self.threshold
