@@ -124,6 +124,7 @@ class LoopMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._filter = _SlowCallbackFilter(self._slow)
+        self._users = 0
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -278,6 +279,19 @@ class LoopMonitor:
         """The last block seen."""
         return self.blocks[-1] if self.blocks else None
 
+    def use(self) -> None:
+        """Count a user (a guard's component); :meth:`release` by the last one stops it."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        """One user fewer; the last one stops the monitor."""
+        with self._lock:
+            self._users = max(self._users - 1, 0)
+            last = self._users == 0
+        if last:
+            self.stop()
+
     def stop(self) -> None:
         """Stop the watchdog and forget the loops (their timers stop at the next tick)."""
         self._stop.set()
@@ -348,6 +362,7 @@ class LoopLagComponent(Component):
         self.monitor = monitor or default_monitor
         """The monitor whose lag is judged."""
         self.monitor.threshold = threshold
+        self.monitor.use()
         self.hooks = hooks if discover else None
         """Where new loops are learnt of (their first task); ``None``: only loops given to
         :func:`watch` are watched."""
@@ -359,6 +374,7 @@ class LoopLagComponent(Component):
         """Whether the loop is lagging now (reported once)."""
         self._quiet = 0
         self._pending = self._samples = 0
+        self._closed = False
         self._since = self._calm = 0
         self._worst = 0.0
         if self.hooks is not None:
@@ -427,7 +443,10 @@ class LoopLagComponent(Component):
         }
 
     def close(self, guard: Guard) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.hooks is not None:
             self.hooks.remove_loop_listener(self.monitor.watch)
             self.hooks.disable()
-        self.monitor.stop()
+        self.monitor.release()

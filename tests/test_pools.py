@@ -356,3 +356,34 @@ def test_transaction_state_reads_psycopg_without_a_round_trip(
         conn.execute("select 1")
         assert checkouts.transaction_state(conn) == "idle in transaction"
     assert checkouts.transaction_state(object()) is None
+
+
+def test_two_guards_share_the_hooks_and_count_each_waiter_once(
+    redis_server: servers.RedisServer,
+) -> None:
+    """With two guards in a process no pool is wrapped twice (one waiter is one waiter), and
+    stopping one leaves the other's checkouts watched."""
+    import redis
+
+    first, second = make_guard(), make_guard()
+    blocking = redis.BlockingConnectionPool.from_url(
+        redis_server.url, max_connections=1, timeout=30
+    )
+    held = blocking.get_connection()
+    waiter = threading.Thread(target=lambda: blocking.release(blocking.get_connection()))
+    try:
+        waiter.start()
+        (found,) = default_registry.all()
+        _wait_for(lambda: found.requests > 0)
+        time.sleep(0.2)
+        assert found.requests == 1
+        first.stop()
+        blocking.release(held)
+        waiter.join(30)
+        held = blocking.get_connection()  # still recorded, by the hooks the second kept
+        assert found.held() == 1
+        blocking.release(held)
+    finally:
+        first.stop()
+        second.stop()
+        blocking.disconnect()

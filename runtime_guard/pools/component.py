@@ -25,7 +25,7 @@ from runtime_guard.pools.checkouts import (
     PoolWatch,
     default_registry,
 )
-from runtime_guard.pools.hooks import PoolHooks
+from runtime_guard.pools.hooks import PoolHooks, default_hooks
 from runtime_guard.reports.files import write_report
 
 if TYPE_CHECKING:
@@ -68,8 +68,13 @@ class PoolComponent(Component):
         """Seconds a pool may have waiters and no free connection before it is reported."""
         self.reports: deque[dict[str, Any]] = deque(maxlen=50)
         """The last reports sent (``checkout_held`` and ``pool_exhausted``), newest last."""
-        self.hooks = PoolHooks(self.registry) if hooks else None
-        """The checkout hooks this component put in place (``None``: fed by someone else)."""
+        if not hooks:
+            self.hooks: PoolHooks | None = None
+        elif self.registry is default_registry:
+            self.hooks = default_hooks
+        else:
+            self.hooks = PoolHooks(self.registry)
+        """The checkout hooks this component enabled (``None``: fed by someone else)."""
         if self.hooks is not None:
             self.hooks.enable()
 
@@ -198,5 +203,6 @@ class PoolComponent(Component):
         return {"pools": self.pools()}
 
     def close(self, guard: Guard) -> None:
-        if self.hooks is not None:
-            self.hooks.disable()
+        hooks, self.hooks = self.hooks, None
+        if hooks is not None:
+            hooks.disable()

@@ -20,19 +20,21 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from runtime_guard import _fork
 from runtime_guard.pools.checkouts import (
     MAX_CHECKOUTS,
     Checkout,
     PoolFigures,
     PoolRegistry,
     PoolWatch,
+    default_registry,
 )
 from runtime_guard.tracking import sites as _sites
 from runtime_guard.tracking.imports import ImportWatcher
 from runtime_guard.tracking.patching import Patch, replace, restore
 from runtime_guard.tracking.registry import default_registry as _tracked
 
-__all__ = ["LIBRARIES", "PoolHooks"]
+__all__ = ["LIBRARIES", "PoolHooks", "default_hooks"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -171,7 +173,12 @@ _REDIS = _Library("redis", _redis_name, _redis_figures, holders=_REDIS_HOLDERS)
 
 
 class PoolHooks:
-    """Puts the checkout hooks on each pool library once it is imported; takes them off."""
+    """Puts the checkout hooks on each pool library once it is imported; takes them off.
+
+    Enabling is counted: every guard's pool component enables the same hooks
+    (:data:`default_hooks`) once, and they come off when the last one disables them, so two
+    guards in a process never wrap a pool twice.
+    """
 
     def __init__(self, registry: PoolRegistry) -> None:
         self.registry = registry
@@ -183,9 +190,20 @@ class PoolHooks:
         self._patches: list[Patch] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._warned: set[str] = set()
+        self._users = 0
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks are in place (or waiting for their libraries)."""
+        return self._users > 0
 
     def enable(self) -> None:
         """Hook every pool library now or once it is imported."""
+        with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
         for module, install in (
             ("sqlalchemy", self._sqlalchemy),
             ("psycopg_pool", self._psycopg_pool),
@@ -195,7 +213,14 @@ class PoolHooks:
             self.watcher.watch(module, self._guarded(install))
 
     def disable(self) -> None:
-        """Take every hook off; the libraries are exactly as before."""
+        """Take every hook off once the last user disables them; the libraries are exactly
+        as before."""
+        with self._lock:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users > 0:
+                return
         self.watcher.clear()
         restore(self._patches)
         for target, name, listener in reversed(self._listeners):
@@ -207,6 +232,10 @@ class PoolHooks:
                 _log.warning("runtime_guard: could not remove the SQLAlchemy %s listener", name)
         self._listeners.clear()
         self.installed.clear()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held it at the fork)."""
+        self._lock = threading.Lock()
 
     def _guarded(self, install: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
         def run(module: ModuleType) -> None:
@@ -356,3 +385,9 @@ class PoolHooks:
 
         put.__wrapped__ = original  # type: ignore[attr-defined]
         return put
+
+
+default_hooks = PoolHooks(default_registry)
+"""The hooks that feed :data:`~runtime_guard.pools.checkouts.default_registry`."""
+
+_fork.after_fork_in_child(default_hooks.after_fork)
