@@ -302,6 +302,11 @@ class LoopMonitor:
         logging.getLogger("asyncio").removeFilter(self._filter)
         with self._lock:
             self._watched.clear()
+        self.forget()
+
+    def forget(self) -> None:
+        """Forget the lag measured and the blocks seen (for tests:
+        ``runtime_guard.testing.reset``)."""
         self._worst = None
         self.blocks.clear()
         self._slow.clear()
@@ -375,7 +380,8 @@ class LoopLagComponent(Component):
         self._quiet = 0
         self._pending = self._samples = 0
         self._closed = False
-        self._since = self._calm = 0
+        self._calm = self.monitor.seen  # blocks seen before this component are not its
+        self._since = 0
         self._worst = 0.0
         if self.hooks is not None:
             self.hooks.enable()

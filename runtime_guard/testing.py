@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime_guard import _install, limiters, shedding, stuck
+from runtime_guard import _install, limiters, looplag, shedding, stuck
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.pools import checkouts as pools
@@ -76,7 +76,11 @@ def make_guard(
     when done. Environment variables are ignored, so the test sees only ``options``.
     """
     guard = Guard(Config.from_options(options, environ={}), probe=probe or FakeProbe(), clock=clock)
-    _install.attach_components(guard)
+    try:
+        _install.attach_components(guard)
+    except BaseException:
+        guard.stop()  # the components attached before the failing one undo their hooks
+        raise
     return guard
 
 
@@ -85,7 +89,7 @@ def reset() -> None:
     restore every shed feature and forget the declared features, caches and limiters;
     untrack every tracked class (each is restored exactly) and forget the records, the
     ``marker()`` and the warnings already logged; forget the pools seen and the runs with
-    a deadline in progress.
+    a deadline in progress and the event-loop lag measured.
 
     Call it in a fixture, after each test that declares features, tracks classes or
     installs a guard.
@@ -96,3 +100,4 @@ def reset() -> None:
     tracking.default_registry.reset()
     pools.default_registry.clear()
     stuck.default_registry.clear()
+    looplag.default_monitor.forget()

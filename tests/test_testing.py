@@ -25,3 +25,22 @@ def test_reset_untracks_every_class_and_forgets_the_records() -> None:
     assert not tracking.default_registry.store.remember_recent
     assert tracking.default_registry.watcher.watching() == []
     assert tracking.unreleased_since(mark) == []
+
+
+def test_make_guard_that_fails_leaves_no_hook_behind() -> None:
+    """A guard refused by its configuration undoes what the components attached before the
+    refusal did (pool and creation hooks stay off)."""
+    import threading
+
+    import pytest
+
+    from runtime_guard.config import ConfigError
+    from runtime_guard.pools.hooks import default_hooks as pool_hooks
+    from runtime_guard.resources.creation import default_hooks
+    from runtime_guard.testing import make_guard
+
+    init = threading.Thread.__init__
+    with pytest.raises(ConfigError):
+        make_guard(leak_windows=3, leak_confirm=3)
+    assert not default_hooks.enabled and not pool_hooks.enabled
+    assert threading.Thread.__init__ is init
