@@ -235,3 +235,21 @@ def test_the_installed_guard_reports_from_its_sampler(tmp_path: Path) -> None:
         release.set()
         runner.join(30)
         signals.work_stuck.disconnect(receive)
+
+
+def test_reports_kept_stay_capped_however_many_runs_hang(watch: Clocked) -> None:
+    """Past their caps the stuck component keeps its last 20 reports and the timeline its
+    last MAX_RESOURCE_REPORTS, however many runs are reported."""
+    from runtime_guard.reports.timeline import MAX_RESOURCE_REPORTS, Timeline
+
+    tokens = [stuck.default_registry.begin(f"job-{i}", 1.0) for i in range(80)]
+    watch.after(2.0)
+    component = watch.guard.component("stuck")
+    timeline = watch.guard.component("timeline")
+    assert isinstance(component, stuck.StuckComponent) and isinstance(timeline, Timeline)
+    assert len(watch.sent["work_stuck"]) == 80
+    assert len(component.reports) == 20
+    _, latest = timeline.copy()
+    assert len(latest["resources"]) == MAX_RESOURCE_REPORTS
+    for token in tokens:
+        stuck.default_registry.end(token)
