@@ -22,10 +22,14 @@ from runtime_guard.container import ContainerPublisher
 from runtime_guard.events import EventLog
 from runtime_guard.guard import Guard
 from runtime_guard.leaks.detector import LeakDetector
+from runtime_guard.looplag import LoopLagComponent
+from runtime_guard.pools.component import PoolComponent
 from runtime_guard.pressure import Pressure
 from runtime_guard.relief import ReliefComponent
 from runtime_guard.reports.timeline import Timeline
+from runtime_guard.resources.component import ResourceComponent
 from runtime_guard.shedding import SheddingComponent
+from runtime_guard.stuck import StuckComponent
 from runtime_guard.tracking.component import TrackingComponent
 
 __all__ = ["attach_components", "get_guard", "install", "uninstall"]
@@ -55,6 +59,24 @@ def attach_components(guard: Guard) -> None:
             ReliefComponent(Pressure.parse(config.relief_at), config.relief_cooldown, guard.clock)
         )
     guard.add_component(TrackingComponent(track_clients=config.track_clients))
+    if config.track_resources:
+        guard.add_component(PoolComponent(config.checkout_warn_after, config.pool_exhausted_after))
+    guard.add_component(
+        ResourceComponent(
+            config.resource_window,
+            config.resource_min_growth,
+            record_sites=config.track_resources,
+        )
+    )
+    guard.add_component(StuckComponent())
+    lag_level = config.loop_lag_pressure
+    guard.add_component(
+        LoopLagComponent(
+            config.loop_lag_threshold,
+            None if lag_level is None else Pressure.parse(lag_level),
+            discover=config.track_resources,
+        )
+    )
     if config.leak_detection:
         guard.add_component(LeakDetector(config, guard.clock))
     guard.add_component(ContainerPublisher())

@@ -27,7 +27,7 @@ from runtime_guard._gcstats import GcStats
 from runtime_guard.config import Config
 from runtime_guard.history import History
 from runtime_guard.pressure import Pressure, PressureTracker
-from runtime_guard.probes import MemoryProbe, Reading
+from runtime_guard.probes import MemoryProbe, Reading, RuntimeProbe
 from runtime_guard.sample import Sample
 
 if TYPE_CHECKING:
@@ -88,12 +88,15 @@ class Guard:
         self._tracker = PressureTracker(
             self.config.elevated, self.config.high, self.config.critical, self.config.hysteresis
         )
+        self._level = Pressure.OK
         self.history = History(self.config.history_size)
         """Recent samples, oldest first; bounded by ``history_size``."""
         # Held files close when the guard is collected, not at stop(): a host thread may
         # still call sample() on a guard another thread just uninstalled.
         # At exit the OS closes them; closing earlier would pull them from under the sampler.
         weakref.finalize(self, self._probe.close).atexit = False
+        self._runtime = RuntimeProbe()
+        weakref.finalize(self, self._runtime.close).atexit = False
         self._gc = GcStats()
         self._gc.install()
         self._dispatcher = Dispatcher(self)
@@ -157,7 +160,7 @@ class Guard:
     @property
     def pressure(self) -> Pressure:
         """The current pressure level."""
-        return self._tracker.level
+        return self._level
 
     @property
     def limit(self) -> int:
@@ -176,10 +179,13 @@ class Guard:
     def sample(self) -> Sample:
         """Take one reading now, record it, run the components and queue the signals."""
         reading = self._probe.read()
+        runtime = self._runtime.read()
         now = self.clock()
         with self._lock:
-            old = self._tracker.level
-            new = self._tracker.update(reading.fraction)
+            old = self._level
+            # A component may hold the level up for a reason other than memory (a lagging
+            # event loop); it says so through its pressure_floor after the previous sample.
+            new = self._level = max(self._tracker.update(reading.fraction), self._floor())
             sample = Sample(
                 monotonic=now,
                 wall=time.time(),
@@ -191,8 +197,11 @@ class Guard:
                 gc_counts=gc.get_count(),
                 gc_collections=self._gc.collections,
                 gc_pause=self._gc.pause,
-                threads=threading.active_count(),
+                threads=runtime.threads,
                 pressure=new,
+                tasks=runtime.tasks,
+                fds=runtime.fds,
+                loop_lag=runtime.loop_lag,
             )
             self.history.append(sample)
         for component in list(self._components):
@@ -204,6 +213,12 @@ class Guard:
         if new != old:
             self._dispatcher.send(signals.pressure_changed, old=old, new=new, sample=sample)
         return sample
+
+    def _floor(self) -> Pressure:
+        floor = Pressure.OK
+        for component in self._components:
+            floor = max(floor, component.pressure_floor)
+        return floor
 
     # -- actions that components provide ---------------------------------------------
 
@@ -323,7 +338,8 @@ class Guard:
         self._init_runtime_state()
         self._dispatcher.after_fork()
         self.history.clear()
-        self._tracker.level = Pressure.OK
+        self._tracker.level = self._level = Pressure.OK
+        self._runtime.reopen()
         self._probe.reopen()
         for component in list(self._components):
             self._call(component, "after_fork")
@@ -343,7 +359,7 @@ class Guard:
                 latest = self.sample()
             except Exception as exc:
                 return {"status": "unknown", "error": f"no memory reading: {exc}"}
-        level = self._tracker.level
+        level = self._level
         data: dict[str, Any] = {
             "status": "ok",
             "pressure": level.name.lower(),

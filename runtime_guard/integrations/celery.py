@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import runtime_guard
+from runtime_guard import stuck
 from runtime_guard._component import Component
 from runtime_guard._current import get_guard
 from runtime_guard.config import Config, ConfigError
@@ -92,6 +93,7 @@ __all__ = [
     "install",
     "recycle_after_task",
     "shutdown_worker",
+    "watch_time_limits",
 ]
 
 _log = logging.getLogger("runtime_guard")
@@ -561,3 +563,44 @@ def install(
         # One uid per app: installing again replaces the earlier setup instead of doubling it.
         signal.disconnect(dispatch_uid=uid)
         signal.connect(receiver, weak=False, dispatch_uid=uid)
+    watch_time_limits()
+
+
+# -- stuck tasks: one running past its time limit is reported with its stack -------------
+
+_timed_tasks: dict[str, int] = {}
+
+
+def _time_limit(task: Any) -> float | None:
+    # The soft limit when there is one: under prefork the hard one kills the process, so
+    # only the soft one leaves time to say where the task hung.
+    hard, soft = getattr(getattr(task, "request", None), "timelimit", None) or (None, None)
+    conf = task.app.conf
+    hard = hard or task.time_limit or conf.task_time_limit
+    soft = soft or task.soft_time_limit or conf.task_soft_time_limit
+    limits = [float(v) for v in (hard, soft) if v]
+    return min(limits) if limits else None
+
+
+def _task_started(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    if sender is None or task_id is None:
+        return
+    try:
+        limit = _time_limit(sender)
+        if limit is not None and limit > 0:
+            _timed_tasks[task_id] = stuck.default_registry.begin(sender.name, limit)
+    except Exception:
+        _log.warning("runtime_guard: cannot watch the time limit of %r", sender, exc_info=True)
+
+
+def _task_finished(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    token = _timed_tasks.pop(task_id or "", None)
+    if token is not None:
+        stuck.default_registry.end(token)
+
+
+def watch_time_limits() -> None:
+    """Report a task still running past its time limit (``work_stuck``, with its stack);
+    called by :func:`install`, idempotent."""
+    celery_signals.task_prerun.connect(_task_started, weak=False)
+    celery_signals.task_postrun.connect(_task_finished, weak=False)

@@ -63,6 +63,7 @@ __all__ = [
     "mark_dead_at_exit",
     "multiprocess_mode",
     "render",
+    "resource_metrics",
     "scrape_registry",
     "sweep_dead",
 ]
@@ -216,6 +217,7 @@ class GuardCollector(Collector):
             PREFIX + "features_shed", _HELP["features_shed"], value=f.shed_events
         )
         yield CounterMetricFamily(PREFIX + "recycles", _HELP["recycles"], value=f.recycles)
+        yield from resource_metrics(guard)
 
 
 class _MultiprocessExporter:
@@ -331,6 +333,7 @@ def install_metrics(registry: CollectorRegistry = REGISTRY) -> None:
             if _exporter is None:
                 _exporter = _MultiprocessExporter()
                 signals.sample_taken.connect(_export_sample, weak=False)
+            _install_resource_exporter()
             return
         if id(registry) not in _registered:
             registry.register(GuardCollector())
@@ -384,3 +387,116 @@ def make_asgi_app() -> Callable[..., Any]:
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+# -- resources that run out before memory: pools, threads, tasks, descriptors, stuck work,
+# the event loop. Kept apart from the memory figures above; read from the latest sample and
+# the components' own state, so a scrape costs no extra health() call.
+
+_RESOURCE_HELP = {
+    "threads": "Live Python threads.",
+    "asyncio_tasks": "asyncio tasks not yet collected (pending, or done and referenced).",
+    "open_fds": "Open file descriptors.",
+    "event_loop_lag_seconds": "Worst asyncio event-loop lag since the previous sample.",
+    "work_stuck": "Runs with a deadline (no_overlap, limiter, Celery) past it now.",
+    "pool_in_use": "Connections checked out of the pool.",
+    "pool_size": "Most connections the pool opens (size plus overflow).",
+    "pool_overflow": "Connections open beyond the pool's steady size.",
+    "pool_waiting": "Requests waiting for a connection of the pool.",
+    "pool_held_too_long": "Checkouts held longer than checkout_warn_after.",
+    "pool_oldest_checkout_seconds": "Age of the pool's oldest checkout.",
+}
+_POOL_FIGURES = (
+    ("pool_in_use", "in_use"),
+    ("pool_size", "size"),
+    ("pool_overflow", "overflow"),
+    ("pool_waiting", "waiting"),
+    ("pool_held_too_long", "held_too_long"),
+    ("pool_oldest_checkout_seconds", "oldest_checkout_seconds"),
+)
+
+
+def _resource_values(
+    guard: Guard, sample: Sample | None = None
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``(process figures, {pool: figures})`` for the resource metrics."""
+    sample = sample or guard.history.latest()
+    values: dict[str, float] = {}
+    if sample is not None:
+        values["threads"] = sample.threads
+        values["asyncio_tasks"] = sample.tasks
+        if sample.fds >= 0:
+            values["open_fds"] = sample.fds
+        if sample.loop_lag is not None:
+            values["event_loop_lag_seconds"] = sample.loop_lag
+    works = getattr(guard.component("stuck"), "registry", None)
+    if works is not None:
+        values["work_stuck"] = len(works.overdue())
+    pools: dict[str, dict[str, float]] = {}
+    component = guard.component("pools")
+    for name, pool_figures in (getattr(component, "pools", dict)() or {}).items():
+        pools[name] = {
+            metric: float(pool_figures[key])
+            for metric, key in _POOL_FIGURES
+            if isinstance(pool_figures.get(key), (int, float)) and pool_figures[key] >= 0
+        }
+    return values, pools
+
+
+def resource_metrics(guard: Guard) -> Iterator[Metric]:
+    """The resource gauges of ``guard`` (single-process mode)."""
+    values, pools = _resource_values(guard)
+    for name, value in values.items():
+        yield GaugeMetricFamily(PREFIX + name, _RESOURCE_HELP[name], value=value)
+    for metric, _ in _POOL_FIGURES:
+        family = GaugeMetricFamily(PREFIX + metric, _RESOURCE_HELP[metric], labels=["pool"])
+        for pool, pool_figures in sorted(pools.items()):
+            if metric in pool_figures:
+                family.add_metric([pool], pool_figures[metric])
+        yield family
+
+
+class _ResourceExporter:
+    """Writes the resource gauges into prometheus_client's per-process files."""
+
+    def __init__(self) -> None:
+        def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(
+                PREFIX + name,
+                _RESOURCE_HELP[name],
+                labels,
+                registry=None,
+                multiprocess_mode="liveall",
+            )
+
+        self.gauges = {
+            name: gauge(name)
+            for name in (
+                "threads",
+                "asyncio_tasks",
+                "open_fds",
+                "event_loop_lag_seconds",
+                "work_stuck",
+            )
+        }
+        self.pool_gauges = {metric: gauge(metric, ("pool",)) for metric, _ in _POOL_FIGURES}
+
+    def on_sample(self, sender: Any, sample: Sample, **_: Any) -> None:
+        if not isinstance(sender, Guard):
+            return
+        values, pools = _resource_values(sender, sample)
+        for name, value in values.items():
+            self.gauges[name].set(value)
+        for pool, pool_figures in pools.items():
+            for metric, value in pool_figures.items():
+                self.pool_gauges[metric].labels(pool).set(value)
+
+
+_resource_exporter: _ResourceExporter | None = None
+
+
+def _install_resource_exporter() -> None:
+    global _resource_exporter
+    if _resource_exporter is None:
+        _resource_exporter = _ResourceExporter()
+        signals.sample_taken.connect(_resource_exporter.on_sample, weak=False)
