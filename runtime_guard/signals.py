@@ -90,7 +90,7 @@ work_stuck = namespace.signal(
     "work_stuck",
     doc="A ``no_overlap`` run, a limiter holder or a Celery task has run past its "
     "deadline; sent once per run. Payload: ``task: str``, ``seconds: float`` (running so "
-    "far), ``stack: list[str]`` (where it is now, one \"file:line in function\" a "
+    'far), ``stack: list[str]`` (where it is now, one "file:line in function" a '
     "frame, innermost last).",
 )
 resources_growing = namespace.signal(
