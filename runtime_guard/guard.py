@@ -227,7 +227,7 @@ class Guard:
         (also ``None`` when leak detection is off)."""
         component = self.component("leaks")
         report = None if component is None else self._call(component, "check")
-        return report  # type: ignore[no-any-return]
+        return report
 
     def relieve(self) -> ReliefResult:
         """Run relief now (full GC, then ``malloc_trim`` on glibc); returns a ``ReliefResult``."""

@@ -154,7 +154,7 @@ def _block_traceback() -> Callable[[int, int], Any] | None:
         return None
     function.argtypes = [ctypes.c_uint, ctypes.c_size_t]
     function.restype = ctypes.py_object
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 _by_address = _block_traceback()

@@ -381,7 +381,7 @@ def overloaded_body(retry_after: int) -> bytes:
 def status_page_response(guard: Guard | None) -> tuple[int, str, bytes]:
     """``(code, content type, body)`` of the live status page, when its module exists."""
     try:
-        from runtime_guard.reports.statuspage import render_status_page  # type: ignore[import-not-found]
+        from runtime_guard.reports.statuspage import render_status_page
     except ImportError:
         return 404, "text/plain", b"status page not available in this version\n"
     if guard is None:

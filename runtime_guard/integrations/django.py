@@ -70,13 +70,13 @@ class GuardMiddleware:
         if self._async:
             return self._acall(request)
         early = self._early(request)
-        return early if early is not None else self.get_response(request)  # type: ignore[no-any-return]
+        return early if early is not None else self.get_response(request)
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         early = self._early(request)
         if early is not None:
             return early
-        return await self.get_response(request)  # type: ignore[no-any-return]
+        return await self.get_response(request)
 
     def _early(self, request: HttpRequest) -> HttpResponse | None:
         path = request.path_info

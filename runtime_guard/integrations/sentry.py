@@ -102,7 +102,7 @@ def _enriched(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-class RuntimeGuardIntegration(Integration):  # type: ignore[misc]
+class RuntimeGuardIntegration(Integration):
     """Sentry integration: the guard's event records become grouped, detailed events."""
 
     identifier = "runtime_guard"
