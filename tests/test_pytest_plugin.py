@@ -1052,3 +1052,54 @@ def test_evaluation_suite_every_verdict_right_three_times(
             elif failure is not None and _suite_location(failure.text or "") != leaks[name]:
                 wrong.append(f"{name}: names {_suite_location(failure.text or '')} first")
         assert not wrong, f"session {session + 1}: {wrong}"
+
+
+UNDER_COVERAGE = """
+import threading
+
+import pytest
+
+USERS = {1: {"name": "Ann"}}
+KEPT = []
+
+
+def get_user(user_id):
+    return dict(USERS[user_id])
+
+
+def notify():
+    done = threading.Event()
+    worker = threading.Thread(target=done.set)
+    worker.start()
+    worker.join()
+
+
+@pytest.mark.no_leaks
+def test_clean_lookup():
+    assert get_user(1)["name"] == "Ann"
+
+
+@pytest.mark.no_leaks
+def test_clean_thread_per_call():
+    notify()
+
+
+@pytest.mark.no_leaks
+def test_kept_per_call():
+    KEPT.append(object())
+"""
+
+
+def test_checks_under_pytest_cov_judge_the_body_not_coverage(pytester: pytest.Pytester) -> None:
+    """Under ``pytest --cov`` clean bodies pass (coverage's per-thread tracers and
+    per-frame state are not the body's), a leaky one still fails, and the bodies' lines
+    are still measured."""
+    pytest.importorskip("pytest_cov")
+    pytester.makepyfile(test_covered=UNDER_COVERAGE)
+    result = pytester.runpytest_subprocess(
+        *ARGS, "-p", "pytest_cov", "--cov=.", "--cov-report=term-missing"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    assert "test_kept_per_call" in result.stdout.str()
+    covered = [line.split() for line in result.stdout.lines if line.startswith("test_covered.py ")]
+    assert ["test_covered.py", "20", "0", "100%"] in covered, result.stdout.str()

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime_guard import _current, diagnosis
-from runtime_guard._leakcheck import readings, scan
+from runtime_guard._leakcheck import coverage, readings, scan
 from runtime_guard._leakcheck.clients import ClientWatch, Unreleased
 from runtime_guard._leakcheck.message import render
 from runtime_guard._leakcheck.options import LeakCheckOptions
@@ -393,6 +393,7 @@ class LeakCheck:
             return
         calls = self.result.calls_per_round = calls_per_round(seconds)
         resume = _pause_guard_sampler()
+        restore_coverage = coverage.set_aside()
         # Everything alive now is the baseline: frozen, it is left out of every collection
         # until the rounds end, so settling costs what the rounds allocated, not what the
         # whole process holds (a full collection of a pytest heap: 30 ms; of the young
@@ -408,6 +409,7 @@ class LeakCheck:
             self._stop_tracing()
             self._clients.close()
             resume()
+            restore_coverage()
 
     def _rounds(
         self, calls: int, warnings: RecordedWarnings, records: FixtureRecords
