@@ -150,8 +150,16 @@ def start(kind: str, tmp_path: Path, workers: int, **env: str) -> Server:
             command, cwd=tmp_path, env=environment, stdout=out, stderr=subprocess.STDOUT
         )
     server = Server(kind, proc, f"http://127.0.0.1:{port}", log)
+    published = tmp_path / "container"
+
+    def started() -> bool:
+        # Every worker has published its page, not only the one that answered: a worker
+        # that has not sampled yet counts itself in its own view, and the others miss it.
+        pages = len(list(published.rglob("rg-worker-*.page")))
+        return pages == workers and len(server.pids()) == workers
+
     try:
-        server.until(lambda: len(server.pids()) == workers, f"{workers} workers in the view")
+        server.until(started, f"{workers} workers in the view")
     except BaseException:
         server.stop()
         raise
