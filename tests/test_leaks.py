@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from runtime_guard import ConfigError, LeakReport, _interpreter, diagnosis, signals
+from runtime_guard import ConfigError, LeakReport, _interpreter, diagnosis, relief, signals
 from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth, tracing
@@ -185,6 +185,10 @@ def _run(
 ) -> tuple[list[LeakReport], Guard]:
     """Drive ``step`` against a real guard for ``seconds``; return the reports it signalled."""
     gc.collect()
+    # Pages that earlier tests freed and glibc kept resident would absorb a buffer's growth
+    # for seconds without RSS moving (an 8 MB temporary before the buffer scenario did):
+    # each scenario starts from a trimmed heap, as in a process of its own.
+    relief.trim()
     rss = RssReader().read()
     config = Config.from_options({**_FAST, "memory_limit": rss * 10, **options}, environ={})
     guard = Guard(config)
