@@ -356,7 +356,7 @@ class LeakCheck:
         self.result = LeakResult(label, options)
         self._malloc = _MALLOC if malloc is _DEFAULT else malloc
         self._blocks = _BLOCKS if blocks is _DEFAULT else blocks
-        if self._blocks is None:
+        if self._blocks is None and "objects" in options.check:
             self.result.traced_blocks = True
             self.result.notes.append(
                 "small objects counted from tracemalloc's traces, every round traced: "
