@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+# Imported with the plugin, before any test module: the objects frozen then are the
+# interpreter's own (see FROZEN_AT_START).
+from runtime_guard import _interpreter
 from runtime_guard._units import SIZE_FORM, parse_size
 from runtime_guard.config import env_name
 
@@ -142,6 +145,16 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in _MARKERS:
         config.addinivalue_line("markers", line)
     config.stash[_SETTINGS] = _resolve(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    unread = _interpreter.HEAP_BLOCKS_UNREAD
+    if unread is None:
+        return []
+    return [
+        "runtime_guard: leak checks count small objects from tracemalloc's traces, every "
+        f"round traced (slower): {unread}"
+    ]
 
 
 def _defaults(settings: _Settings) -> LeakCheckOptions:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -124,6 +126,38 @@ def test_a_thread_at_work_moves_its_cpu_clock_and_a_sleeping_one_does_not() -> N
         stop.set()
         busy.join()
         idle.join()
+
+
+_ENDED_THREADS = """
+import threading, time
+from runtime_guard._leakcheck import readings
+
+# Stacks larger than glibc keeps cached: each ended thread's stack, and the pthread
+# structure at its top, is unmapped.
+threading.stack_size(64 * 1024 * 1024)
+ended = []
+for _ in range(4):
+    thread = threading.Thread(target=sum, args=((),))
+    thread.start()
+    thread.join()
+    ended.append((thread.ident, thread.native_id))
+time.sleep(0.1)
+print(readings.cpu_clocks(ended))
+"""
+
+
+def test_the_clock_of_a_thread_that_ended_reads_as_ended_without_crashing() -> None:
+    """Asking for the CPU clock of threads that ended (their pthread structures freed and
+    unmapped) gives -1 for each, and never crashes the process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ENDED_THREADS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(-1, -1, -1, -1)"
 
 
 def test_runnable_reads_the_run_state_of_each_thread(tmp_path: Path) -> None:

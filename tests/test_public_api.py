@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,6 +69,7 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
     loaded, resolved = result.stdout.splitlines()
     assert set(loaded.split()) <= {
         "runtime_guard",
+        "runtime_guard._interpreter",
         "runtime_guard._units",
         "runtime_guard._version",
         "runtime_guard.config",
@@ -220,6 +223,41 @@ def test_version_is_the_installed_distributions_and_the_commands() -> None:
         check=True,
     ).stdout
     assert out.strip() == f"runtime-guard {runtime_guard.__version__}"
+
+
+def test_the_supported_pythons_are_named_alike_everywhere() -> None:
+    """The installed package's classifiers and python_requires, tox's envs, the Pythons CI
+    runs and CONTRIBUTING.md's paragraph name the same Pythons."""
+    from importlib.metadata import metadata
+
+    meta = metadata("runtime-guard-server")
+    classified = sorted(
+        int(match.group(1))
+        for classifier in meta.get_all("Classifier") or []
+        if (match := re.fullmatch(r"Programming Language :: Python :: 3\.(\d+)", classifier))
+    )
+    assert classified, "no Python version classifiers"
+    assert meta["Requires-Python"] == f">=3.{classified[0]}"
+    tox = configparser.ConfigParser()
+    tox.read(ROOT / "tox.ini")
+    envs = re.findall(r"\bpy3(\d+)\b", tox["tox"]["envlist"])
+    assert sorted(map(int, envs)) == classified
+    ci = ROOT / ".ci" / "run"
+    if ci.exists():  # the sdist carries no CI
+        script = ci.read_text()
+        line = re.search(r"^tox -e (\S+)$", script, re.M)
+        assert line is not None, "no tox line in .ci/run"
+        others = sorted(int(env.removeprefix("py3")) for env in line.group(1).split(","))
+        # The oldest runs directly, the others through tox, each found by CI's pattern.
+        assert [classified[0], *others] == classified
+        pattern = re.search(r"grep -E '([^']+)'", script)
+        assert pattern is not None
+        assert all(re.match(pattern.group(1), f"3.{minor}.0") for minor in classified)
+    contributing = ROOT / "CONTRIBUTING.md"
+    if contributing.exists():
+        *first, last = (f"3.{minor}" for minor in classified)
+        named = f"on Python {', '.join(first)} and {last}" if first else f"on Python {last}"
+        assert named in " ".join(contributing.read_text().split())
 
 
 def test_written_reports_carry_the_version(tmp_path: Path) -> None:

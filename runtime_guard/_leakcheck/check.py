@@ -25,6 +25,7 @@ was allocated, what it is and what holds it.
 
 from __future__ import annotations
 
+import _tracemalloc
 import dataclasses
 import gc
 import logging
@@ -37,7 +38,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime_guard import _current, diagnosis
+from runtime_guard import _current, _interpreter, diagnosis
 from runtime_guard._leakcheck import coverage, readings, scan
 from runtime_guard._leakcheck.clients import ClientWatch, Unreleased
 from runtime_guard._leakcheck.message import render
@@ -100,6 +101,7 @@ _REPEATS = 2
 _STOP_WAIT = 0.5
 
 _MALLOC = readings.malloc_reader()
+_IMMORTAL_STRINGS = _interpreter.immortal_strings
 
 _DEFAULT: Any = object()
 
@@ -111,9 +113,16 @@ _NAMES = ("objects", "heap", "fds", "threads", "tasks", "clients")
 _OBJECTS, _HEAP, _CLIENTS = 0, 1, 5
 # Figures that other threads' own work moves; the others count things the body made.
 _AMOUNTS = (_OBJECTS, _HEAP)
-# A last slot per reading holds tracemalloc's traced bytes, read while it traces.
+# A slot per reading holds tracemalloc's traced bytes, read while it traces; the last, the
+# interpreter's count of interned strings it will never free (3.12 on).
 _TRACED = len(_NAMES)
-_SLOTS = _TRACED + 1
+_IMMORTAL = _TRACED + 1
+_SLOTS = _IMMORTAL + 1
+
+# The count of small objects: pymalloc's blocks, where the interpreter counts them.
+_BLOCKS: Callable[[], int] | None = (
+    sys.getallocatedblocks if _interpreter.HEAP_BLOCKS_UNREAD is None else None
+)
 
 # A round of the heap figure counts as growing only if it grew per call by at least this
 # share of the median round: a buffer kept per call grows the same in every round, where
@@ -232,6 +241,9 @@ class LeakResult:
     """Calls of the body in each untraced measured round."""
     traced_calls: int = 0
     """Calls of the body in the traced round: what the diagnosis was read from."""
+    traced_blocks: bool = False
+    """True when small objects were counted from tracemalloc's traces, every round traced:
+    where the interpreter does not count pymalloc's blocks."""
     figures: dict[str, Figure] = field(default_factory=dict)
     """Figures by name."""
     blocks: list[int] = field(default_factory=list)
@@ -260,6 +272,8 @@ class LeakResult:
     """Open file or socket objects holding those descriptors, with their allocation site."""
     unreleased: list[Unreleased] = field(default_factory=list)
     """Tracked clients still unreleased at the end."""
+    notes: list[str] = field(default_factory=list)
+    """What this interpreter changes about the figures or the verdict, in words."""
 
     @property
     def grown(self) -> list[Figure]:
@@ -287,6 +301,7 @@ class LeakResult:
             "traced_rounds": self.traced_rounds,
             "calls_per_round": self.calls_per_round,
             "traced_calls": self.traced_calls,
+            "traced_blocks": self.traced_blocks,
             "warmup": self.options.warmup,
             "tolerance": self.options.tolerance,
             "figures": {
@@ -312,6 +327,7 @@ class LeakResult:
             "new_fds": list(self.new_fds),
             "fd_owners": list(self.fd_owners),
             "unreleased": [dataclasses.asdict(item) for item in self.unreleased],
+            "notes": list(self.notes),
         }
 
 
@@ -324,7 +340,9 @@ class LeakCheck:
 
     ``malloc`` reads the C allocator's bytes in use (the default reads glibc's
     ``mallinfo2``); where there is none (None), bytes are read from tracemalloc, which
-    then runs in every round.
+    then runs in every round. ``blocks`` counts the small objects (the default reads
+    pymalloc's blocks where the interpreter counts them); where there is none (None), the
+    live allocations tracemalloc traced are counted instead, and it runs in every round.
     """
 
     def __init__(
@@ -332,10 +350,18 @@ class LeakCheck:
         options: LeakCheckOptions,
         label: str = "test body",
         malloc: readings.MallocReader | None = _DEFAULT,
+        blocks: Callable[[], int] | None = _DEFAULT,
     ) -> None:
         self.options = options
         self.result = LeakResult(label, options)
         self._malloc = _MALLOC if malloc is _DEFAULT else malloc
+        self._blocks = _BLOCKS if blocks is _DEFAULT else blocks
+        if self._blocks is None and "objects" in options.check:
+            self.result.traced_blocks = True
+            self.result.notes.append(
+                "small objects counted from tracemalloc's traces, every round traced: "
+                + (_interpreter.HEAP_BLOCKS_UNREAD or "no count of pymalloc's blocks")
+            )
         self._clients: ClientWatch | None = None
         self._session = diagnosis.TracemallocSession(frames=_FRAMES)
         self._fds: frozenset[int] = frozenset()
@@ -362,6 +388,7 @@ class LeakCheck:
         self._clocks: tuple[int, ...] = ()
         self._elders: list[tuple[int, int | None]] = []
         self._traced = array("b", bytes(rounds))
+        self._calls_traced = 0
         self.roots: list[tuple[str, object]] = []
         """Namespaces the body reaches besides module globals, e.g. ``("fixture", kwargs)``:
         where the diagnosis looks for the holder of a leak."""
@@ -397,8 +424,9 @@ class LeakCheck:
         # Everything alive now is the baseline: frozen, it is left out of every collection
         # until the rounds end, so settling costs what the rounds allocated, not what the
         # whole process holds (a full collection of a pytest heap: 30 ms; of the young
-        # objects: under 1 ms). A host that froze objects itself keeps its freeze.
-        frozen = self._frozen = gc.get_freeze_count() == 0
+        # objects: under 1 ms). A host that froze objects itself keeps its freeze; objects
+        # the interpreter froze at start-up (3.12 does) are no host's.
+        frozen = self._frozen = gc.get_freeze_count() <= _interpreter.FROZEN_AT_START
         if frozen:
             gc.freeze()
         try:
@@ -427,9 +455,13 @@ class LeakCheck:
         self._fds = frozenset(readings.fd_numbers()) if "fds" in options.check else frozenset()
         self._threads = frozenset(threading._active)  # type: ignore[attr-defined]
         self._tasks = frozenset(map(id, readings.pending_tasks()))
-        # Bytes cannot be read untraced without malloc's figures; a host that traces
-        # already keeps tracing and its traces name the growth.
-        if tracemalloc.is_tracing() or ("heap" in options.check and self._malloc is None):
+        # Bytes cannot be read untraced without malloc's figures, nor small objects without
+        # pymalloc's; a host that traces already keeps tracing and its traces name the growth.
+        if (
+            tracemalloc.is_tracing()
+            or ("heap" in options.check and self._malloc is None)
+            or ("objects" in options.check and self._blocks is None)
+        ):
             self._trace()
         run = options.warmup
         planned, repeats, index = options.rounds, _REPEATS, 0
@@ -465,6 +497,8 @@ class LeakCheck:
                 yield run
                 run += 1
                 records.settle()
+            if self._session.active and not result.traced_calls:
+                self._calls_traced += calls
             warnings.drop_repeats()
             self._calls[index] = calls
             if index == 0 and not self._session.active:
@@ -493,6 +527,9 @@ class LeakCheck:
         grown = [
             _NAMES[slot] for slot in slots if self._grew_every_round([slot], result.rounds_run)
         ]
+        if not result.traced_calls:
+            # Traced from the start: what the calls kept is read over all of them.
+            result.traced_calls = self._calls_traced
         if grown:
             opened = self._opened()
             findings = self._survey(young, opened)
@@ -508,8 +545,33 @@ class LeakCheck:
             self._name(findings, opened, grown)
         young = []
         self._figures(slots)
+        self._note_immortal_strings(grown)
         result.unreleased = self._clients.unreleased()
         self.finished = True
+
+    def _note_immortal_strings(self, grown: list[str]) -> None:
+        """Say so when what the calls kept includes strings the interpreter will never free:
+        interned per call on 3.12, where every interned string is immortal."""
+        result = self.result
+        if "objects" not in grown or _IMMORTAL_STRINGS is None or not result.rounds_run:
+            return
+        rounds = range(result.rounds_run)
+        deltas = [self._delta(_IMMORTAL, index) for index in rounds]
+        if min(deltas) <= 0:
+            return
+        per_call = sum(deltas) / sum(self._calls[index] for index in rounds)
+        cause = (
+            "Python 3.12 never frees an interned string (every one is immortal there): a new "
+            "string interned per call (sys.intern(), an attribute name set with setattr()) "
+            "stays for the life of the process, where 3.11 and 3.13 free it with its last "
+            "reference"
+            if _interpreter.INTERNED_IMMORTAL
+            else "the interpreter never frees these (names in code compiled per call, for one)"
+        )
+        result.notes.append(f"strings interned for good {per_call:+,.3g}/call: {cause}")
+        line = result.line
+        if line is not None and not line.what:
+            line.what = "a string interned per call and never freed"
 
     def _own_growth(self, slots: list[int], rounds: int) -> bool:
         """False when the other threads, left alone, grow every figure that grew.
@@ -603,9 +665,13 @@ class LeakCheck:
     def _store(self) -> None:
         rows = self._rows
         at = self._row * _SLOTS
-        rows[at] = sys.getallocatedblocks()
-        malloc = self._malloc() if self._malloc is not None else None
         tracing = tracemalloc.is_tracing()
+        if self._blocks is not None:
+            rows[at] = self._blocks()
+        else:
+            # Allocations traced and still alive; the list is made after they are counted.
+            rows[at] = len(_tracemalloc._get_traces()) if tracing else 0
+        malloc = self._malloc() if self._malloc is not None else None
         if malloc is None:
             rows[at + 1] = tracemalloc.get_traced_memory()[0] if tracing else 0
         else:
@@ -616,6 +682,7 @@ class LeakCheck:
         rows[at + 4] = len(readings.pending_tasks())
         rows[at + 5] = self._clients.count() if self._clients is not None else 0
         rows[at + _TRACED] = tracemalloc.get_traced_memory()[0] if tracing else 0
+        rows[at + _IMMORTAL] = _IMMORTAL_STRINGS() if _IMMORTAL_STRINGS is not None else 0
 
     def _slowing(self, slots: list[int], rounds: int) -> bool:
         """True when a count that grew in each of ``rounds`` rounds grew in the last by less

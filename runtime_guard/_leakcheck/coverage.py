@@ -36,7 +36,7 @@ def set_aside() -> Callable[[], None]:
     if mine:
         sys.settrace(None)
     if theirs:
-        threading.settrace(None)  # type: ignore[arg-type]
+        threading.settrace(None)
 
     def restore() -> None:
         if mine and sys.gettrace() is None:

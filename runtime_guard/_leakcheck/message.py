@@ -20,6 +20,7 @@ _SHORT_LIMIT = 3
 _FIGURE_WORDS = {
     "heap": "large allocations (over 512 B)",
     "objects": "small objects (pymalloc blocks)",
+    "traced": "Python allocations (tracemalloc traces)",
     "fds": "open file descriptors",
     "threads": "live threads",
     "tasks": "pending asyncio tasks",
@@ -33,6 +34,12 @@ def _growth(figure: Figure) -> str:
     return (
         f"{figure.per_call:+,.2g}/call" if figure.per_call < 1 else f"+{figure.per_call:,.0f}/call"
     )
+
+
+def _words(result: LeakResult, figure: Figure) -> str:
+    if figure.name == "objects" and result.traced_blocks:
+        return _FIGURE_WORDS["traced"]
+    return _FIGURE_WORDS[figure.name]
 
 
 def render(result: LeakResult, verbose: bool) -> str:
@@ -50,7 +57,7 @@ def render(result: LeakResult, verbose: bool) -> str:
     if grown:
         lines.append(
             "  grew in every round: "
-            + ", ".join(f"{_FIGURE_WORDS[figure.name]} {_growth(figure)}" for figure in grown)
+            + ", ".join(f"{_words(result, figure)} {_growth(figure)}" for figure in grown)
         )
         if verbose:
             for figure in grown:
@@ -114,6 +121,7 @@ def render(result: LeakResult, verbose: bool) -> str:
         calls = max(result.traced_calls, 1)
         growing = ", ".join(f"{g.type_name} {g.growth / calls:+,.3g}" for g in result.types[:limit])
         lines.append(f"  kept objects by type (per traced call): {growing}")
+    lines.extend(f"  note: {note}" for note in result.notes)
     if result.noisy_rounds:
         lines.append(f"  ({result.noisy_rounds} rounds read while another thread kept working)")
     if options.tolerance_text and verbose:

@@ -2,7 +2,7 @@
 
 None of them starts tracemalloc; they are what an untraced round is judged on: open
 descriptors, the C allocator's bytes in use, live threads, pending asyncio tasks. The
-other threads' CPU clocks (``pthread_getcpuclockid``) and run states (``/proc``) tell when
+other threads' CPU clocks (by their kernel ids) and run states (``/proc``) tell when
 they are idle, so that a reading is not taken in the middle of their work.
 """
 
@@ -154,6 +154,8 @@ def _done(task: object) -> bool:
 
 _TASK_DIR = "/proc/self/task"
 
+_LINUX = sys.platform.startswith("linux")
+
 
 def other_threads() -> list[tuple[int, int | None]]:
     """The other Python threads of the process: ``(ident, native id)`` of each.
@@ -170,14 +172,30 @@ def other_threads() -> list[tuple[int, int | None]]:
     return found
 
 
+def _thread_clock(native: int) -> int:
+    """The CPU clock of the thread whose kernel id is ``native``: Linux's encoding of a
+    per-thread scheduler clock (what glibc's ``pthread_getcpuclockid`` returns)."""
+    return (~native << 3) | 6
+
+
 def cpu_clocks(threads: list[tuple[int, int | None]]) -> tuple[int, ...]:
-    """Each thread's CPU time in nanoseconds (-1 for one that has ended)."""
+    """Each thread's CPU time in nanoseconds (-1 for one that has ended).
+
+    On Linux the clock is named by the thread's kernel id: once the thread has ended, the
+    kernel answers EINVAL. ``pthread_getcpuclockid`` reads the id out of the thread's
+    pthread structure, which a thread that ended detached (every Python thread before
+    3.13) has freed: a thread ending while its clock was asked for crashed the process.
+    """
     clocks = []
-    for ident, _ in threads:
+    for ident, native in threads:
         try:
-            clocks.append(time.clock_gettime_ns(time.pthread_getcpuclockid(ident)))
+            if _LINUX:
+                clock = -1 if native is None else time.clock_gettime_ns(_thread_clock(native))
+            else:
+                clock = time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
         except (OSError, OverflowError, AttributeError):
-            clocks.append(-1)
+            clock = -1
+        clocks.append(clock)
     return tuple(clocks)
 
 

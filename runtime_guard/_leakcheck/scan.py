@@ -566,7 +566,12 @@ def stack_roots() -> list[tuple[str, object]]:
     while frame is not None:
         code = frame.f_code
         if kind(code.co_filename) is Kind.USER:
-            roots.append((f"{code.co_qualname}.<locals>", frame.f_locals))
+            names = frame.f_locals
+            # From 3.13 a function's f_locals is a proxy onto the frame, not a dict: the
+            # search follows dicts, so it is given a copy of the names.
+            roots.append(
+                (f"{code.co_qualname}.<locals>", names if type(names) is dict else dict(names))
+            )
         frame = frame.f_back  # type: ignore[assignment]
     return roots
 

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import diagnosis, signals
+from runtime_guard import _interpreter, diagnosis, signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard._units import format_size
@@ -132,6 +132,11 @@ class LeakDetector(Component):
             )
         self._config = config
         self._clock: Clock = clock or time.monotonic
+        if _interpreter.HEAP_BLOCKS_UNREAD is not None:
+            _log.warning(
+                "runtime_guard: growth leaks are judged on RSS alone: %s",
+                _interpreter.HEAP_BLOCKS_UNREAD,
+            )
         self._lock = threading.Lock()
         self._always: TracemallocSession | None = None
         if config.tracemalloc == "always":
@@ -249,6 +254,8 @@ class LeakDetector(Component):
         heap = [h for _, h, _ in floors]
         rss = [r for _, _, r in floors]
         for metric, values, scale in (("heap", heap, _BYTES_PER_BLOCK), ("rss", rss, 1)):
+            if metric == "heap" and _interpreter.HEAP_BLOCKS_UNREAD is not None:
+                continue  # a count the interpreter does not keep judges nothing
             if not sustained_growth(values, n, per_window * _MIN_STEP_SHARE / scale):
                 continue
             # The typical recent step must reach the minimum rate on its own: a floor that
@@ -552,11 +559,19 @@ def _note(report: LeakReport, diag: _Diagnosis, sample: Sample) -> str:
         # process that freed memory before can grow by reusing it without RSS moving.
         window = sample.monotonic - diag.started
         grown = max(sample.rss - diag.rss_at_start, report.rss_bytes_per_min * window / 60)
-        parts.append(
-            "Only RSS grows; the Python small-object heap is flat. The growth is in large "
-            "Python buffers, native memory (a C extension or library allocator) or "
-            "fragmentation."
-        )
+        unread = _interpreter.HEAP_BLOCKS_UNREAD
+        if unread is not None:
+            parts.append(
+                f"RSS grows; the Python small-object heap cannot be read here ({unread}), "
+                "so the growth may be Python objects as well as large buffers, native "
+                "memory or fragmentation."
+            )
+        else:
+            parts.append(
+                "Only RSS grows; the Python small-object heap is flat. The growth is in large "
+                "Python buffers, native memory (a C extension or library allocator) or "
+                "fragmentation."
+            )
         if diag.session is None:
             pass
         elif traced and traced * 4 >= max(grown, 1):
