@@ -40,6 +40,42 @@ def test_untrack_restores_the_class_exactly() -> None:
     assert live_objects() == {}
 
 
+class _Thread:
+    def __init__(self, group: None = None, target: Any = None) -> None:
+        assert group is None
+        self.target = target
+
+
+class _Timer(_Thread):
+    def __init__(self, interval: float, function: Any) -> None:
+        # threading.Timer calls its base by the module's name, which gevent's monkey
+        # patching rebinds to its own Thread subclass.
+        _PatchedThread.__init__(self)
+        self.interval, self.function = interval, function
+
+
+class _PatchedThread(_Thread):  # gevent.threading.Thread: no __init__ of its own
+    pass
+
+
+class _PatchedTimer(_PatchedThread, _Timer):  # gevent.threading.Timer
+    pass
+
+
+def test_a_tracked_class_without_init_keeps_what_its_subclasses_build() -> None:
+    """Tracking a class with no ``__init__`` of its own (gevent's Thread) leaves a subclass
+    that mixes in another branch (gevent's Timer) built as before, and counts it once."""
+    name = track(_PatchedThread)
+    try:
+        timer = _PatchedTimer(0.5, print)
+        assert (timer.interval, timer.function, timer.target) == (0.5, print, None)
+        thread = _PatchedThread(target=print)
+        assert thread.target is print
+        assert live_objects()[name]["created"] == 2
+    finally:
+        tracking.untrack(_PatchedThread)
+
+
 def test_failing_init_is_not_counted() -> None:
     """An instance whose ``__init__`` raised is not a live object."""
 

@@ -131,12 +131,30 @@ def _safe(predicate: Callable[[Any], bool], obj: Any) -> bool:
 
 
 def _inherited_init(cls: type) -> Callable[..., None]:
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        super(cls, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    parent = next(
-        (k.__dict__["__init__"] for k in cls.__mro__[1:] if "__init__" in k.__dict__), None
+    # A class without its own ``__init__`` gets one here, which must do what the lookup it
+    # shadows did. Building an instance, that lookup followed the instance's MRO; called
+    # by name (``Thread.__init__(self)``), cls's own. They differ where a subclass mixes
+    # in another branch: gevent's ``Timer(gevent Thread, threading.Timer)`` is built
+    # through ``threading.Timer.__init__``, which calls ``Thread.__init__(self)`` (gevent's
+    # Thread, patched) and must reach ``threading.Thread.__init__`` then, not
+    # ``threading.Timer.__init__`` again.
+    parent: Callable[..., None] = next(
+        (k.__dict__["__init__"] for k in cls.__mro__[1:] if "__init__" in k.__dict__),
+        object.__init__,
     )
+    building: set[int] = set()
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        key = id(self)
+        if key in building:
+            parent(self, *args, **kwargs)
+            return
+        building.add(key)
+        try:
+            super(cls, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            building.discard(key)
+
     if inspect.isfunction(parent):
         functools.update_wrapper(__init__, parent)
     return __init__
