@@ -30,7 +30,7 @@ from runtime_guard.config import Config
 from runtime_guard.guard import Guard
 from runtime_guard.probes import RssReader
 from runtime_guard.shedding import SheddingComponent
-from runtime_guard.testing import FakeProbe, ManualClock, make_guard
+from runtime_guard.testing import FakeProbe, ManualClock, make_guard, reset
 
 MiB = 1024 * 1024
 Events = list[tuple[str, dict[str, Any]]]
@@ -216,6 +216,7 @@ def test_emergency_option_sheds_everything_and_clears_caches(events: Events) -> 
 
 def test_emergency_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """RUNTIME_GUARD_EMERGENCY=1 makes install() start with features shed."""
+    reset()  # features another test module declared at import are not this test's
     monkeypatch.setenv("RUNTIME_GUARD_EMERGENCY", "1")
     feature("websockets")
     guard = runtime_guard.install(interval=60)
