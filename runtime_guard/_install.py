@@ -16,6 +16,7 @@ from typing import Any
 from runtime_guard import _fork
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
+from runtime_guard.leaks import ondemand
 from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.pressure import Pressure
 from runtime_guard.relief import ReliefComponent
@@ -78,7 +79,8 @@ def install(**options: Any) -> Guard:
             guard.stop()
             raise
         _guard = guard
-        return guard
+    ondemand.install_signal(guard)
+    return guard
 
 
 def uninstall() -> None:
@@ -87,6 +89,7 @@ def uninstall() -> None:
     with _install_lock:
         guard, _guard = _guard, None
     if guard is not None:
+        ondemand.uninstall_signal()
         guard.stop()
 
 
@@ -107,6 +110,7 @@ def _at_exit() -> None:
     # are being torn down.
     guard = _guard
     if guard is not None:
+        ondemand.uninstall_signal()
         guard.stop_threads(0.5)
 
 

@@ -22,8 +22,8 @@ AUDIT_LOG: list[AuditEntry] = []
 
 
 def record(user: str, action: str) -> AuditEntry:
-    lines = [f"{user}:{action}:{n:06d}".ljust(58) for n in range(common.PER_REQUEST // 100)]
-    entry = AuditEntry(user, action, lines)  # leak
+    lines = [f"{user}:{action}:{n:06d}".ljust(58) for n in range(common.PER_REQUEST // 100)]  # leak
+    entry = AuditEntry(user, action, lines)
     AUDIT_LOG.append(entry)
     return entry
 

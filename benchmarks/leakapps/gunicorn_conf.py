@@ -6,7 +6,12 @@
 import os
 
 if os.environ.get("LEAKAPP_GUARD", "1") != "0":
-    from runtime_guard.integrations.gunicorn import child_exit, on_starting, post_fork  # noqa: F401
+    from runtime_guard.integrations.gunicorn import (  # noqa: F401
+        child_exit,
+        on_starting,
+        post_fork,
+        post_worker_init,
+    )
 
 bind = os.environ.get("LEAKAPP_BIND", "127.0.0.1:8000")
 workers = 1

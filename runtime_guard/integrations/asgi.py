@@ -22,7 +22,9 @@ from runtime_guard.integrations._http import (
     PROXY_HEADERS,
     MiddlewareBase,
     current_guard,
+    register_app,
 )
+from runtime_guard.leaks import routes as _routes
 
 __all__ = ["GuardMiddleware", "lifespan", "websockets_enabled"]
 
@@ -82,6 +84,21 @@ class GuardMiddleware(MiddlewareBase):
                 await send({"type": "http.response.start", "status": 503, "headers": headers})
                 await send({"type": "http.response.body", "body": self._refused_body})
                 return
+            if _routes.TRACING:
+                await self._traced(path, scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            # Route attribution: the template the framework matched, else the raw path.
+            route = _routes.asgi_route(scope)
+            if route is None:
+                self._count(path)
+            else:
+                self._counts.named(route)
+            return
+        elif kind == "lifespan":
+            # The framework's app object (FastAPI, Starlette) is where diagnosis looks for
+            # what holds a leak (``app.state``), rather than the inner app wrapped here.
+            register_app(scope.get("app"), replace=True)
         elif kind == "websocket" and not websockets_enabled():
             message = await receive()
             if message["type"] == "websocket.connect":
@@ -89,9 +106,24 @@ class GuardMiddleware(MiddlewareBase):
             return
         await self.app(scope, receive, send)
 
+    async def _traced(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request inside a leak diagnosis window: what it left allocated, per route."""
+        epoch, before = _routes.EPOCH, _routes.traced_memory()
+        await self.app(scope, receive, send)
+        delta = _routes.traced_memory() - before
+        route = _routes.asgi_route(scope)
+        if route is None:
+            self._counts.traced_path(path, delta, epoch)
+        else:
+            self._counts.traced_named(route, delta, epoch)
+
     async def _answer(self, path: str, scope: Scope, send: Send) -> None:
         code, content_type, body = self.routes.answer(
-            path, current_guard(self.guard), lambda: self._allows(scope), lambda: _accept(scope)
+            path,
+            current_guard(self.guard),
+            lambda: self._allows(scope),
+            lambda: _accept(scope),
+            scope.get("method", "GET"),
         )
         headers = [
             (b"content-type", content_type.encode()),

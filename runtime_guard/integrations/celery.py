@@ -139,3 +139,7 @@ def install(
             _log.exception("runtime_guard: could not set the guard up in a Celery worker")
 
     celery_signals.worker_process_init.connect(on_process_init, weak=False)
+    # Leak reports rank tasks by what each leaves allocated.
+    from runtime_guard.leaks.routes import connect_celery
+
+    connect_celery(celery_signals)

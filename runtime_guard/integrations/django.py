@@ -7,7 +7,7 @@
 
 The dict holds :func:`runtime_guard.install` options and the middleware's (``health_path``,
 ``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``,
-``status_token``),
+``status_token``, ``diagnose_path``),
 plus ``"install": False`` to leave installing to someone else (a gunicorn hook). The
 middleware works under WSGI and ASGI alike.
 """
@@ -26,8 +26,10 @@ from runtime_guard.integrations._http import (
     current_guard,
     missing_extra,
     overloaded_body,
+    register_app,
     split_options,
 )
+from runtime_guard.leaks import routes as _routes
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -65,18 +67,49 @@ class GuardMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
+        self._counts = _routes.counts()
+        register_app(get_response)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
             return self._acall(request)
         early = self._early(request)
-        return early if early is not None else self.get_response(request)  # type: ignore[no-any-return]
+        if early is not None:
+            return early
+        if _routes.TRACING:
+            epoch, before = _routes.EPOCH, _routes.traced_memory()
+            response = self.get_response(request)
+            self._count(request, _routes.traced_memory() - before, epoch)
+        else:
+            response = self.get_response(request)
+            self._count(request, None, 0)
+        return response  # type: ignore[no-any-return]
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         early = self._early(request)
         if early is not None:
             return early
-        return await self.get_response(request)  # type: ignore[no-any-return]
+        if _routes.TRACING:
+            epoch, before = _routes.EPOCH, _routes.traced_memory()
+            response = await self.get_response(request)
+            self._count(request, _routes.traced_memory() - before, epoch)
+        else:
+            response = await self.get_response(request)
+            self._count(request, None, 0)
+        return response  # type: ignore[no-any-return]
+
+    def _count(self, request: HttpRequest, delta: int | None, epoch: int) -> None:
+        """Route attribution: the URL pattern Django resolved, else the raw path."""
+        route = _routes.django_route(request)
+        if delta is None:
+            if route is None:
+                self._counts.path(request.path_info)
+            else:
+                self._counts.named(route)
+        elif route is None:
+            self._counts.traced_path(request.path_info, delta, epoch)
+        else:
+            self._counts.traced_named(route, delta, epoch)
 
     def _early(self, request: HttpRequest) -> HttpResponse | None:
         path = request.path_info
@@ -105,6 +138,7 @@ class GuardMiddleware:
             current_guard(self.guard),
             lambda: self._allows(request),
             lambda: request.headers.get("Accept"),
+            request.method or "GET",
         )
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"

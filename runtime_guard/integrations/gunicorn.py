@@ -2,7 +2,9 @@
 
 In ``gunicorn.conf.py``, with options from ``RUNTIME_GUARD_*`` variables::
 
-    from runtime_guard.integrations.gunicorn import child_exit, on_starting, post_fork
+    from runtime_guard.integrations.gunicorn import (
+        child_exit, on_starting, post_fork, post_worker_init,
+    )
 
 or with options in code::
 
@@ -10,8 +12,10 @@ or with options in code::
 
     globals().update(guard_hooks.hooks(memory_limit="2GiB", process_limit="400MB"))
 
-``post_fork`` installs the guard in each worker. On ``restart_requested`` the worker, after
-``recycle_min_lifetime`` and a random ``recycle_jitter``, sends itself SIGTERM: gunicorn's
+``post_fork`` installs the guard in each worker; ``post_worker_init`` gives it back the
+on-demand diagnosis signal (``SIGUSR2``), which the worker resets after ``post_fork``. On
+``restart_requested`` the worker, after ``recycle_min_lifetime`` and a random
+``recycle_jitter``, sends itself SIGTERM: gunicorn's
 graceful worker shutdown, which finishes in-flight requests before the worker exits and the
 master starts a fresh one. ``child_exit`` and ``on_starting`` keep Prometheus multiprocess
 files right when ``PROMETHEUS_MULTIPROC_DIR`` is set.
@@ -37,7 +41,15 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise missing_extra("gunicorn", "gunicorn", "gunicorn") from exc
 
-__all__ = ["child_exit", "enable_recycling", "hooks", "on_starting", "post_fork", "shutdown"]
+__all__ = [
+    "child_exit",
+    "enable_recycling",
+    "hooks",
+    "on_starting",
+    "post_fork",
+    "post_worker_init",
+    "shutdown",
+]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -87,6 +99,17 @@ def hooks(recycle: bool = True, **options: Any) -> dict[str, Hook]:
             # Never take the worker down: it serves without a guard, and says so.
             _log.exception("runtime_guard: could not install the guard in a gunicorn worker")
 
+    def post_worker_init(worker: Any) -> None:
+        # The worker reset every signal it knows (SIGUSR2 among them) after post_fork.
+        try:
+            guard = runtime_guard.get_guard()
+            if guard is not None:
+                from runtime_guard.leaks.ondemand import install_signal
+
+                install_signal(guard)
+        except Exception:
+            _log.exception("runtime_guard: no on-demand diagnosis signal in this worker")
+
     def child_exit(server: Any, worker: Any) -> None:
         if _multiproc_dir():
             try:
@@ -96,7 +119,12 @@ def hooks(recycle: bool = True, **options: Any) -> dict[str, Hook]:
             except Exception:
                 _log.exception("runtime_guard: could not mark worker %d dead", worker.pid)
 
-    return {"on_starting": on_starting, "post_fork": post_fork, "child_exit": child_exit}
+    return {
+        "on_starting": on_starting,
+        "post_fork": post_fork,
+        "post_worker_init": post_worker_init,
+        "child_exit": child_exit,
+    }
 
 
 _default = hooks()
@@ -104,5 +132,7 @@ on_starting: Hook = _default["on_starting"]
 """Hook: clears Prometheus multiprocess files from a previous run."""
 post_fork: Hook = _default["post_fork"]
 """Hook: installs the guard (options from ``RUNTIME_GUARD_*``) and recycling in the worker."""
+post_worker_init: Hook = _default["post_worker_init"]
+"""Hook: gives the worker back the on-demand diagnosis signal (gunicorn resets it)."""
 child_exit: Hook = _default["child_exit"]
 """Hook: tells Prometheus multiprocess mode that a worker is gone."""
