@@ -26,6 +26,27 @@ def _owns_redis_pool(client: Any) -> bool:
     return bool(getattr(client, "auto_close_connection_pool", True))
 
 
+# What servers do with sockets: accept connections, listen (asyncio's create_server,
+# uvicorn's and gunicorn's binding) and wake their loops (socketpair). A socket made there is
+# the server's own, never a client the application forgot to close.
+_SERVER_CALLS = frozenset(
+    {"accept", "create_server", "socketpair", "_make_self_pipe", "bind_socket", "create_sockets"}
+)
+_SOCKET_FRAMES = 8
+
+
+def _owns_socket(sock: Any) -> bool:
+    """False for a socket a server made (accepted, listening, a loop's wake-up pair)."""
+    frame: Any = sys._getframe(1)
+    for _ in range(_SOCKET_FRAMES):
+        if frame is None:
+            break
+        if frame.f_code.co_name in _SERVER_CALLS:
+            return False
+        frame = frame.f_back
+    return True
+
+
 @dataclass(frozen=True)
 class Companion:
     """A method of another class that releases every tracked instance linked to its object.
@@ -101,7 +122,7 @@ CLIENTS: tuple[ClientSpec, ...] = (
     ClientSpec("psycopg.Connection", "psycopg", "Connection", ("close",)),
     ClientSpec("psycopg.AsyncConnection", "psycopg", "AsyncConnection", ("close",)),
     ClientSpec("sqlalchemy.Engine", "sqlalchemy.engine", "Engine", ("dispose",)),
-    ClientSpec("socket.socket", "socket", "socket", ("close", "detach")),
+    ClientSpec("socket.socket", "socket", "socket", ("close", "detach"), _owns_socket),
 )
 """Every client tracked by default (``track_clients=True``) once its package is imported."""
 
