@@ -633,6 +633,7 @@ def test_report_is_json_ready_and_readable() -> None:
         "entries": 502,
         "bytes": 48_200_000,
         "sampled": 64,
+        "entries_per_min": None,
     }
     assert data["routes"][0]["route"] == "/reports/{id}"
     text = str(report)

@@ -307,16 +307,18 @@ def _start_load(
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "leakapps.load", *urls, "--app", spec.name]
     command += ["--rate", str(rate), "--seconds", str(seconds), "--share", str(share)]
-    command += ["--out", out]
+    command += ["--out", out, "--records", out + ".records"]
     env = {**os.environ, "PYTHONPATH": BENCH_DIR}
     return subprocess.Popen(command, cwd=BENCH_DIR, env=env)
 
 
-def _finish_load(proc: subprocess.Popen[bytes], out: str, early: bool) -> dict[str, Any]:
+def _finish_load(
+    proc: subprocess.Popen[bytes], out: str, early: bool, seconds: float = 0.0
+) -> dict[str, Any]:
     if early and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(90)
+        proc.wait(seconds + 90)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
@@ -406,7 +408,7 @@ def run_pair(
         load = _start_load(
             spec, [guarded.url, bare.url], rate=rate, seconds=seconds, share=share, out=out
         )
-        summary = _finish_load(load, out, early=False)
+        summary = _finish_load(load, out, early=False, seconds=seconds)
         reports = guarded.leak_reports()
     targets = summary.get("targets") or [{}, {}]
     return {

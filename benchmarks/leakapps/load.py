@@ -52,7 +52,14 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def run(
-    urls: list[str], app: str, *, rate: float, seconds: float, share: float, seed: int = 1
+    urls: list[str],
+    app: str,
+    *,
+    rate: float,
+    seconds: float,
+    share: float,
+    seed: int = 1,
+    records: str | None = None,
 ) -> dict[str, Any]:
     spec = ALL[app]
     rng = random.Random(seed)
@@ -63,6 +70,7 @@ def run(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     began = time.monotonic()
+    began_wall = time.time()
 
     def worker() -> None:
         while True:
@@ -95,6 +103,9 @@ def run(
         jobs.put(None)
     for thread in pool:
         thread.join(35)
+    if records:
+        with open(records, "w", encoding="utf-8") as f:
+            json.dump({"began_wall": began_wall, "requests": results}, f)
     summary: dict[str, Any] = {"sent": n, "seconds": round(time.monotonic() - began, 2)}
     summary["targets"] = []
     for target, url in enumerate(urls):
@@ -127,9 +138,16 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="-")
+    parser.add_argument("--records", help="write every request (time, target, status, latency)")
     args = parser.parse_args()
     summary = run(
-        args.urls, args.app, rate=args.rate, seconds=args.seconds, share=args.share, seed=args.seed
+        args.urls,
+        args.app,
+        rate=args.rate,
+        seconds=args.seconds,
+        share=args.share,
+        seed=args.seed,
+        records=args.records,
     )
     text = json.dumps(summary)
     if args.out == "-":

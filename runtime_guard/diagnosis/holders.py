@@ -31,7 +31,7 @@ import gc
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from runtime_guard.diagnosis.referrers import chain_from_path, path_expression
 __all__ = [
     "Found",
     "Root",
+    "entries_of",
     "find_holder",
     "holder_index",
     "search_roots",
@@ -198,18 +199,22 @@ def search_roots(site_file: str | None = None) -> list[Root]:
     return found
 
 
-def _collection_size(obj: object) -> int:
+def entries_of(obj: object) -> int | None:
+    """How many entries a collection holds now: ``len()`` of a dict, list, set or deque,
+    the current size of an ``lru_cache``; None for anything else."""
     cls = type(obj)
-    if (
-        cls is dict
-        or cls in (list, set, frozenset, collections.deque)
-        or (issubclass(cls, (dict, list, set, collections.deque)))
-    ):
-        try:
+    try:
+        if issubclass(cls, (dict, list, set, frozenset, collections.deque)):
             return len(obj)  # type: ignore[arg-type]
-        except Exception:
-            return 0
-    return 0
+        if cls is functools._lru_cache_wrapper:
+            return int(obj.cache_info().currsize)  # type: ignore[attr-defined]
+    except Exception:  # a subclass whose len() fails is no collection to measure
+        return None
+    return None
+
+
+def _collection_size(obj: object) -> int:
+    return entries_of(obj) or 0
 
 
 def holder_index(path: Sequence[object]) -> int:
@@ -242,6 +247,7 @@ def find_holder(
     roots: Sequence[Root] | None = None,
     *,
     target: object | None = None,
+    avoid: Collection[int] = (),
     seconds: float = 0.5,
     max_objects: int = 300_000,
     slice_seconds: float = 0.004,
@@ -252,7 +258,8 @@ def find_holder(
 
     ``site`` is ``(filename, lineno)``; an object is allocated there when its tracemalloc
     traceback holds that frame, so call this while tracemalloc traces. Without a site,
-    ``target`` is the object searched for. ``roots`` default to :func:`search_roots`.
+    ``target`` is the object searched for. ``roots`` default to :func:`search_roots`;
+    objects whose ``id()`` is in ``avoid`` are neither entered nor found.
     The search looks at ``max_objects`` objects at most and spends at most ``seconds``
     (pauses excluded); every ``slice_seconds`` it calls ``pause`` (by default a sleep of a
     millisecond, which lets other threads take the GIL). ``stats`` receives ``visited``,
@@ -269,6 +276,8 @@ def find_holder(
     for _, namespace in roots:
         parents[id(namespace)] = None
         queue.append((namespace, 0))
+    for key in avoid:
+        parents.setdefault(key, None)  # met before: never entered again
     visited = 0
     spent = 0.0
     longest = 0.0

@@ -89,7 +89,7 @@ def referrer_chain(
     module_dicts = {
         id(module.__dict__): name
         for name, module in list(sys.modules.items())
-        if isinstance(module, types.ModuleType)
+        if isinstance(module, types.ModuleType) and not name.startswith("runtime_guard")
     }
     # The search's own containers refer to the objects it visits; they must not become
     # part of a chain.
@@ -132,9 +132,11 @@ def referrer_chain(
 def _bookkeeping(cls: type) -> bool:
     """Referrers a chain never goes through: frames (a local is not what keeps a leak),
     weak references and the ABC caches that hold them, which refer to everything."""
+    module = getattr(cls, "__module__", "") or ""
     return (
         cls is types.FrameType
-        or cls.__module__ in ("weakref", "_weakref", "_weakrefset", "_abc")
+        or module in ("weakref", "_weakref", "_weakrefset", "_abc")
+        or module.startswith("runtime_guard.")  # the guard's own records of the heap
         or issubclass(cls, weakref.ref)
     )
 

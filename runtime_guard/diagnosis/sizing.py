@@ -97,10 +97,12 @@ def retained_size(
     try:
         entries = _entries(holder)
         if entries is None:
+            from runtime_guard.diagnosis.holders import entries_of
+
             sizer = asizeof.Asizer()
-            sizer.exclude_refs(*above)
+            sizer.exclude_objs(*above)
             size = sizer.asizeof(*_kept(holder))
-            return RetainedSize(int(size), None, 0, time.perf_counter() - begun)
+            return RetainedSize(int(size), entries_of(holder), 0, time.perf_counter() - begun)
         own = int(asizeof.flatsize(holder))
         count = len(entries)
         rng = rng or random.Random()

@@ -43,6 +43,7 @@ from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard._units import format_duration, format_size
 from runtime_guard.config import ConfigError
+from runtime_guard.diagnosis.holders import entries_of
 from runtime_guard.leaks import routes as _routes
 from runtime_guard.leaks.report import Holder, LeakReport
 from runtime_guard.leaks.window import MIN_SECONDS, Conclusion, Window, conclude, pause
@@ -95,6 +96,14 @@ _NATIVE_SHARE = 0.10
 # Samples of cumulative route counts kept for the regression (a quarter of an hour at 1 s).
 _ROUTE_POINTS = 900
 
+# A holder confirms a leak when it grew by at least this share of the entries its line
+# allocated (a leak keeps all of them; an LRU at its bound keeps none), watched until a few
+# entries were due. Unconfirmed, the detector looks again after a back-off of this many
+# windows (doubling), past the holders that did not grow.
+_CONFIRM_SHARE = 0.3
+_CONFIRM_ENTRIES = 6
+_RETRY_WINDOWS = 3
+
 
 @dataclass
 class _Verdict:
@@ -113,6 +122,26 @@ class _Episode:
     signalled_rate: float | None = None
     signalled_at: float | None = None
     negatives: int = 0
+    published: bool = False
+    unconfirmed: int = 0
+    """Diagnoses whose holder did not grow while the line kept allocating into it."""
+    retry_at: float | None = None
+    avoid: set[int] = field(default_factory=set)
+    """``id()`` of holders that did not grow: the next search looks past them."""
+
+
+@dataclass
+class _Confirmation:
+    """A diagnosed holder watched for a few samples: a leak's holder grows with what its
+    line allocates; a bounded cache's (an LRU evicting as it inserts) does not."""
+
+    holder: object
+    entries: int
+    started: float
+    decide_at: float
+    expected_per_second: float
+    report: LeakReport
+    lowest: int
 
 
 @dataclass
@@ -165,6 +194,7 @@ class LeakDetector(Component):
         self._diag: Window | None = None
         self._diag_requests: list[_Request] = []
         self._requests: list[_Request] = []
+        self._confirm: _Confirmation | None = None
         self._traced_seconds = 0.0
         self._lingering: TracemallocSession | None = None
         self._threads: frozenset[int] | None = None
@@ -186,6 +216,8 @@ class LeakDetector(Component):
         if self._start_figures is None:
             self._start_figures = (now, float(sample.heap_blocks), sample.rss)
         self._record_routes(sample)
+        if self._confirm is not None:
+            self._check_confirmation(guard, sample)
         episode = self._episode
         asked = bool(self._requests)
         looked = (
@@ -216,7 +248,7 @@ class LeakDetector(Component):
             else:
                 self._win_heap = min(self._win_heap, sample.heap_blocks)
                 self._win_rss = min(self._win_rss, sample.rss)
-        if self._diag is not None:
+        if self._diag is not None or self._confirm is not None:
             return
         episode = self._episode
         wanted = episode is not None and episode.diagnose
@@ -233,10 +265,17 @@ class LeakDetector(Component):
         first = False
         if episode is not None and wanted:
             episode.diagnose = False
+            # The first report of a leak traces whatever the duty cycle says; looking again
+            # (a holder that did not grow, a changed rate) stays within it.
             first = episode.diagnosed == 0
             episode.diagnosed += 1
         reason = requests[0].reason if requests and not wanted else "growth"
-        self._start_diagnosis(sample, settled, reason, first or bool(requests), requests)
+        retry = episode is not None and wanted and not episode.published
+        self._start_diagnosis(
+            sample, settled, reason, first or bool(requests), requests, retry=retry and not first
+        )
+        if self._diag is not None and episode is not None:
+            self._diag.avoid = set(episode.avoid)
 
     def _record_routes(self, sample: Sample) -> None:
         counts = _routes.counts()
@@ -278,7 +317,14 @@ class LeakDetector(Component):
                 return
             episode.negatives = 0
             self._update(episode.report, verdict, sample)
-            if self._diag is not None or episode.diagnose or episode.signalled_rate is None:
+            if self._diag is not None or self._confirm is not None or episode.diagnose:
+                return
+            if not episode.published:
+                if episode.retry_at is not None and sample.monotonic >= episode.retry_at:
+                    episode.retry_at = None
+                    episode.diagnose = True
+                return
+            if episode.signalled_rate is None:
                 return
             ratio = verdict.rate / episode.signalled_rate if episode.signalled_rate else 0.0
             material = not 1 / _MATERIAL_CHANGE < ratio < _MATERIAL_CHANGE
@@ -379,9 +425,14 @@ class LeakDetector(Component):
         reason: str,
         first: bool,
         requests: list[_Request],
+        *,
+        retry: bool = False,
     ) -> None:
         """Open a window. The first diagnosis of a suspicion and one asked for on demand
-        trace whatever the duty cycle says; repeats trace only within it."""
+        trace whatever the duty cycle says; repeats trace only within it. A ``retry`` (the
+        first holder did not grow) with no budget left waits for it: without tracemalloc
+        it could not confirm anything, and reporting unconfirmed growth is what it is for
+        not to do."""
         config = self._config
         length = config.leak_diagnosis_window
         session: TracemallocSession | None = None
@@ -403,6 +454,12 @@ class LeakDetector(Component):
                 if not first:
                     length = min(length, budget)
                 session = diagnosis.TracemallocSession(config.tracemalloc_frames)
+            elif retry:
+                episode = self._episode
+                if episode is not None:
+                    episode.retry_at = sample.monotonic + self._config.leak_window
+                    episode.diagnosed -= 1
+                return
             else:
                 skipped = (
                     f"tracemalloc skipped for this repeat: the duty-cycle cap "
@@ -495,14 +552,111 @@ class LeakDetector(Component):
             report.diagnosis = "done" if not window.skipped else "done; " + window.skipped
             report.note = _note(report, found, window, sample)
             report.detected_at = sample.wall
-            if episode is not None and window.reason == "growth":
-                episode.signalled_rate = report.rate_bytes_per_min
-                episode.signalled_at = sample.monotonic
             final = dataclasses.replace(report)
+            watch = None
+            if episode is not None and window.reason == "growth" and not requests:
+                watch = self._watch(found, final, window, sample)
+            if watch is not None:
+                self._confirm = watch
+                return
+            if episode is not None and window.reason == "growth":
+                self._signalled(episode, final, sample)
         self._publish(guard, final, sample.monotonic, force=window.reason != "growth")
         for request in requests:
             request.report = final
             request.done.set()
+
+    def _signalled(self, episode: _Episode, report: LeakReport, sample: Sample) -> None:
+        episode.signalled_rate = report.rate_bytes_per_min
+        episode.signalled_at = sample.monotonic
+        episode.published = True
+
+    def _watch(
+        self, found: Conclusion, report: LeakReport, window: Window, sample: Sample
+    ) -> _Confirmation | None:
+        """Watch the holder before reporting, when the report rests on it: a Python-heap
+        leak whose holder is a container of known size per entry."""
+        holder = report.holder
+        if (
+            found.found is None
+            or holder is None
+            or report.origin != "python"
+            or not report.top_sites
+            or holder.entries is None
+        ):
+            return None
+        seconds = max(sample.monotonic - window.started, 1e-3)
+        per_entry = holder.retained_bytes / holder.entries
+        expected = report.top_sites[0].size_diff / seconds / max(per_entry, 1.0)
+        if expected <= 0:
+            return None
+        wait = min(
+            max(_CONFIRM_ENTRIES / expected, self._config.interval), self._config.leak_window
+        )
+        return _Confirmation(
+            holder=found.found.path[found.found.holder],
+            entries=holder.entries,
+            started=sample.monotonic,
+            decide_at=sample.monotonic + wait,
+            expected_per_second=expected,
+            report=report,
+            lowest=holder.entries,
+        )
+
+    def _check_confirmation(self, guard: Guard, sample: Sample) -> None:
+        watch = self._confirm
+        assert watch is not None
+        entries = entries_of(watch.holder)
+        if entries is None:
+            entries = -1
+        watch.lowest = min(watch.lowest, entries)
+        shrank = entries < watch.entries or watch.lowest < watch.entries
+        if sample.monotonic < watch.decide_at and not shrank:
+            return
+        self._confirm = None
+        holder_id = id(watch.holder)
+        watch.holder = None
+        elapsed = max(sample.monotonic - watch.started, 1e-3)
+        per_second = (entries - watch.entries) / elapsed
+        report = watch.report
+        if report.holder is not None:
+            report.holder.entries_per_min = per_second * 60.0
+        # It must also grow fast enough to be a leak on its own: a cache still filling at
+        # a few entries a minute is not one, however steadily it fills.
+        per_entry = (
+            report.holder.retained_bytes / max(report.holder.entries or 1, 1)
+            if report.holder is not None and report.holder.retained_bytes
+            else 0.0
+        )
+        confirmed = (
+            not shrank
+            and per_second >= _CONFIRM_SHARE * watch.expected_per_second
+            and (not per_entry or per_second * per_entry * 60.0 >= self._config.leak_min_rate)
+        )
+        with self._lock:
+            episode = self._episode
+            if episode is None:
+                return
+            if not confirmed:
+                episode.unconfirmed += 1
+                episode.avoid.add(holder_id)
+                windows = _RETRY_WINDOWS * 2 ** min(episode.unconfirmed - 1, 6)
+                episode.retry_at = sample.monotonic + windows * self._config.leak_window
+                _log.info(
+                    "runtime_guard: growth not confirmed: %s kept %d entries (%+.1f/s) while "
+                    "%s:%d allocated about %.1f/s for it; looking again in %.0f s",
+                    report.holder.path if report.holder is not None else "?",
+                    entries,
+                    per_second,
+                    report.top_sites[0].filename,
+                    report.top_sites[0].lineno,
+                    watch.expected_per_second,
+                    windows * self._config.leak_window,
+                )
+                return
+            episode.report.holder = report.holder
+            self._signalled(episode, report, sample)
+        self._publish(guard, report, sample.monotonic, force=False)
 
     def _size_holder(self, found: Found | None, window: Window) -> tuple[Holder | None, str | None]:
         """The holder's path, deep size and picture (tracemalloc is off by now)."""
@@ -672,7 +826,8 @@ class LeakDetector(Component):
 
     def health(self, guard: Guard) -> dict[str, Any]:
         episode = self._episode
-        if episode is None:
+        if episode is None or (episode.unconfirmed and not episode.published):
+            # A growth whose holder did not grow is not a leak anyone should act on yet.
             return {"suspected_leaks": []}
         data = episode.report.to_dict()
         data.pop("holder_svg", None)  # a picture is for the report page, not health

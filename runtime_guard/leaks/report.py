@@ -35,6 +35,8 @@ class Holder:
     """Its deep size: what it and everything below it keep alive (pympler)."""
     sampled: int = 0
     """Entries sized to estimate :attr:`retained_bytes` (0: sized whole)."""
+    entries_per_min: float | None = None
+    """How fast its entries grew while the detector watched it after the diagnosis."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -45,6 +47,9 @@ class Holder:
             "entries": self.entries,
             "bytes": self.retained_bytes,
             "sampled": self.sampled,
+            "entries_per_min": (
+                None if self.entries_per_min is None else round(self.entries_per_min, 1)
+            ),
         }
 
     def __str__(self) -> str:
@@ -55,6 +60,8 @@ class Holder:
                 text += " (estimated)"
         if self.entries is not None:
             text += f"{':' if self.retained_bytes is None else ''} in {self.entries:,} entries"
+        if self.entries_per_min is not None:
+            text += f", growing {self.entries_per_min:+,.0f}/min"
         return text
 
 

@@ -59,9 +59,12 @@ MAX_TRACED = 256
 """Traced deltas kept per route in a window."""
 
 # Raw paths awaiting a name, and named paths remembered: both bounded, the guard's own
-# memory must not grow with the number of distinct URLs a server sees.
+# memory must not grow with the number of distinct URLs a server sees. The names are a
+# small cache emptied when full: paths with ids never repeat, and naming one again costs
+# microseconds on the sampler thread, while remembering thousands of them would be the
+# guard's own slow growth on the heap it judges.
 _MAX_PENDING = 4096
-_MAX_NAMES = 4096
+_MAX_NAMES = 256
 
 
 def traced_memory() -> int:
@@ -176,8 +179,9 @@ class RouteCounts:
                 if name:
                     break
             name = name or _normalise(path)
-            if len(self._names) < _MAX_NAMES:
-                self._names[path] = name
+            if len(self._names) >= _MAX_NAMES:
+                self._names.clear()
+            self._names[path] = name
         return name
 
     def start_tracing(self) -> None:

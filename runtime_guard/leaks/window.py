@@ -95,6 +95,8 @@ class Window:
     rss_at_start: int = 0
     skipped: str = ""
     """Why tracemalloc does not run in this window, when it does not."""
+    avoid: set[int] = field(default_factory=set)
+    """``id()`` of holders an earlier diagnosis found not growing: searched past."""
     steps: dict[str, float] = field(default_factory=dict)
     """Seconds of each step, pauses for other threads included."""
     longest_hold: float = 0.0
@@ -172,7 +174,11 @@ def conclude(
             stats: dict[str, float] = {}
             with window.step("holder search", stats):
                 out.found = find_holder(
-                    (top.filename, top.lineno), seconds=search_seconds, pause=pause, stats=stats
+                    (top.filename, top.lineno),
+                    avoid=window.avoid,
+                    seconds=search_seconds,
+                    pause=pause,
+                    stats=stats,
                 )
     elif window.census is not None:
         with window.step("census"):
