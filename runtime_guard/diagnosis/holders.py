@@ -140,6 +140,40 @@ def _children(obj: object) -> list[object]:
     return gc.get_referents(obj)
 
 
+_MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT
+
+
+def _traceback_reader() -> Callable[[object], Any]:
+    """``_tracemalloc._get_object_traceback``, mended for Python 3.11.
+
+    On 3.11 it misses every instance of an ordinary class: those are allocated with two
+    pointers before their GC header (the managed dict), which the lookup does not skip
+    (fixed in 3.12). The private C function it wraps takes the allocation's address, so
+    the address is given right here.
+    """
+    read: Callable[[object], Any] = _tracemalloc._get_object_traceback
+    if sys.version_info[:2] != (3, 11):
+        return read
+    try:
+        import ctypes
+
+        raw = ctypes.pythonapi._PyTraceMalloc_GetTraceback
+        raw.restype = ctypes.py_object
+        raw.argtypes = [ctypes.c_uint, ctypes.c_size_t]
+        # The GC header and the managed dict's two pointers.
+        before = 4 * ctypes.sizeof(ctypes.c_void_p)
+    except (AttributeError, OSError, ImportError):
+        return read
+
+    def traceback(obj: object) -> Any:
+        found = read(obj)
+        if found is None and type(obj).__flags__ & _MANAGED_DICT:
+            return raw(0, id(obj) - before)
+        return found
+
+    return traceback
+
+
 @dataclass
 class Found:
     """A path from a root to an object allocated at the leaking line."""
@@ -269,7 +303,7 @@ def find_holder(
         roots = search_roots(site[0] if site is not None else None)
     if pause is None:
         pause = _sleep
-    traceback: Callable[[object], Any] = _tracemalloc._get_object_traceback
+    traceback = _traceback_reader()
     parents: dict[int, object] = {}
     keep: list[object] = []  # what ``parents`` points at stays alive while searched
     queue: collections.deque[tuple[object, int]] = collections.deque()
@@ -281,6 +315,7 @@ def find_holder(
     visited = 0
     spent = 0.0
     longest = 0.0
+    fallback: Found | None = None
     begun = time.perf_counter()
     try:
         while queue:
@@ -299,12 +334,17 @@ def find_holder(
                     hit = tb is not None and site in tb
                 if hit:
                     path = _path_to(child, parents)
-                    held = time.perf_counter() - begun
-                    spent, longest = spent + held, max(longest, held)
-                    for name, namespace in roots:
-                        if namespace is path[0]:
-                            return Found(name, path, holder_index(path), visited, spent)
-                    return None
+                    name = next((n for n, ns in roots if ns is path[0]), "?")
+                    found = Found(name, path, holder_index(path), visited, 0.0)
+                    if _collection_size(path[found.holder]) or target is not None:
+                        held = time.perf_counter() - begun
+                        found.seconds = spent + held
+                        longest = max(longest, held)
+                        return found
+                    # A module-level name bound to one of the objects (a loop variable
+                    # of a script) is no holder: look on for a collection holding them.
+                    fallback = fallback or found
+                    continue
                 if depth + 1 < MAX_DEPTH and not isinstance(child, _ATOMIC):
                     keep.append(child)
                     queue.append((child, depth + 1))
@@ -312,12 +352,12 @@ def find_holder(
             if now - begun >= slice_seconds:
                 spent, longest = spent + now - begun, max(longest, now - begun)
                 if spent >= seconds or visited >= max_objects:
-                    return None
+                    return fallback
                 pause()
                 begun = time.perf_counter()
             elif visited >= max_objects:
-                return None
-        return None
+                return fallback
+        return fallback
     finally:
         if stats is not None:
             stats.update(visited=visited, seconds=spent, longest_slice=longest)

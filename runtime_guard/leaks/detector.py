@@ -38,12 +38,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import diagnosis, signals
+from runtime_guard import diagnosis, relief, signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard._units import format_duration, format_size
 from runtime_guard.config import ConfigError
-from runtime_guard.diagnosis.holders import entries_of
 from runtime_guard.leaks import routes as _routes
 from runtime_guard.leaks.report import Holder, LeakReport
 from runtime_guard.leaks.window import MIN_SECONDS, Conclusion, Window, conclude, pause
@@ -138,7 +137,9 @@ class _Confirmation:
     holder: object
     entries: int
     started: float
+    """Monotonic time of the first look (-1 before it)."""
     decide_at: float
+    """Seconds to watch, then the time to decide once the first look was taken."""
     expected_per_second: float
     report: LeakReport
     lowest: int
@@ -270,9 +271,8 @@ class LeakDetector(Component):
             first = episode.diagnosed == 0
             episode.diagnosed += 1
         reason = requests[0].reason if requests and not wanted else "growth"
-        retry = episode is not None and wanted and not episode.published
         self._start_diagnosis(
-            sample, settled, reason, first or bool(requests), requests, retry=retry and not first
+            sample, settled, reason, first or bool(requests), requests, retry=wanted and not first
         )
         if self._diag is not None and episode is not None:
             self._diag.avoid = set(episode.avoid)
@@ -319,10 +319,12 @@ class LeakDetector(Component):
             self._update(episode.report, verdict, sample)
             if self._diag is not None or self._confirm is not None or episode.diagnose:
                 return
-            if not episode.published:
-                if episode.retry_at is not None and sample.monotonic >= episode.retry_at:
+            if episode.retry_at is not None:
+                if sample.monotonic >= episode.retry_at:
                     episode.retry_at = None
                     episode.diagnose = True
+                return
+            if not episode.published:
                 return
             if episode.signalled_rate is None:
                 return
@@ -429,10 +431,10 @@ class LeakDetector(Component):
         retry: bool = False,
     ) -> None:
         """Open a window. The first diagnosis of a suspicion and one asked for on demand
-        trace whatever the duty cycle says; repeats trace only within it. A ``retry`` (the
-        first holder did not grow) with no budget left waits for it: without tracemalloc
-        it could not confirm anything, and reporting unconfirmed growth is what it is for
-        not to do."""
+        trace whatever the duty cycle says; repeats trace only within it. A repeat
+        (``retry``: a holder that did not grow, a changed rate) with no budget left waits
+        for it: without tracemalloc it could not confirm a holder, and a report without
+        the sites the first one had is noise."""
         config = self._config
         length = config.leak_diagnosis_window
         session: TracemallocSession | None = None
@@ -517,6 +519,11 @@ class LeakDetector(Component):
         finally:
             if session is not None and session is not self._always:
                 traced = self._stop_tracing(session, settled)
+                if session.seconds_on > 0 and self._lingering is not session:
+                    # tracemalloc's tables are freed now; hand them back to the OS, or the
+                    # next floors would rise by the guard's own diagnosis.
+                    with window.step("trim"):
+                        relief.trim()
         _routes.counts().fold()
         route_traced = dict(_routes.counts().traced) if session is not None else None
         holder, svg = self._size_holder(found.found, window)
@@ -606,9 +613,15 @@ class LeakDetector(Component):
     def _check_confirmation(self, guard: Guard, sample: Sample) -> None:
         watch = self._confirm
         assert watch is not None
+        from runtime_guard.diagnosis.holders import entries_of
+
         entries = entries_of(watch.holder)
         if entries is None:
             entries = -1
+        if watch.started < 0:  # the first look: where the growth is counted from
+            watch.started, watch.entries, watch.lowest = sample.monotonic, entries, entries
+            watch.decide_at += sample.monotonic
+            return
         watch.lowest = min(watch.lowest, entries)
         shrank = entries < watch.entries or watch.lowest < watch.entries
         if sample.monotonic < watch.decide_at and not shrank:
