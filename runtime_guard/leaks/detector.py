@@ -563,6 +563,11 @@ class LeakDetector(Component):
             watch = None
             if episode is not None and window.reason == "growth" and not requests:
                 watch = self._watch(found, final, window, sample)
+                if watch is None and episode.unconfirmed and not episode.published:
+                    # The holder found before did not grow and nothing else holds what the
+                    # line keeps: no leak to report; look again later.
+                    self._retry_later(episode, sample, "no other holder found")
+                    return
             if watch is not None:
                 self._confirm = watch
                 return
@@ -610,6 +615,14 @@ class LeakDetector(Component):
             lowest=holder.entries,
         )
 
+    def _retry_later(self, episode: _Episode, sample: Sample, why: str) -> None:
+        """Leave a growth unreported for now, and diagnose it again after a back-off."""
+        episode.unconfirmed += 1
+        windows = _RETRY_WINDOWS * 2 ** min(episode.unconfirmed - 1, 6)
+        seconds = windows * self._config.leak_window
+        episode.retry_at = sample.monotonic + seconds
+        _log.info("runtime_guard: growth not confirmed: %s; looking again in %.0f s", why, seconds)
+
     def _check_confirmation(self, guard: Guard, sample: Sample) -> None:
         watch = self._confirm
         assert watch is not None
@@ -651,20 +664,14 @@ class LeakDetector(Component):
             if episode is None:
                 return
             if not confirmed:
-                episode.unconfirmed += 1
                 episode.avoid.add(holder_id)
-                windows = _RETRY_WINDOWS * 2 ** min(episode.unconfirmed - 1, 6)
-                episode.retry_at = sample.monotonic + windows * self._config.leak_window
-                _log.info(
-                    "runtime_guard: growth not confirmed: %s kept %d entries (%+.1f/s) while "
-                    "%s:%d allocated about %.1f/s for it; looking again in %.0f s",
-                    report.holder.path if report.holder is not None else "?",
-                    entries,
-                    per_second,
-                    report.top_sites[0].filename,
-                    report.top_sites[0].lineno,
-                    watch.expected_per_second,
-                    windows * self._config.leak_window,
+                self._retry_later(
+                    episode,
+                    sample,
+                    f"{report.holder.path if report.holder is not None else '?'} kept "
+                    f"{entries} entries ({per_second:+.1f}/s) while "
+                    f"{report.top_sites[0].location} allocated about "
+                    f"{watch.expected_per_second:.1f}/s for it",
                 )
                 return
             episode.report.holder = report.holder
