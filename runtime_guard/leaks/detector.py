@@ -598,21 +598,31 @@ class LeakDetector(Component):
         ):
             return None
         seconds = max(sample.monotonic - window.started, 1e-3)
-        per_entry = holder.retained_bytes / holder.entries
-        expected = report.top_sites[0].size_diff / seconds / max(per_entry, 1.0)
+        top = report.top_sites[0]
+        if holder.retained_bytes and holder.entries:
+            expected = top.size_diff / seconds / max(holder.retained_bytes / holder.entries, 1.0)
+        else:  # no size: an entry per block allocated at the line, at most
+            expected = top.count_diff / seconds
         if expected <= 0:
             return None
+        # A window at least, as the floors are judged: a batch that is flushed now and then
+        # (a sawtooth) grows for a while too. Longer when entries come slowly, so that
+        # several are due; three windows at most.
+        window_seconds = self._config.leak_window
         wait = min(
-            max(_CONFIRM_ENTRIES / expected, self._config.interval), self._config.leak_window
+            max(_CONFIRM_ENTRIES / expected, 2 * self._config.interval, window_seconds),
+            3 * window_seconds,
         )
+        # Counted from the next sample on: the sizing and the picture took time since this
+        # one, while the holder kept growing.
         return _Confirmation(
             holder=found.found.path[found.found.holder],
-            entries=holder.entries,
-            started=sample.monotonic,
-            decide_at=sample.monotonic + wait,
+            entries=-1,
+            started=-1.0,
+            decide_at=wait,
             expected_per_second=expected,
             report=report,
-            lowest=holder.entries,
+            lowest=-1,
         )
 
     def _retry_later(self, episode: _Episode, sample: Sample, why: str) -> None:
