@@ -104,7 +104,8 @@ def _children(obj: object) -> list[object]:
         # Values first: a cache's values are what it holds.
         return [*dict.values(obj), *dict.keys(obj)]  # type: ignore[arg-type]
     if cls in _SEQUENCES:
-        return list(obj)  # type: ignore[call-overload]
+        items: list[object] = list(obj)  # type: ignore[call-overload]
+        return items
     if issubclass(cls, _ATOMIC) or issubclass(cls, _OPAQUE) or _is_weak(cls):
         return []
     if issubclass(cls, type):
@@ -224,9 +225,9 @@ def search_roots(site_file: str | None = None) -> list[Root]:
         add("__main__", main_dict)
     for name, app in _roots.registered():
         add(name, {name: app})
-    for name, module in sorted(list(sys.modules.items()), key=lambda item: item[0]):
+    for name, loaded in sorted(list(sys.modules.items()), key=lambda item: item[0]):
         namespace = (
-            getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
+            getattr(loaded, "__dict__", None) if isinstance(loaded, types.ModuleType) else None
         )
         if isinstance(namespace, dict) and _user_module(name):
             add(name, namespace)

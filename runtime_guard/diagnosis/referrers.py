@@ -275,7 +275,8 @@ def _step(holder: object, held: object) -> str:
     # Types, not isinstance(): a proxy on the path (werkzeug's LocalProxy) answers
     # ``__class__`` with its target's class, or raises outside a request.
     if issubclass(cls, dict):
-        for key, item in list(dict.items(holder)):  # type: ignore[arg-type]
+        pairs: list[tuple[object, object]] = list(dict.items(holder))  # type: ignore[arg-type]
+        for key, item in pairs:
             if item is held or key is held:
                 return f"[{key!r}]"
         return "[?]"

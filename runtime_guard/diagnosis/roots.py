@@ -30,19 +30,19 @@ def register(obj: Any, name: str = "app", replace: bool = False) -> None:
     if obj is None:
         return
     with _lock:
-        for _, held in _roots:
-            if _deref(held) is obj:
-                return
+        if any(_deref(known) is obj for _, known in _roots):
+            return
         if replace:
-            _roots[:] = [(n, held) for n, held in _roots if n != name]
+            _roots[:] = [(n, known) for n, known in _roots if n != name]
         if len(_roots) >= MAX_ROOTS:
             return
+        entry: Any
         try:
-            held: Any = weakref.ref(obj)
+            entry = weakref.ref(obj)
         except TypeError:  # not weakly referenceable: an app lives as long as the process
-            held = obj
+            entry = obj
         label = name if not any(n == name for n, _ in _roots) else f"{name}#{len(_roots) + 1}"
-        _roots.append((label, held))
+        _roots.append((label, entry))
 
 
 def registered() -> list[tuple[str, Any]]:

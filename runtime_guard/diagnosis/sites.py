@@ -160,7 +160,7 @@ def diff_snapshots(
         key=lambda item: item[0],
         reverse=True,
     )
-    sites = []
+    sites: list[AllocationSite] = []
     for size, count, (filename, lineno), frames in ranked:
         if size <= 0 or len(sites) >= max(limit, 0):
             break

@@ -46,7 +46,8 @@ def _entries(holder: object) -> list[object] | None:
     if issubclass(cls, dict):
         return list(dict.items(holder))  # type: ignore[arg-type]
     if issubclass(cls, (list, tuple, set, frozenset, collections.deque)):
-        return list(holder)  # type: ignore[call-overload]
+        items: list[object] = list(holder)  # type: ignore[call-overload]
+        return items
     return None
 
 
@@ -90,20 +91,21 @@ def retained_size(
     pause = pause or (lambda: time.sleep(0.001))
 
     def measure(items: Sequence[object]) -> int:
-        sizer = asizeof.Asizer()
-        sizer.exclude_objs(holder, *above)
-        return int(sizer.asizeof(*[part for item in items for part in _kept(item)]))
+        sizer = asizeof.Asizer()  # type: ignore[no-untyped-call]
+        sizer.exclude_objs(holder, *above)  # type: ignore[no-untyped-call]
+        parts = [part for item in items for part in _kept(item)]
+        return int(sizer.asizeof(*parts))  # type: ignore[no-untyped-call]
 
     try:
         entries = _entries(holder)
         if entries is None:
             from runtime_guard.diagnosis.holders import entries_of
 
-            sizer = asizeof.Asizer()
-            sizer.exclude_objs(*above)
-            size = sizer.asizeof(*_kept(holder))
+            sizer = asizeof.Asizer()  # type: ignore[no-untyped-call]
+            sizer.exclude_objs(*above)  # type: ignore[no-untyped-call]
+            size = sizer.asizeof(*_kept(holder))  # type: ignore[no-untyped-call]
             return RetainedSize(int(size), entries_of(holder), 0, time.perf_counter() - begun)
-        own = int(asizeof.flatsize(holder))
+        own = int(asizeof.flatsize(holder))  # type: ignore[no-untyped-call]
         count = len(entries)
         rng = rng or random.Random()
         rng.shuffle(probe_order := list(range(count)))
