@@ -640,7 +640,7 @@ def test_holder_search_never_goes_through_abc_caches_or_weak_references(
     import abc
     import weakref
 
-    class Registry(abc.ABC):
+    class Registry(abc.ABC):  # noqa: B024 - only a registry of virtual subclasses
         pass
 
     keep = weakref.WeakValueDictionary()  # type: ignore[var-annotated]
@@ -745,3 +745,26 @@ def test_path_expression_names_attributes_keys_and_indexes() -> None:
     assert path_expression("app", [{"app": holder}, holder, holder.__dict__, holder.by_id]) == (
         "app.by_id"
     )
+
+
+class _Proxy:
+    """Like Django's unconfigured settings: asking it its class raises."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("settings are not configured")
+
+
+_PROXY = _Proxy()
+
+
+def test_holder_search_never_resolves_a_proxy(tracing: TracemallocSession, cleared: None) -> None:
+    """A proxy among the globals (werkzeug's, Django's settings) is never asked its class."""
+    from runtime_guard.diagnosis.holders import find_holder
+
+    for i in range(100):
+        _remember(i)
+    found = find_holder((__file__, _line_of("# hoard-line")), seconds=_BUDGET)
+    assert found is not None
+    assert found.expression == f"{__name__}._HOARD"
+    assert _PROXY is not None  # still unresolved: the module-level proxy was walked past

@@ -37,7 +37,7 @@ from typing import Any
 
 from runtime_guard import _frames
 from runtime_guard.diagnosis import roots as _roots
-from runtime_guard.diagnosis.functions import module_globals
+from runtime_guard.diagnosis.functions import module_globals, namespace_of
 from runtime_guard.diagnosis.referrers import chain_from_path, path_expression
 
 __all__ = [
@@ -89,9 +89,8 @@ def _is_weak(cls: type) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _user_module(name: str) -> bool:
     """True when the module called ``name`` is the user's code (``__main__`` included)."""
-    module = sys.modules.get(name)
-    namespace = getattr(module, "__dict__", None) if module is not None else None
-    file = namespace.get("__file__") if isinstance(namespace, dict) else None
+    namespace = namespace_of(sys.modules.get(name))
+    file = namespace.get("__file__") if namespace is not None else None
     if not isinstance(file, str):
         return name == "__main__"
     return _frames.kind(file) is _frames.FrameKind.USER
@@ -219,17 +218,16 @@ def search_roots(site_file: str | None = None) -> list[Root]:
         module = module_globals(site_file)
         if module is not None:
             add(*module)
-    main = sys.modules.get("__main__")
-    main_dict = getattr(main, "__dict__", None)
-    if isinstance(main_dict, dict):
+    main_dict = namespace_of(sys.modules.get("__main__"))
+    if main_dict is not None:
         add("__main__", main_dict)
     for name, app in _roots.registered():
         add(name, {name: app})
+    # Namespaces read without running any module's code: a lazily loaded module would
+    # import itself on an attribute access.
     for name, loaded in sorted(list(sys.modules.items()), key=lambda item: item[0]):
-        namespace = (
-            getattr(loaded, "__dict__", None) if isinstance(loaded, types.ModuleType) else None
-        )
-        if isinstance(namespace, dict) and _user_module(name):
+        namespace = namespace_of(loaded)
+        if namespace is not None and _user_module(name):
             add(name, namespace)
     return found
 
@@ -346,7 +344,9 @@ def find_holder(
                     # of a script) is no holder: look on for a collection holding them.
                     fallback = fallback or found
                     continue
-                if depth + 1 < MAX_DEPTH and not isinstance(child, _ATOMIC):
+                # type(), never isinstance(): a proxy (Django's settings, werkzeug's
+                # LocalProxy) would resolve its target, or raise, on ``__class__``.
+                if depth + 1 < MAX_DEPTH and not issubclass(type(child), _ATOMIC):
                     keep.append(child)
                     queue.append((child, depth + 1))
             now = time.perf_counter()

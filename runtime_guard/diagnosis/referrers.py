@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from runtime_guard.diagnosis.census import type_name
+from runtime_guard.diagnosis.functions import namespace_of
 
 __all__ = [
     "chain_from_path",
@@ -86,10 +87,12 @@ def referrer_chain(
     seconds are spent. Frames are skipped: a local variable is not what keeps a leak alive.
     """
     deadline = time.monotonic() + time_budget
+    # Namespaces read without running any module's code (a lazily loaded module would
+    # import itself on ``__dict__``).
     module_dicts = {
-        id(module.__dict__): name
+        id(namespace): name
         for name, module in list(sys.modules.items())
-        if isinstance(module, types.ModuleType) and not name.startswith("runtime_guard")
+        if not name.startswith("runtime_guard") and (namespace := namespace_of(module)) is not None
     }
     # The search's own containers refer to the objects it visits; they must not become
     # part of a chain.
@@ -206,18 +209,20 @@ def _is_instance_dict(holder: object, held: object) -> bool:
 
 def _edge(holder: object, held: object, path: list[object]) -> str:
     name = _short(held)
-    if isinstance(holder, dict):
-        owner = _owner_of_dict(holder, path)
-        for key, item in list(holder.items()):
+    cls = type(holder)  # never isinstance(): a proxy on the path resolves on __class__
+    if issubclass(cls, dict):
+        owner = _owner_of_dict(holder, path)  # type: ignore[arg-type]
+        pairs: list[tuple[object, object]] = list(dict.items(holder))  # type: ignore[arg-type]
+        for key, item in pairs:
             if item is held:
-                if owner is not None and isinstance(key, str):
+                if owner is not None and type(key) is str:
                     return f".{key} {name}"
                 return f"[{key!r}] {name}"
         return name
-    if isinstance(holder, types.CellType):
+    if cls is types.CellType:
         return f"(closure cell) {name}"
-    if isinstance(holder, types.FunctionType):
-        return f"{holder.__qualname__} {name}"
+    if cls is types.FunctionType:
+        return f"{holder.__qualname__} {name}"  # type: ignore[attr-defined]
     attr = _attribute_name(holder, held)
     return f".{attr} {name}" if attr is not None else name
 
@@ -304,7 +309,7 @@ def _step(holder: object, held: object) -> str:
 def _owner_of_dict(mapping: dict[Any, Any], path: list[object]) -> object | None:
     """The object on ``path`` whose ``__dict__`` is ``mapping``, if any."""
     for obj in path:
-        if obj is not mapping and getattr(obj, "__dict__", None) is mapping:
+        if obj is not mapping and _is_instance_dict(obj, mapping):
             return obj
     return None
 
