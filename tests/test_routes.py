@@ -148,14 +148,24 @@ def test_django_middleware_counts_by_the_url_pattern() -> None:
     assert counts.totals == {"/events/<str:event_id>": 3}
 
 
-def test_traced_deltas_are_recorded_only_within_one_epoch() -> None:
-    """A request that overlapped the diagnosis's own work (a new epoch) records no delta."""
+def test_traced_growth_goes_to_the_request_that_ends_next_within_one_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each request gets the traced growth since the previous one ended; none across the
+    diagnosis's own work (a new epoch)."""
+    totals = iter([1000, 6000, 6100, 50_000, 50_200])
+    monkeypatch.setattr(routes, "traced_memory", lambda: next(totals))
     counts = routes.counts()
-    counts.traced_path("/a/1", 5000, routes.EPOCH)
-    counts.traced_path("/a/2", 7000, routes.EPOCH - 1)
+    counts.start_tracing()
+    counts.traced_path("/a/1")  # the first: nothing to measure from
+    counts.traced_path("/a/2")  # +5000
+    counts.traced_named("/b")  # +100
+    routes.EPOCH += 1
+    counts.traced_path("/a/3")  # spans the diagnosis's snapshot: not recorded
+    counts.traced_path("/a/4")  # +200
     counts.fold()
-    assert counts.totals == {"/a/{}": 2}
-    assert counts.traced == {"/a/{}": [5000]}
+    assert counts.totals == {"/a/{}": 4, "/b": 1}
+    assert counts.traced == {"/b": [100], "/a/{}": [5000, 200]}
 
 
 def test_traced_ranking_puts_the_leaking_route_first_despite_outliers() -> None:

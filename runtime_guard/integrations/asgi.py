@@ -108,14 +108,12 @@ class GuardMiddleware(MiddlewareBase):
 
     async def _traced(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The request inside a leak diagnosis window: what it left allocated, per route."""
-        epoch, before = _routes.EPOCH, _routes.traced_memory()
         await self.app(scope, receive, send)
-        delta = _routes.traced_memory() - before
         route = _routes.asgi_route(scope)
         if route is None:
-            self._counts.traced_path(path, delta, epoch)
+            self._counts.traced_path(path)
         else:
-            self._counts.traced_named(route, delta, epoch)
+            self._counts.traced_named(route)
 
     async def _answer(self, path: str, scope: Scope, send: Send) -> None:
         code, content_type, body = self.routes.answer(

@@ -76,40 +76,30 @@ class GuardMiddleware:
         early = self._early(request)
         if early is not None:
             return early
-        if _routes.TRACING:
-            epoch, before = _routes.EPOCH, _routes.traced_memory()
-            response = self.get_response(request)
-            self._count(request, _routes.traced_memory() - before, epoch)
-        else:
-            response = self.get_response(request)
-            self._count(request, None, 0)
+        response = self.get_response(request)
+        self._count(request)
         return response  # type: ignore[no-any-return]
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         early = self._early(request)
         if early is not None:
             return early
-        if _routes.TRACING:
-            epoch, before = _routes.EPOCH, _routes.traced_memory()
-            response = await self.get_response(request)
-            self._count(request, _routes.traced_memory() - before, epoch)
-        else:
-            response = await self.get_response(request)
-            self._count(request, None, 0)
+        response = await self.get_response(request)
+        self._count(request)
         return response  # type: ignore[no-any-return]
 
-    def _count(self, request: HttpRequest, delta: int | None, epoch: int) -> None:
+    def _count(self, request: HttpRequest) -> None:
         """Route attribution: the URL pattern Django resolved, else the raw path."""
         route = _routes.django_route(request)
-        if delta is None:
+        if _routes.TRACING:
             if route is None:
-                self._counts.path(request.path_info)
+                self._counts.traced_path(request.path_info)
             else:
-                self._counts.named(route)
+                self._counts.traced_named(route)
         elif route is None:
-            self._counts.traced_path(request.path_info, delta, epoch)
+            self._counts.path(request.path_info)
         else:
-            self._counts.traced_named(route, delta, epoch)
+            self._counts.named(route)
 
     def _early(self, request: HttpRequest) -> HttpResponse | None:
         path = request.path_info

@@ -64,9 +64,8 @@ class GuardMiddleware(MiddlewareBase):
         self, path: str, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         """The request inside a leak diagnosis window: what it left allocated, per route."""
-        epoch, before = _routes.EPOCH, _routes.traced_memory()
         response = self.app(environ, start_response)
-        self._counts.traced_path(path, _routes.traced_memory() - before, epoch)
+        self._counts.traced_path(path)
         return response
 
     def _answer(

@@ -6,8 +6,12 @@ Nothing else runs on the request path. In particular the heap is not measured ar
 request: ``sys.getallocatedblocks()`` walks every pool of every arena, 0.4 µs on a fresh
 interpreter but 120 µs on a 170 MB heap (measured here), twice per request. While a leak
 diagnosis traces (:data:`TRACING`), the middleware also reads tracemalloc's traced total
-before and after each request (an O(1) call): what a request left allocated, exactly on a
-sync worker, with its neighbours' allocations mixed in where requests overlap.
+as each request ends (an O(1) call): the growth since the previous request ended goes to
+this one. On a sync worker that is exactly what the request kept; where requests overlap,
+each allocation still counts once, for the request that ends next, so the leaking route's
+own requests collect most of its growth (measuring from each request's start instead
+counted every overlapping neighbour's allocations in every request's figure: under uvicorn
+the clean routes came out as large as the leaking one).
 
 Raw request paths are turned into route names on the sampler thread, once per sample and
 once per distinct path: a resolver the middleware registered (a Flask app's URL map) names
@@ -47,13 +51,13 @@ MAX_ROUTES = 64
 OTHER = "(other routes)"
 
 TRACING = False
-"""True while a leak diagnosis traces: the middleware then measures each request's traced
-bytes as well. Set by the leak detector only."""
+"""True while a leak diagnosis traces: the middleware then also reads tracemalloc's total
+as each request ends. Set by the leak detector only."""
 
 EPOCH = 0
-"""Bumped by the leak detector when its window closes: a request that began in an earlier
-epoch overlapped the diagnosis's own work (the snapshot, the holder search), whose
-allocations are no request's, and its traced bytes are not recorded."""
+"""Bumped by the leak detector when its window closes: the growth from a request's end in
+an earlier epoch to one in this epoch spans the diagnosis's own work (the snapshot, the
+holder search), whose allocations are no request's, and is not recorded."""
 
 MAX_TRACED = 256
 """Traced deltas kept per route in a window."""
@@ -93,6 +97,7 @@ class RouteCounts:
         self._names: dict[str, str] = {}
         self._resolvers: list[Resolver] = []
         self._lock = threading.Lock()
+        self._last: tuple[int, int] | None = None
 
     # -- the request path: one dict update ---------------------------------------------
 
@@ -110,11 +115,22 @@ class RouteCounts:
         named = self._named
         named[route] = named.get(route, 0) + 1
 
-    def traced_path(self, path: str, delta: int, epoch: int) -> None:
-        """Count a request to the raw ``path`` that left ``delta`` traced bytes allocated
-        (recorded only if it ran within one epoch, :data:`EPOCH`)."""
+    def _step(self) -> int | None:
+        """tracemalloc's growth since the request or task that ended last (None across a
+        change of :data:`EPOCH`, or for the first one)."""
+        total, epoch = traced_memory(), EPOCH
+        last, self._last = self._last, (total, epoch)
+        if last is None or last[1] != epoch:
+            return None
+        return total - last[0]
+
+    def traced_path(self, path: str) -> None:
+        """Count a request to the raw ``path`` that just ended, with the traced growth since
+        the previous request ended: every allocation counts once, for the request whose end
+        follows it, however requests overlap."""
         self.path(path)
-        if epoch != EPOCH:
+        delta = self._step()
+        if delta is None:
             return
         entry = self._traced_paths.get(path)
         if entry is not None:
@@ -123,10 +139,11 @@ class RouteCounts:
         elif len(self._traced_paths) < _MAX_PENDING:
             self._traced_paths[path] = [delta]
 
-    def traced_named(self, route: str, delta: int, epoch: int) -> None:
+    def traced_named(self, route: str) -> None:
         """As :meth:`traced_path`, for a named route or task."""
         self.named(route)
-        if epoch != EPOCH:
+        delta = self._step()
+        if delta is None:
             return
         entry = self.traced.get(route)
         if entry is not None:
@@ -189,6 +206,7 @@ class RouteCounts:
         with self._lock:
             self.traced = {}
             self._traced_paths = {}
+            self._last = None
 
     def clear(self) -> None:
         """Forget everything (a forked child counts its own requests)."""
@@ -235,28 +253,20 @@ def django_route(request: Any) -> str | None:
 
 
 def connect_celery(celery_signals: Any) -> None:
-    """Count each Celery task by name (``task_prerun``/``task_postrun``), and while a
-    diagnosis traces, what each task left allocated. Idempotent."""
+    """Count each Celery task by name as it ends (``task_postrun``), and while a diagnosis
+    traces, what it left allocated. Idempotent."""
     global _celery_connected
     if _celery_connected:
         return
     _celery_connected = True
 
-    starts: dict[str, tuple[int, int]] = {}
-
-    def prerun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
-        if TRACING and task_id is not None and len(starts) < _MAX_PENDING:
-            starts[task_id] = (EPOCH, traced_memory())
-
-    def postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    def postrun(sender: Any = None, **_: Any) -> None:
         name = str(getattr(sender, "name", None) or "celery task")
-        began = starts.pop(task_id, None) if starts and task_id is not None else None
-        if began is not None and TRACING:
-            _counts.traced_named(name, traced_memory() - began[1], began[0])
+        if TRACING:
+            _counts.traced_named(name)
         else:
             _counts.named(name)
 
-    celery_signals.task_prerun.connect(prerun, weak=False)
     celery_signals.task_postrun.connect(postrun, weak=False)
 
 
