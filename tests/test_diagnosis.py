@@ -625,12 +625,12 @@ def test_holder_search_finds_what_only_the_app_object_holds(
             self.extensions: dict[str, list[object]] = {"recent": []}
 
     app = App()
-    roots.register(app)
+    roots.register(app, "shop_app")
     for i in range(200):
         app.extensions["recent"].append({"id": i, "body": f"{i}" * 500})  # app-line
     found = find_holder((__file__, _line_of("# app-line")), seconds=_BUDGET)
     assert found is not None
-    assert found.expression == "app.extensions['recent']"
+    assert found.expression == "shop_app.extensions['recent']"
 
 
 def test_holder_search_never_goes_through_abc_caches_or_weak_references(

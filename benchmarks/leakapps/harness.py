@@ -115,17 +115,15 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str, timeout: float = 30.0, **headers: str) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url + path, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
+        return self._send(urllib.request.Request(self.url + path, headers=headers), timeout)
 
     def post(self, path: str, timeout: float = 60.0, **headers: str) -> tuple[int, bytes]:
         request = urllib.request.Request(self.url + path, data=b"", headers=headers)
+        return self._send(request, timeout)
+
+    @staticmethod
+    def _send(request: urllib.request.Request, timeout: float) -> tuple[int, bytes]:
+        """``(status, body)``; 0 when the server does not answer."""
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return int(response.status), response.read()

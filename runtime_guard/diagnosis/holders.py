@@ -38,7 +38,7 @@ from typing import Any
 from runtime_guard import _frames
 from runtime_guard.diagnosis import roots as _roots
 from runtime_guard.diagnosis.functions import module_globals, namespace_of
-from runtime_guard.diagnosis.referrers import chain_from_path, path_expression
+from runtime_guard.diagnosis.referrers import chain_from_path, is_instance_dict, path_expression
 
 __all__ = [
     "Found",
@@ -258,21 +258,12 @@ def holder_index(path: Sequence[object]) -> int:
     best, best_size = len(path) - 2, 0
     for i in range(1, len(path) - 1):
         obj = path[i]
-        if _is_attribute_dict(path[i - 1], obj):
+        if is_instance_dict(path[i - 1], obj):
             continue
         size = _collection_size(obj)
         if size > best_size:
             best, best_size = i, size
     return max(best, 1)
-
-
-def _is_attribute_dict(holder: object, obj: object) -> bool:
-    if type(obj) is not dict:
-        return False
-    try:
-        return object.__getattribute__(holder, "__dict__") is obj
-    except AttributeError:
-        return False
 
 
 def find_holder(

@@ -20,6 +20,7 @@ __all__ = [
     "chain_from_path",
     "find_instance",
     "format_chain",
+    "is_instance_dict",
     "path_expression",
     "referrer_chain",
 ]
@@ -178,7 +179,7 @@ def _render(
     head = key if key == module_name else f"{module_name}.{key if key is not None else '?'}"
     links.append(f"{head} ({_short(child)})")
     for holder, held in itertools.pairwise(path):
-        if _is_instance_dict(holder, held):
+        if is_instance_dict(holder, held):
             continue  # shown as an attribute on the next link
         links.append(_edge(holder, held, path))
     return links
@@ -197,7 +198,7 @@ def _dict_key(mapping: object, value: object) -> str | None:
     return None
 
 
-def _is_instance_dict(holder: object, held: object) -> bool:
+def is_instance_dict(holder: object, held: object) -> bool:
     """True when ``held`` is the ``__dict__`` of ``holder``: one link, not two."""
     if type(held) is not dict:
         return False
@@ -264,7 +265,7 @@ def path_expression(root: str, path: Sequence[object]) -> str:
     text = key if key == root else f"{root}.{key if key is not None else '?'}"
     for i in range(1, len(path) - 1):
         holder, held = path[i], path[i + 1]
-        if _is_instance_dict(path[i - 1], holder):
+        if is_instance_dict(path[i - 1], holder):
             # An instance's or a class's own namespace: its keys are attribute names.
             text += f".{_dict_key(holder, held) or '?'}"
         else:
@@ -275,7 +276,7 @@ def path_expression(root: str, path: Sequence[object]) -> str:
 def _step(holder: object, held: object) -> str:
     """One reference as code writes it: ``.name``, ``['key']``, ``[3]``."""
     cls = type(holder)
-    if _is_instance_dict(holder, held) or cls is types.CellType:
+    if is_instance_dict(holder, held) or cls is types.CellType:
         return ""  # the next step names the attribute, or the function named the cell
     # Types, not isinstance(): a proxy on the path (werkzeug's LocalProxy) answers
     # ``__class__`` with its target's class, or raises outside a request.
@@ -309,7 +310,7 @@ def _step(holder: object, held: object) -> str:
 def _owner_of_dict(mapping: dict[Any, Any], path: list[object]) -> object | None:
     """The object on ``path`` whose ``__dict__`` is ``mapping``, if any."""
     for obj in path:
-        if obj is not mapping and _is_instance_dict(obj, mapping):
+        if obj is not mapping and is_instance_dict(obj, mapping):
             return obj
     return None
 

@@ -129,28 +129,12 @@ class RouteCounts:
         the previous request ended: every allocation counts once, for the request whose end
         follows it, however requests overlap."""
         self.path(path)
-        delta = self._step()
-        if delta is None:
-            return
-        entry = self._traced_paths.get(path)
-        if entry is not None:
-            if len(entry) < MAX_TRACED:
-                entry.append(delta)
-        elif len(self._traced_paths) < _MAX_PENDING:
-            self._traced_paths[path] = [delta]
+        _keep_delta(self._traced_paths, path, self._step(), _MAX_PENDING)
 
     def traced_named(self, route: str) -> None:
         """As :meth:`traced_path`, for a named route or task."""
         self.named(route)
-        delta = self._step()
-        if delta is None:
-            return
-        entry = self.traced.get(route)
-        if entry is not None:
-            if len(entry) < MAX_TRACED:
-                entry.append(delta)
-        elif len(self.traced) < MAX_ROUTES:
-            self.traced[route] = [delta]
+        _keep_delta(self.traced, route, self._step(), MAX_ROUTES)
 
     # -- the sampler thread ------------------------------------------------------------
 
@@ -216,6 +200,18 @@ class RouteCounts:
             self._paths = {}
             self._named = {}
             self._traced_paths = {}
+
+
+def _keep_delta(deltas: dict[str, list[int]], key: str, delta: int | None, keys: int) -> None:
+    """Add ``delta`` to ``key``'s list, both bounded (``keys`` keys, :data:`MAX_TRACED` each)."""
+    if delta is None:
+        return
+    entry = deltas.get(key)
+    if entry is not None:
+        if len(entry) < MAX_TRACED:
+            entry.append(delta)
+    elif len(deltas) < keys:
+        deltas[key] = [delta]
 
 
 def _normalise(path: str) -> str:
