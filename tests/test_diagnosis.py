@@ -768,3 +768,38 @@ def test_holder_search_never_resolves_a_proxy(tracing: TracemallocSession, clear
     assert found is not None
     assert found.expression == f"{__name__}._HOARD"
     assert _PROXY is not None  # still unresolved: the module-level proxy was walked past
+
+
+_SERVER_LIBRARY = """
+_CACHE = []
+
+
+def parse(raw):
+    _CACHE.append(raw * 3)  # a server's own cache, refilled per request
+"""
+
+
+def _serve(parse: Callable[[str], None], kept: list[str]) -> None:
+    for i in range(200):
+        parse(f"GET /items/{i} HTTP/1.1" * 10)
+        kept.append(f"user-{i}" * 30)  # user-line
+
+
+def test_a_servers_own_allocations_never_lead_the_users_line(
+    tracing: TracemallocSession, tmp_path: Path
+) -> None:
+    """A bigger growth in a server's own code comes after the user's line."""
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "fakeserver_rg.py").write_text(_SERVER_LIBRARY)
+    spec = importlib.util.spec_from_file_location("fakeserver_rg", library / "fakeserver_rg.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kept: list[str] = []
+    before = tracing.snapshot()
+    _serve(module.parse, kept)
+    after = tracing.snapshot()
+    sites = diff_snapshots(before, after, limit=5)
+    assert (sites[0].filename, sites[0].lineno) == (__file__, _line_of("# user-line"))
+    assert sites[1].size_diff > sites[0].size_diff  # the server's, bigger, comes second

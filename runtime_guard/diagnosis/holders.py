@@ -47,6 +47,7 @@ __all__ = [
     "find_holder",
     "holder_index",
     "search_roots",
+    "young_share",
 ]
 
 Root = tuple[str, dict[str, Any]]
@@ -264,6 +265,35 @@ def holder_index(path: Sequence[object]) -> int:
         if size > best_size:
             best, best_size = i, size
     return max(best, 1)
+
+
+def young_share(holder: object, sample: int = 200) -> float | None:
+    """The share of ``holder``'s entries made since tracemalloc started, from up to
+    ``sample`` of them; call while tracemalloc traces. None for no entries.
+
+    An entry counts as new when it, or one of the objects it refers to directly, has a
+    traceback: a list or dict entry often comes from CPython's free lists, which tracemalloc
+    does not see, while its contents are fresh allocations.
+    """
+    cls = type(holder)
+    if issubclass(cls, dict):
+        entries: list[object] = list(dict.values(holder))  # type: ignore[arg-type]
+    elif issubclass(cls, (list, set, frozenset, collections.deque)):
+        entries = list(holder)  # type: ignore[call-overload]
+    else:
+        return None
+    if not entries:
+        return None
+    step = max(len(entries) // sample, 1)
+    picked = entries[::step][:sample]
+    traceback = _traceback_reader()
+    new = 0
+    for entry in picked:
+        if traceback(entry) is not None or any(
+            traceback(part) is not None for part in _children(entry)[:8]
+        ):
+            new += 1
+    return new / len(picked)
 
 
 def find_holder(

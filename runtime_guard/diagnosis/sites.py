@@ -124,7 +124,8 @@ def diff_snapshots(
     first frame outside the stdlib is one of those) is left out. Each traceback is then
     named by its line: the user's own where the traceback reaches it (never a server's or
     a framework's, nor the ``json`` or ``collections`` internals it called), and the
-    tracebacks of one line add up.
+    tracebacks of one line add up. Lines of the user's code come first, biggest first,
+    unless they are under a tenth of the biggest line.
     """
     patterns = tuple(exclude)
 
@@ -155,9 +156,19 @@ def diff_snapshots(
         line[1] += count
         if size > line[3]:  # the biggest of its tracebacks stands for the line
             line[2], line[3] = frames, size
+    # The user's lines lead: a server's or framework's own caches refill all the time (a
+    # URL parser's, a router's), and are no leak of the application's; they come first only
+    # where the user's biggest line is small beside them (a library leaking on its own).
+    biggest = max((line[0] for line in by_line.values()), default=0)
+
+    def rank(item: tuple[int, int, Line, tuple[Line, ...]]) -> tuple[bool, int]:
+        size, _, (filename, _lineno), _ = item
+        users = _frames.kind(filename) is _frames.FrameKind.USER and size * 10 >= biggest
+        return (users, size)
+
     ranked = sorted(
         ((size, count, where, frames) for where, (size, count, frames, _) in by_line.items()),
-        key=lambda item: item[0],
+        key=rank,
         reverse=True,
     )
     sites: list[AllocationSite] = []

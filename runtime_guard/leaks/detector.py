@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import diagnosis, relief, signals
+from runtime_guard import _frames, diagnosis, relief, signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard._units import format_duration, format_size
@@ -101,6 +101,8 @@ _ROUTE_POINTS = 900
 # windows (doubling), past the holders that did not grow.
 _CONFIRM_SHARE = 0.3
 _CONFIRM_ENTRIES = 6
+_YOUNG = 0.5
+_NO_HOLDER_TRIES = 3
 _RETRY_WINDOWS = 3
 
 
@@ -563,10 +565,20 @@ class LeakDetector(Component):
             watch = None
             if episode is not None and window.reason == "growth" and not requests:
                 watch = self._watch(found, final, window, sample)
-                if watch is None and episode.unconfirmed and not episode.published:
-                    # The holder found before did not grow and nothing else holds what the
-                    # line keeps: no leak to report; look again later.
-                    self._retry_later(episode, sample, "no other holder found")
+                if (
+                    watch is None
+                    and found.found is None
+                    and report.origin == "python"
+                    and not episode.published
+                    and episode.unconfirmed < _NO_HOLDER_TRIES
+                    and not (report.top_sites and _frames.is_user(report.top_sites[0].filename))
+                ):
+                    # What was kept was kept by a library's code, and nothing of the user's
+                    # holds it: a server's or framework's caches refilling in a young
+                    # process, or a holder that did not grow before. No report yet; if the
+                    # growth goes on, the next looks decide (and after a few, the report goes
+                    # out with its sites and without a holder).
+                    self._retry_later(episode, sample, "no holder of the growth found")
                     return
             if watch is not None:
                 self._confirm = watch
@@ -605,12 +617,15 @@ class LeakDetector(Component):
             expected = top.count_diff / seconds
         if expected <= 0:
             return None
-        # A window at least, as the floors are judged: a batch that is flushed now and then
-        # (a sawtooth) grows for a while too. Longer when entries come slowly, so that
-        # several are due; three windows at most.
+        # A window at least, as the floors are judged; longer when entries come slowly, so
+        # that several are due. A holder whose entries are mostly new (made in the
+        # diagnosis window) may be a batch flushed now and then, growing for a while like a
+        # leak: it is watched three windows, long enough to see a flush. A leak's holder
+        # has been growing for as long as the floors rose, so most of its entries are old.
         window_seconds = self._config.leak_window
+        least = 3 * window_seconds if (found.young or 0.0) > _YOUNG else window_seconds
         wait = min(
-            max(_CONFIRM_ENTRIES / expected, 2 * self._config.interval, window_seconds),
+            max(_CONFIRM_ENTRIES / expected, 2 * self._config.interval, least),
             3 * window_seconds,
         )
         # Counted from the next sample on: the sizing and the picture took time since this
@@ -685,6 +700,7 @@ class LeakDetector(Component):
                 )
                 return
             episode.report.holder = report.holder
+            report.detected_at = sample.wall  # when it is reported, after the watch
             self._signalled(episode, report, sample)
         self._publish(guard, report, sample.monotonic, force=False)
 

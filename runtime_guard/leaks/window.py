@@ -144,6 +144,8 @@ class Conclusion:
     chain: list[str] | None = None
     """A backwards referrer chain, when the forward search found nothing."""
     longest_step: float = 0.0
+    young: float | None = None
+    """Share of the holder's entries made during the window (its tracemalloc lifetime)."""
 
 
 def conclude(
@@ -180,6 +182,11 @@ def conclude(
                     pause=pause,
                     stats=stats,
                 )
+            if out.found is not None:
+                from runtime_guard.diagnosis.holders import young_share
+
+                with window.step("holder age"):
+                    out.young = young_share(out.found.path[out.found.holder])
     elif window.census is not None:
         with window.step("census"):
             census = diagnosis.type_census()
