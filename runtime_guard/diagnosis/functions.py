@@ -261,14 +261,14 @@ def _def_line(code: types.CodeType, lines: Sequence[str]) -> int:
     return first
 
 
-def function_at(filename: str, lineno: int) -> str:
+def function_at(filename: str, lineno: int, parse: bool = True) -> str:
     """The innermost function around ``lineno``; tracemalloc frames carry no names.
 
     Looked up in the code objects of the module loaded from ``filename``: a walk of its
     globals took 1.5 ms for ``redis/client.py`` where parsing the source took 20 ms, on the
     path of a failing leak test. A line that no reachable code object covers is left to
-    the parse: module-level code, a lambda that no global holds, a file no module was
-    loaded from.
+    the parse (module-level code, a lambda that no global holds, a file no module was
+    loaded from), unless ``parse`` is false: then it is ``"?"``.
     """
     try:
         modules = _modules_loaded_from(filename)
@@ -287,4 +287,4 @@ def function_at(filename: str, lineno: int) -> str:
                 best = (last - first, len(name), name)
         if best is not None:
             return best[2]
-    return parsed_function_at(filename, lineno)
+    return parsed_function_at(filename, lineno) if parse else "?"

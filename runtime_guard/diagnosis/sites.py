@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import linecache
+import time
 import tracemalloc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any
@@ -57,6 +58,9 @@ class AllocationSite:
             f"in {self.count_diff:+,} blocks"
         )
 
+
+# Work done between two pauses, when the caller passes a pause.
+_SLICE = 0.004
 
 Line = tuple[str, int]
 """A frame as tracemalloc's raw traces hold it: ``(filename, lineno)``."""
@@ -115,6 +119,9 @@ def diff_snapshots(
     after: tracemalloc.Snapshot,
     limit: int = 10,
     exclude: Sequence[str] = (),
+    *,
+    pause: Callable[[], None] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> list[AllocationSite]:
     """Return the ``limit`` allocation sites that grew most from ``before`` to ``after``.
 
@@ -126,7 +133,22 @@ def diff_snapshots(
     a framework's, nor the ``json`` or ``collections`` internals it called), and the
     tracebacks of one line add up. Lines of the user's code come first, biggest first,
     unless they are under a tenth of the biggest line.
+
+    ``pause`` is called every few milliseconds of work (a running server's guard lets its
+    requests take the GIL); a library's function is named only where its loaded code
+    objects name it, never by parsing its source on a server's time. ``stats`` receives
+    ``longest_slice``, the longest stretch between two pauses.
     """
+    longest = 0.0
+    slice_start = time.perf_counter()
+
+    def breathe() -> None:
+        nonlocal longest, slice_start
+        if pause is not None:
+            longest = max(longest, time.perf_counter() - slice_start)
+            pause()
+            slice_start = time.perf_counter()
+
     patterns = tuple(exclude)
 
     def keep(filename: str) -> bool:
@@ -136,12 +158,14 @@ def diff_snapshots(
 
     by_traceback: dict[tuple[Line, ...], list[int]] = {}
     for sign, snapshot in ((1, after), (-1, before)):
-        for trace in _raw_traces(snapshot):
+        for n, trace in enumerate(_raw_traces(snapshot)):
             totals = by_traceback.get(trace[2])
             if totals is None:
                 totals = by_traceback[trace[2]] = [0, 0]
             totals[0] += sign * trace[1]
             totals[1] += sign
+            if not n % 1024 and time.perf_counter() - slice_start >= _SLICE:
+                breathe()
     # One site per line: everything a line allocated, through whichever library calls
     # (a client's constructor makes dozens of objects in its own frames), counts for it.
     by_line: dict[Line, list[Any]] = {}
@@ -175,16 +199,19 @@ def diff_snapshots(
     for size, count, (filename, lineno), frames in ranked:
         if size <= 0 or len(sites) >= max(limit, 0):
             break
+        breathe()
         sites.append(
             AllocationSite(
                 filename=filename,
                 lineno=lineno,
-                function=function_at(filename, lineno),
+                function=function_at(filename, lineno, parse=_frames.is_user(filename)),
                 size_diff=size,
                 count_diff=count,
                 traceback=[_format_frame(f) for f in frames[:DEFAULT_FRAMES]],
             )
         )
+    if stats is not None:
+        stats["longest_slice"] = max(longest, time.perf_counter() - slice_start)
     return sites
 
 

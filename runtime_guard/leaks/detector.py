@@ -99,6 +99,9 @@ _ROUTE_POINTS = 900
 # allocated (a leak keeps all of them; an LRU at its bound keeps none), watched until a few
 # entries were due. Unconfirmed, the detector looks again after a back-off of this many
 # windows (doubling), past the holders that did not grow.
+# The regression's top route needs this many requests behind it to overrule tracemalloc's.
+_ROUTE_REGRESSION_REQUESTS = 200
+
 _CONFIRM_SHARE = 0.3
 _CONFIRM_ENTRIES = 6
 _YOUNG = 0.5
@@ -251,10 +254,10 @@ class LeakDetector(Component):
             else:
                 self._win_heap = min(self._win_heap, sample.heap_blocks)
                 self._win_rss = min(self._win_rss, sample.rss)
-        if self._diag is not None or self._confirm is not None:
+        if self._diag is not None or (self._confirm is not None and not self._requests):
             return
         episode = self._episode
-        wanted = episode is not None and episode.diagnose
+        wanted = episode is not None and episode.diagnose and self._confirm is None
         if not (wanted or self._requests):
             return
         if not looked:  # the suspicion is this sample's own
@@ -546,7 +549,7 @@ class LeakDetector(Component):
             )
             report.holder = holder
             report.holder_svg = svg
-            report.routes = self._rank_routes(report.metric, route_traced)
+            report.routes = self._rank_routes(route_traced)
             report.diagnosis_window_seconds = elapsed
             report.tracemalloc_seconds = traced
             report.heap_walk_seconds = time.perf_counter() - begun + window.steps.get("census", 0.0)
@@ -571,13 +574,16 @@ class LeakDetector(Component):
                     and report.origin == "python"
                     and not episode.published
                     and episode.unconfirmed < _NO_HOLDER_TRIES
-                    and not (report.top_sites and _frames.is_user(report.top_sites[0].filename))
+                    and (
+                        episode.unconfirmed > 0
+                        or not (report.top_sites and _frames.is_user(report.top_sites[0].filename))
+                    )
                 ):
-                    # What was kept was kept by a library's code, and nothing of the user's
-                    # holds it: a server's or framework's caches refilling in a young
-                    # process, or a holder that did not grow before. No report yet; if the
-                    # growth goes on, the next looks decide (and after a few, the report goes
-                    # out with its sites and without a holder).
+                    # Nothing of the user's holds what was kept, and either a library's code
+                    # kept it (a server's or framework's caches refilling in a young process)
+                    # or the holder found before did not grow (an LRU at its bound). No
+                    # report yet; if the growth goes on, the next looks decide (and after a
+                    # few, the report goes out with its sites and without a holder).
                     self._retry_later(episode, sample, "no holder of the growth found")
                     return
             if watch is not None:
@@ -617,13 +623,13 @@ class LeakDetector(Component):
             expected = top.count_diff / seconds
         if expected <= 0:
             return None
-        # A window at least, as the floors are judged; longer when entries come slowly, so
-        # that several are due. A holder whose entries are mostly new (made in the
-        # diagnosis window) may be a batch flushed now and then, growing for a while like a
-        # leak: it is watched three windows, long enough to see a flush. A leak's holder
-        # has been growing for as long as the floors rose, so most of its entries are old.
+        # Half a window at least (an LRU at its bound shows at once), longer when entries
+        # come slowly, so that several are due. A holder whose entries are mostly new (made
+        # in the diagnosis window) may be a batch flushed now and then, growing for a while
+        # like a leak: it is watched three windows, long enough to see a flush. A leak's
+        # holder has been growing for as long as the floors rose: most of its entries are old.
         window_seconds = self._config.leak_window
-        least = 3 * window_seconds if (found.young or 0.0) > _YOUNG else window_seconds
+        least = 3 * window_seconds if (found.young or 0.0) > _YOUNG else window_seconds / 2
         wait = min(
             max(_CONFIRM_ENTRIES / expected, 2 * self._config.interval, least),
             3 * window_seconds,
@@ -730,19 +736,29 @@ class LeakDetector(Component):
             from runtime_guard.diagnosis.graph import chain_svg
 
             label = str(holder).split(": ", 1)[-1] if holder.retained_bytes is not None else ""
+            pause()
             with window.step("graph"):
                 svg = chain_svg(found.path[1:], {id(target): label})
         except Exception:  # no picture is no reason to lose the report
             _log.debug("runtime_guard: no chain picture", exc_info=True)
         return holder, svg
 
-    def _rank_routes(
-        self, metric: str, traced: dict[str, list[int]] | None
-    ) -> list[_routes.RouteGrowth]:
-        if traced:
-            ranked = _routes.rank((), (), traced)
-            if ranked:
-                return ranked
+    def _rank_routes(self, traced: dict[str, list[int]] | None) -> list[_routes.RouteGrowth]:
+        by_trace = _routes.rank((), (), traced) if traced else []
+        by_counts = self._regression()
+        # tracemalloc's figures are exact where requests do not overlap, but a window holds
+        # a few tens of requests a route; the regression has minutes of them. Where the two
+        # name the same route first, or the regression has too few stretches to judge, the
+        # traced figures stand; where they disagree, the regression's longer view wins.
+        if by_trace and (
+            not by_counts
+            or by_counts[0].route == by_trace[0].route
+            or by_counts[0].requests < _ROUTE_REGRESSION_REQUESTS
+        ):
+            return by_trace
+        return by_counts or by_trace
+
+    def _regression(self) -> list[_routes.RouteGrowth]:
         # RSS takes every allocation, small and large, and the samples of the warm-up go:
         # a young process's caches and arenas grow with all its traffic alike, which the
         # regression would pin on whichever route happened to be busiest (measured: with
@@ -855,7 +871,7 @@ class LeakDetector(Component):
                 episode.report if episode is not None else self._since_start(latest)
             )
         report.reason = reason
-        report.routes = self._rank_routes(report.metric, None)
+        report.routes = self._rank_routes(None)
         report.diagnosis = (
             report.diagnosis
             if report.top_sites

@@ -165,8 +165,12 @@ def conclude(
         with window.step("snapshot"):
             after = session.snapshot()
         baseline = window.baseline or tracemalloc.Snapshot([], after.traceback_limit)
-        with window.step("sites"):
-            out.sites = diagnosis.diff_snapshots(baseline, after, limit=_TOP)
+        sliced: dict[str, float] = {}
+        with window.step("sites", sliced):
+            out.sites = diagnosis.diff_snapshots(
+                baseline, after, limit=_TOP, pause=pause, stats=sliced
+            )
+        pause()
         del after, baseline
         window.baseline = None
         if out.sites:
