@@ -93,8 +93,11 @@ def run(
             path = spec.path(rng)
         else:
             path = rng.choice(_ORDINARY).format(n=rng.randrange(1000), w=rng.getrandbits(20))
-        # Every target gets the same request at (nearly) the same moment.
-        for target in range(len(bases)):
+        # Every target gets the same request at (nearly) the same moment, in a random order:
+        # the first one queued would otherwise always get the CPU first.
+        order = list(range(len(bases)))
+        rng.shuffle(order)
+        for target in order:
             jobs.put((target, path, studied))
         n += 1
         next_at += rng.expovariate(rate)
