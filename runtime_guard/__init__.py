@@ -93,7 +93,7 @@ _HOMES = {
     "UnreleasedReport": "tracking.component",
     "enabled": "shedding",
     "feature": "shedding",
-    "get_guard": "_install",
+    "get_guard": "_current",
     "install": "_install",
     "limiter": "limiters",
     "live_objects": "tracking.registry",

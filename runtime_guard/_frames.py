@@ -28,7 +28,7 @@ import os
 import site
 import sysconfig
 
-__all__ = ["FrameKind", "is_library", "is_stdlib", "is_user", "kind"]
+__all__ = ["FrameKind", "is_library", "is_stdlib", "is_user", "kind", "library_directories"]
 
 
 class FrameKind(enum.IntEnum):
@@ -110,3 +110,11 @@ def is_library(filename: str) -> bool:
 def is_stdlib(filename: str) -> bool:
     """True for the standard library and generated code (not installed packages)."""
     return kind(filename) is FrameKind.STDLIB
+
+
+def library_directories() -> tuple[str, ...]:
+    """The directories whose files are not the user's (the stdlib, installed packages, the
+    guard), each ending in a separator, longest first: for showing a library file's path
+    from its package down."""
+    found = {*_STDLIB_DIRS, *_LIBRARY_DIRS, _GUARD_DIR}
+    return tuple(sorted(found, key=len, reverse=True))

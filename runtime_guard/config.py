@@ -121,6 +121,15 @@ def _seconds_or_off(value: Any) -> float | None:
     return _positive_float(value)
 
 
+def _level_or_off(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none")):
+        return None
+    try:
+        return level_name(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or 'off'") from None
+
+
 def _non_negative_seconds(value: Any) -> float:
     number = _float(value)
     if not number >= 0 or math.isinf(number):
@@ -225,6 +234,44 @@ class Config:
     )
     tracemalloc_frames: int = _opt(
         8, _count(1), "Frames kept per allocation when the guard starts tracemalloc."
+    )
+    # resources that run out before memory (runtime_guard.pools, .resources, .stuck, .looplag)
+    track_resources: bool = _opt(
+        True,
+        _bool,
+        "Watch pool checkouts (SQLAlchemy, psycopg_pool, redis) and record where threads and "
+        "asyncio tasks are started.",
+    )
+    checkout_warn_after: float = _opt(
+        30.0, _positive_float, "Seconds a pool checkout may be held before it is reported."
+    )
+    pool_exhausted_after: float = _opt(
+        5.0,
+        _positive_float,
+        "Seconds a pool may have waiters and no free connection before it is reported.",
+    )
+    resource_window: float = _opt(
+        30.0,
+        _positive_float,
+        "Seconds per window for threads, tasks and file descriptors; each window's minimum "
+        "is a floor, and four rising floors in a row are growth.",
+    )
+    resource_min_growth: int = _opt(
+        10,
+        _count(1),
+        "Least rise of the floor of threads, tasks or file descriptors over those windows "
+        "that is reported.",
+    )
+    loop_lag_threshold: float = _opt(
+        0.5,
+        _positive_float,
+        "Seconds an asyncio event loop may run a callback late before it is reported.",
+    )
+    loop_lag_pressure: str | None = _opt(
+        None,
+        _level_or_off,
+        "Pressure level the guard is at least at while the loop lag stays above "
+        "loop_lag_threshold (off: lag is not a pressure input).",
     )
 
     @classmethod

@@ -27,7 +27,7 @@ from runtime_guard._gcstats import GcStats
 from runtime_guard.config import Config
 from runtime_guard.history import History
 from runtime_guard.pressure import Pressure, PressureTracker
-from runtime_guard.probes import MemoryProbe, Reading
+from runtime_guard.probes import MemoryProbe, Reading, RuntimeProbe
 from runtime_guard.sample import Sample
 
 if TYPE_CHECKING:
@@ -66,9 +66,9 @@ class Probe(Protocol):
 class Guard:
     """Watches this process's memory and acts through its components and signals.
 
-    Use :func:`install` for the process-wide guard; constructing one directly (with
-    ``start=False``) gives a guard whose samples are taken only by calling :meth:`sample`,
-    which is what deterministic tests and the pytest plugin do.
+    Use :func:`install` for the process-wide guard. A guard constructed directly takes
+    samples only when :meth:`sample` is called, until :meth:`start` starts its sampler:
+    what deterministic tests and the pytest plugin use.
     """
 
     def __init__(
@@ -88,12 +88,15 @@ class Guard:
         self._tracker = PressureTracker(
             self.config.elevated, self.config.high, self.config.critical, self.config.hysteresis
         )
+        self._level = Pressure.OK
         self.history = History(self.config.history_size)
         """Recent samples, oldest first; bounded by ``history_size``."""
         # Held files close when the guard is collected, not at stop(): a host thread may
         # still call sample() on a guard another thread just uninstalled.
         # At exit the OS closes them; closing earlier would pull them from under the sampler.
         weakref.finalize(self, self._probe.close).atexit = False
+        self._runtime = RuntimeProbe()
+        weakref.finalize(self, self._runtime.close).atexit = False
         self._gc = GcStats()
         self._gc.install()
         self._dispatcher = Dispatcher(self)
@@ -110,6 +113,7 @@ class Guard:
         self._sample_failures = 0
         self._sample_error = ""
         self._closed = False
+        self._round_at = self._started
 
     # -- components -------------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class Guard:
     @property
     def pressure(self) -> Pressure:
         """The current pressure level."""
-        return self._tracker.level
+        return self._level
 
     @property
     def limit(self) -> int:
@@ -175,10 +179,13 @@ class Guard:
     def sample(self) -> Sample:
         """Take one reading now, record it, run the components and queue the signals."""
         reading = self._probe.read()
+        runtime = self._runtime.read()
         now = self.clock()
         with self._lock:
-            old = self._tracker.level
-            new = self._tracker.update(reading.fraction)
+            old = self._level
+            # A component may hold the level up for a reason other than memory (a lagging
+            # event loop); it says so through its pressure_floor after the previous sample.
+            new = self._level = max(self._tracker.update(reading.fraction), self._floor())
             sample = Sample(
                 monotonic=now,
                 wall=time.time(),
@@ -190,20 +197,28 @@ class Guard:
                 gc_counts=gc.get_count(),
                 gc_collections=self._gc.collections,
                 gc_pause=self._gc.pause,
-                threads=threading.active_count(),
+                threads=runtime.threads,
                 pressure=new,
+                tasks=runtime.tasks,
+                fds=runtime.fds,
+                loop_lag=runtime.loop_lag,
             )
             self.history.append(sample)
         for component in list(self._components):
             self._call(component, "on_sample", sample)
         if new != old:
-            _log.info("runtime_guard: pressure %s -> %s (%s)", old.name, new.name, sample)
             for component in list(self._components):
                 self._call(component, "on_pressure", old, new, sample)
         self._dispatcher.send(signals.sample_taken, sample=sample)
         if new != old:
             self._dispatcher.send(signals.pressure_changed, old=old, new=new, sample=sample)
         return sample
+
+    def _floor(self) -> Pressure:
+        floor = Pressure.OK
+        for component in self._components:
+            floor = max(floor, component.pressure_floor)
+        return floor
 
     # -- actions that components provide ---------------------------------------------
 
@@ -212,7 +227,7 @@ class Guard:
         (also ``None`` when leak detection is off)."""
         component = self.component("leaks")
         report = None if component is None else self._call(component, "check")
-        return report  # type: ignore[no-any-return]
+        return report
 
     def diagnose(
         self, reason: str = "on demand", timeout: float | None = None
@@ -278,6 +293,7 @@ class Guard:
                     _log.exception("runtime_guard: sample failed; retrying every interval")
             next_at += interval
             now = clock()
+            self._round_at = now
             delay = next_at - now
             # Fell behind (suspended, slow host, clock jumped ahead): skip, never catch up
             # in a burst. More than one interval ahead means the clock went back: waiting
@@ -287,6 +303,20 @@ class Guard:
                 delay = interval
             self._stop_event.wait(delay)
 
+    def sampler_status(self) -> tuple[str, float]:
+        """``(state, seconds since the sampler last ended a round)`` for liveness checks.
+
+        ``state`` is ``"running"``, ``"stopped"`` (never started, or stopped) or ``"dead"``
+        (its thread ended by itself). A round that fails to read memory still counts: the
+        sampler is alive, only blind. Reads two attributes; takes no lock.
+        """
+        thread = self._thread
+        if thread is None or self._stop_event.is_set():
+            state = "stopped"
+        else:
+            state = "running" if thread.is_alive() else "dead"
+        return state, self.clock() - self._round_at
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -295,6 +325,7 @@ class Guard:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop_event.clear()
+        self._round_at = self.clock()
         self._thread = threading.Thread(target=self._run, name="runtime-guard", daemon=True)
         self._thread.start()
 
@@ -327,7 +358,8 @@ class Guard:
         self._init_runtime_state()
         self._dispatcher.after_fork()
         self.history.clear()
-        self._tracker.level = Pressure.OK
+        self._tracker.level = self._level = Pressure.OK
+        self._runtime.reopen()
         self._probe.reopen()
         for component in list(self._components):
             self._call(component, "after_fork")
@@ -347,7 +379,7 @@ class Guard:
                 latest = self.sample()
             except Exception as exc:
                 return {"status": "unknown", "error": f"no memory reading: {exc}"}
-        level = self._tracker.level
+        level = self._level
         data: dict[str, Any] = {
             "status": "ok",
             "pressure": level.name.lower(),

@@ -1,5 +1,9 @@
 """Concurrency gates whose capacity shrinks with memory pressure and grows back after.
 
+A limiter declared with a ``deadline`` also notes each holder in
+:mod:`runtime_guard.stuck`, so one that holds its slot past the deadline is reported with
+where it is; without one, holding costs nothing more.
+
 One limiter serves threads and asyncio tasks (of any loop) at once: its state sits behind
 a plain ``threading.Lock`` held only for a few comparisons, never across a wait. Waiters
 queue in arrival order and a freed slot is handed to the first of them directly, so a
@@ -17,7 +21,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import _fork
+from runtime_guard import _fork, stuck
 from runtime_guard.pressure import Pressure, parse_level
 
 if TYPE_CHECKING:
@@ -118,6 +122,7 @@ class Limiter:
         limit: int,
         at: Mapping[Pressure, int],
         timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.name = name
         """The name shown in ``health()`` and errors."""
@@ -127,6 +132,10 @@ class Limiter:
         """Capacity from each level up (the strictest of the levels reached applies)."""
         self.timeout = timeout
         """Default seconds to wait for a slot (``None``: wait as long as it takes)."""
+        self.deadline = deadline
+        """Seconds a holder may keep its slot before ``work_stuck`` reports it (``None``:
+        never)."""
+        self._holds: dict[int, list[int]] = {}
         self._capacity = limit
         self._held = 0
         self._forgiven = 0
@@ -184,6 +193,33 @@ class Limiter:
             "waiters": len(self._waiters),
         }
 
+    # -- holders past the deadline --------------------------------------------------------
+
+    def _hold(self) -> None:
+        task = stuck.current_task()
+        key = threading.get_ident() if task is None else id(task)
+        token = stuck.default_registry.begin(f"limiter {self.name}", self.deadline or 0.0, task)
+        self._holds.setdefault(key, []).append(token)
+
+    def _unhold(self) -> None:
+        task = stuck.current_task()
+        key = threading.get_ident() if task is None else id(task)
+        tokens = self._holds.get(key)
+        if tokens:
+            token = tokens.pop()
+        else:
+            # Released by another thread or task than the one that acquired it: the slot
+            # held longest is the one given back (tokens grow, so each list's first).
+            oldest = min(((ts[0], k) for k, ts in list(self._holds.items()) if ts), default=None)
+            if oldest is None:
+                return
+            token, key = oldest
+            tokens = self._holds[key]
+            tokens.remove(token)
+        if not tokens:
+            self._holds.pop(key, None)
+        stuck.default_registry.end(token)
+
     # -- threads ----------------------------------------------------------------------
 
     def acquire(self, timeout: float | None = None) -> None:
@@ -194,22 +230,29 @@ class Limiter:
         with self._lock:
             if self._held < self._capacity and not self._waiters:
                 self._held += 1
+                if self.deadline is not None:
+                    self._hold()
                 return
             waiter = _ThreadWaiter()
             self._waiters.append(waiter)
         if timeout is None:
             timeout = self.timeout
         start = time.monotonic()
-        if waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
-            return
-        with self._lock:
-            if waiter.granted:  # handed a slot just as the wait ended: keep it
-                return
-            self._waiters.remove(waiter)
-        raise LimiterTimeout(self, time.monotonic() - start)
+        granted = waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+        if not granted:
+            with self._lock:
+                granted = waiter.granted  # handed a slot just as the wait ended: keep it
+                if not granted:
+                    self._waiters.remove(waiter)
+        if not granted:
+            raise LimiterTimeout(self, time.monotonic() - start)
+        if self.deadline is not None:
+            self._hold()
 
     def release(self) -> None:
         """Give a slot back; the first waiter (if capacity allows) gets it."""
+        if self.deadline is not None:
+            self._unhold()
         with self._lock:
             if self._held <= 0 and self._forgiven > 0:  # a slot taken before fork()
                 self._forgiven -= 1
@@ -239,8 +282,12 @@ class Limiter:
         with self._lock:
             if self._held < self._capacity and not self._waiters:
                 self._held += 1
+                if self.deadline is not None:
+                    self._hold()
                 return
         await self._wait_async(timeout)
+        if self.deadline is not None:
+            self._hold()
 
     async def _wait_async(self, timeout: float | None) -> None:
         asyncio = _aio or _asyncio()
@@ -281,8 +328,12 @@ class Limiter:
         with self._lock:
             if self._held < self._capacity and not self._waiters:
                 self._held += 1
+                if self.deadline is not None:
+                    self._hold()
                 return self
         await self._wait_async(None)
+        if self.deadline is not None:
+            self._hold()
         return self
 
     async def __aexit__(
@@ -299,6 +350,7 @@ class Limiter:
         self._lock = threading.Lock()
         self._waiters.clear()
         self._forgiven, self._held = self._held, 0
+        self._holds.clear()
 
     def __repr__(self) -> str:
         return (
@@ -337,25 +389,32 @@ class LimiterRegistry:
         """Whether capacities are at their tightest regardless of the level."""
 
     def declare(
-        self, name: str, limit: int, at: Mapping[Any, int] | None, timeout: float | None
+        self,
+        name: str,
+        limit: int,
+        at: Mapping[Any, int] | None,
+        timeout: float | None,
+        deadline: float | None = None,
     ) -> Limiter:
         """:func:`limiter` on this registry."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limiter {name!r}: limit must be a whole number >= 1, got {limit!r}")
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"limiter {name!r}: timeout must be seconds >= 0, got {timeout!r}")
+        deadline = stuck.check_deadline(deadline, f"limiter {name!r}")
         levels = _parse_at(DEFAULT_AT if at is None else at)
         with self._lock:
             existing = self._limiters.get(name)
             if existing is not None:
-                if (existing.limit, existing.at, existing.timeout) != (
+                if (existing.limit, existing.at, existing.timeout, existing.deadline) != (
                     limit,
                     dict(sorted(levels.items())),
                     timeout,
+                    deadline,
                 ):
                     raise ValueError(f"limiter {name!r} is already declared with other arguments")
                 return existing
-            created = Limiter(name, limit, levels, timeout)
+            created = Limiter(name, limit, levels, timeout, deadline)
             created.set_capacity(
                 created.tightest if self.emergency else created.capacity_for(self.level)
             )
@@ -399,13 +458,17 @@ def limiter(
     at: Mapping[Any, int] | None = None,
     *,
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> Limiter:
     """Declare (or return the already declared) limiter ``name``.
 
     ``at`` maps levels (``"high"``, ``Pressure.CRITICAL``, ...) to capacities, default
     ``{"high": 3, "critical": 1}``; a capacity is never above ``limit``. ``timeout`` is the
     default wait in seconds before :class:`LimiterTimeout` (``None``: no timeout).
+    ``deadline`` is how long a holder may keep its slot: one that holds it longer is
+    reported once by the installed guard, ``signals.work_stuck(task="limiter <name>",
+    seconds=..., stack=...)`` with where it is now (``None``: never).
     Declaring the same name again with the same arguments returns the same limiter (module
     reloads); with other arguments it raises ``ValueError``.
     """
-    return default_registry.declare(name, limit, at, timeout)
+    return default_registry.declare(name, limit, at, timeout, deadline)

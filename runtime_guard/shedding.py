@@ -411,7 +411,6 @@ class SheddingComponent(Component):
             item._hold_until = now + item.hold
             registry.shed.add(item.name)
             item.shed_count += 1
-            _log.warning("runtime_guard: feature %r shed at %s", item.name, self.level.name)
             registry.call(item.on_shed, item.name, "on_shed")
             guard.send(signals.feature_shed, feature=item, level=self.level)
         elif restore and not want_shed and item.name in registry.shed:
@@ -421,7 +420,6 @@ class SheddingComponent(Component):
                 return
             item._restored_at = now
             registry.shed.discard(item.name)
-            _log.warning("runtime_guard: feature %r restored at %s", item.name, self.level.name)
             registry.call(item.on_restore, item.name, "on_restore")
             guard.send(signals.feature_restored, feature=item, level=self.level)
 
@@ -459,11 +457,6 @@ class SheddingComponent(Component):
         )
         # The guard itself never exits: recycling belongs to a server integration that
         # receives the signal and can finish in-flight work first.
-        _log.warning(
-            "runtime_guard: restart requested: %s (%d receivers connected)",
-            reason,
-            len(list(signals.restart_requested.receivers_for(guard))),
-        )
         guard.send(signals.restart_requested, reason=reason)
 
     # -- reporting and lifecycle ------------------------------------------------------

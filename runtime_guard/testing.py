@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime_guard import _install, limiters, shedding
+from runtime_guard import _install, limiters, looplag, shedding, stuck
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
+from runtime_guard.pools import checkouts as pools
 from runtime_guard.probes import Reading
+from runtime_guard.tracking import registry as tracking
 
 __all__ = ["FakeProbe", "ManualClock", "make_guard", "reset"]
 
@@ -74,18 +76,28 @@ def make_guard(
     when done. Environment variables are ignored, so the test sees only ``options``.
     """
     guard = Guard(Config.from_options(options, environ={}), probe=probe or FakeProbe(), clock=clock)
-    _install.attach_components(guard)
+    try:
+        _install.attach_components(guard)
+    except BaseException:
+        guard.stop()  # the components attached before the failing one undo their hooks
+        raise
     return guard
 
 
 def reset() -> None:
     """Put the process back as it was before any guard: uninstall the process-wide guard,
-    restore every shed feature and forget the declared features, caches and limiters.
+    restore every shed feature and forget the declared features, caches and limiters;
+    untrack every tracked class (each is restored exactly) and forget the records, the
+    ``marker()`` and the warnings already logged; forget the pools seen and the runs with
+    a deadline in progress and the event-loop lag measured.
 
-    Tracked classes stay tracked (patching is process-wide); untrack them with
-    ``runtime_guard.tracking.untrack_all()`` where a test needs that. Call it in a fixture,
-    after each test that declares features or installs a guard.
+    Call it in a fixture, after each test that declares features, tracks classes or
+    installs a guard.
     """
     _install.uninstall()
     shedding.default_registry.clear()
     limiters.default_registry.clear()
+    tracking.default_registry.reset()
+    pools.default_registry.clear()
+    stuck.default_registry.clear()
+    looplag.default_monitor.forget()

@@ -8,6 +8,8 @@ import functools
 import gc
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from runtime_guard import ConfigError, LeakReport, diagnosis, signals
+from runtime_guard import ConfigError, LeakReport, _interpreter, diagnosis, relief, signals
 from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth, tracing
@@ -184,6 +186,10 @@ def _run(
 ) -> tuple[list[LeakReport], Guard]:
     """Drive ``step`` against a real guard for ``seconds``; return the reports it signalled."""
     gc.collect()
+    # Pages that earlier tests freed and glibc kept resident would absorb a buffer's growth
+    # for seconds without RSS moving (an 8 MB temporary before the buffer scenario did):
+    # each scenario starts from a trimmed heap, as in a process of its own.
+    relief.trim()
     rss = RssReader().read()
     config = Config.from_options({**_FAST, "memory_limit": rss * 10, **options}, environ={})
     guard = Guard(config)
@@ -373,6 +379,59 @@ def test_linear_heap_growth_reports_rate_duration_and_time_to_limit(feed: Any) -
     expected = (1000 * MB - report.usage_bytes) / (6 * MB) * 60
     assert report.time_to_limit_seconds == pytest.approx(expected, rel=0.05)
     assert f.guard.health()["suspected_leaks"][0]["metric"] == "heap"
+
+
+def test_without_a_heap_block_count_growth_is_judged_on_rss_and_said_so(
+    feed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the interpreter keeps no pymalloc block count, the heap figure decides nothing,
+    and an RSS suspicion says the growth may be Python objects, naming why."""
+    reason = "sys.getallocatedblocks() reads 0: pymalloc is not in use (PYTHONMALLOC=malloc)"
+    monkeypatch.setattr(_interpreter, "HEAP_BLOCKS_UNREAD", reason)
+    heap_only = feed()
+    heap_only.run(120, heap=_linear(100_000, 6 * MB / 80), rss=_flat(200 * MB))
+    assert heap_only.reports == []
+    rss = feed()
+    rss.run(120, heap=_flat(0), rss=_linear(200 * MB, 4 * MB))
+    assert [r.metric for r in rss.reports] == ["rss"]
+    assert reason in rss.reports[0].note and "Only RSS grows" not in rss.reports[0].note
+
+
+_UNREAD_LEAK = """
+import json, time
+import runtime_guard
+from runtime_guard import signals
+
+kept = []
+got = []
+signals.leak_suspected.connect(lambda sender, report: got.append(report), weak=False)
+guard = runtime_guard.install(**json.loads(OPTIONS))
+deadline = time.monotonic() + 30
+while not got and time.monotonic() < deadline:
+    for j in range(10):
+        kept.append([len(kept), j] * 20)
+    time.sleep(0.005)
+guard.flush_signals()
+print(json.dumps({"metric": got[0].metric, "note": got[0].note} if got else None))
+"""
+
+
+def test_without_pymalloc_a_python_leak_is_found_on_rss_and_not_called_native() -> None:
+    """Under PYTHONMALLOC=malloc a leak of Python lists is suspected on RSS, and the report
+    does not call the growth native: it says the small-object heap cannot be read."""
+    options = {**_FAST, "memory_limit": "64GB", "tracemalloc": "off"}
+    code = _UNREAD_LEAK.replace("OPTIONS", repr(json.dumps(options)))
+    environ = {**os.environ, "PYTHONMALLOC": "malloc"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report is not None, done.stderr
+    assert report["metric"] == "rss"
+    assert "the Python small-object heap cannot be read here" in report["note"], report
+    assert "PYTHONMALLOC=malloc" in report["note"]
+    assert "growth leaks are judged on RSS alone" in done.stderr
 
 
 def test_rss_only_growth_is_reported_as_rss(feed: Any) -> None:

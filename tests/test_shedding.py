@@ -351,13 +351,17 @@ def test_restart_requested_once_after_critical_persists(
 def test_restart_request_is_logged_and_nothing_drastic_happens(
     clocked: tuple[Guard, FakeProbe, ManualClock], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The request is logged; the guard itself neither exits nor raises."""
+    """The request is logged as an ERROR event; the guard itself neither exits nor raises."""
     guard, probe, clock = clocked
     with caplog.at_level(logging.WARNING, logger="runtime_guard"):
         _at(guard, probe, 0.99)
         clock.now += 31
         _at(guard, probe, 0.99)
-    assert any("restart requested" in r.getMessage() for r in caplog.records)
+        guard.flush_signals()
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "restart_requested"]
+    assert len(logged) == 1
+    assert "restart requested" in logged[0].getMessage()
+    assert logged[0].levelno == logging.ERROR
     assert guard.health()["restart_requested"] is True
     never = make_guard(FakeProbe(), relief=False, restart_after="off")
     assert never.config.restart_after is None

@@ -113,7 +113,7 @@ def _children(obj: object) -> list[object]:
         # into the type hierarchy, its ABC caches and its subclass lists.
         module = object.__getattribute__(obj, "__module__")
         if isinstance(module, str) and _user_module(module):
-            return list(type.__dict__["__dict__"].__get__(obj).values())  # type: ignore[attr-defined]
+            return list(type.__dict__["__dict__"].__get__(obj).values())
         return []
     if cls is types.FunctionType:
         function: types.FunctionType = obj  # type: ignore[assignment]

@@ -10,7 +10,7 @@ import time
 import tracemalloc
 import types
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from runtime_guard.diagnosis.census import type_name
@@ -76,7 +76,10 @@ _MAX_FRONTIER = 2000
 
 
 def referrer_chain(
-    target: object, max_depth: int = 8, time_budget: float = 0.5
+    target: object,
+    max_depth: int = 8,
+    time_budget: float = 0.5,
+    skip_module: Callable[[str], bool] | None = None,
 ) -> list[str] | None:
     """Return readable links from a module-level global down to ``target``, or None.
 
@@ -86,6 +89,8 @@ def referrer_chain(
     once per object, which on a large heap does not fit a time budget), and stops at the
     first module namespace it reaches, after ``max_depth`` levels, or when ``time_budget``
     seconds are spent. Frames are skipped: a local variable is not what keeps a leak alive.
+    Modules for which ``skip_module(name)`` is true are neither where a chain starts nor
+    on its way.
     """
     deadline = time.monotonic() + time_budget
     # Namespaces read without running any module's code (a lazily loaded module would
@@ -95,6 +100,7 @@ def referrer_chain(
         for name, module in list(sys.modules.items())
         if not name.startswith("runtime_guard") and (namespace := namespace_of(module)) is not None
     }
+    skipped = {key for key, name in module_dicts.items() if skip_module and skip_module(name)}
     # The search's own containers refer to the objects it visits; they must not become
     # part of a chain.
     down: dict[int, object] = {id(target): None}
@@ -113,7 +119,7 @@ def referrer_chain(
             own.add(id(next_level))
             for ref in referrers:
                 ref_id = id(ref)
-                if ref_id in own or ref_id in down or _bookkeeping(type(ref)):
+                if ref_id in own or ref_id in down or ref_id in skipped or _bookkeeping(type(ref)):
                     continue
                 child = next((c for c in gc.get_referents(ref) if id(c) in level_ids), None)
                 if child is None:

@@ -1,4 +1,12 @@
-"""What the WSGI, ASGI and Django middleware share: routes, shedding policy, health bodies."""
+"""What the WSGI, ASGI and Django middleware share: routes, shedding policy, health bodies.
+
+The probe routes mean what Kubernetes means: ``/livez`` fails only when the guard's
+sampler died or is stuck (never for memory), ``/readyz`` fails while the container should
+get no new requests (no live worker takes them: each is draining for a recycle, or at the
+level refusals start at), ``/health`` answers for this worker as a load balancer expects.
+``/readyz``, ``/health?detail=1`` and the status page answer for every live worker of the
+container (:mod:`runtime_guard.container`).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from runtime_guard import _install
+from runtime_guard import _current
 from runtime_guard.config import Config, ConfigError
+from runtime_guard.container import container_view
 from runtime_guard.diagnosis import roots
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
-from runtime_guard.integrations._health import public_health
+from runtime_guard.integrations._health import liveness, public_health, readiness
 from runtime_guard.leaks import routes as _routes
 from runtime_guard.pressure import Pressure, parse_level
 
@@ -32,10 +41,12 @@ __all__ = [
     "diagnose_response",
     "health_response",
     "is_loopback",
+    "live_response",
     "metrics_response",
     "missing_extra",
     "overloaded_body",
     "public_health",
+    "ready_response",
     "register_app",
     "split_options",
     "status_page_response",
@@ -46,6 +57,8 @@ _log = logging.getLogger("runtime_guard")
 MIDDLEWARE_OPTIONS = frozenset(
     (
         "health_path",
+        "live_path",
+        "ready_path",
         "shed_at",
         "retry_after",
         "exempt",
@@ -91,6 +104,10 @@ class Routes:
 
     health_path: str | None = "/health"
     """Answered with ``Guard.health()`` as JSON; ``None`` for no health route."""
+    live_path: str | None = "/livez"
+    """Kubernetes liveness: 503 only when the guard's sampler died or is stuck."""
+    ready_path: str | None = "/readyz"
+    """Kubernetes readiness: 503 while no live worker of the container takes requests."""
     shed_at: Pressure = Pressure.CRITICAL
     """From this level on, requests outside :attr:`exempt` get 503."""
     retry_after: int = 10
@@ -115,6 +132,8 @@ class Routes:
         cls,
         *,
         health_path: str | None = "/health",
+        live_path: str | None = "/livez",
+        ready_path: str | None = "/readyz",
         shed_at: str | int | Pressure = "critical",
         retry_after: int = 10,
         exempt: Iterable[str] = (),
@@ -131,7 +150,7 @@ class Routes:
         if isinstance(exempt, str):
             exempt = (exempt,)
         paths = {"health_path": health_path, "status_path": status_path}
-        paths["metrics_path"] = metrics_path
+        paths.update(metrics_path=metrics_path, live_path=live_path, ready_path=ready_path)
         paths["diagnose_path"] = diagnose_path
         for name, path in paths.items():
             if path is not None and not (isinstance(path, str) and path.startswith("/")):
@@ -147,6 +166,8 @@ class Routes:
         token = status_token.strip().encode("utf-8", "replace") if status_token else None
         return cls(
             health_path,
+            live_path,
+            ready_path,
             level,
             retry_after,
             prefixes,
@@ -160,8 +181,8 @@ class Routes:
     @property
     def own_paths(self) -> frozenset[str]:
         """Paths the middleware answers itself."""
-        paths = (self.health_path, self.status_path, self.metrics_path, self.diagnose_path)
-        return frozenset(p for p in paths if p)
+        paths = (self.health_path, self.live_path, self.ready_path, self.status_path)
+        return frozenset(p for p in (*paths, self.metrics_path, self.diagnose_path) if p)
 
     def allows(
         self, client: str | None, authorization: str | None, query: str, proxied: bool
@@ -188,12 +209,15 @@ class Routes:
         guard: Guard | None,
         allows: Callable[[], bool],
         accept: Callable[[], str | None],
+        query: str = "",
+        *,
         method: str = "GET",
     ) -> tuple[int, str, bytes]:
         """``(code, content type, body)`` for one of :attr:`own_paths`.
 
         ``allows`` and ``accept`` read the request (its access, its ``Accept`` header) only
-        for the routes that need them.
+        for the routes that need them; ``query`` is its query string (``detail=1`` asks
+        the health route for the whole health and the container view).
         """
         if path == self.diagnose_path:
             if method != "POST":
@@ -201,8 +225,16 @@ class Routes:
             if not allows():
                 return 403, "text/plain", FORBIDDEN
             return diagnose_response(guard, f"POST {path}")
+        if path == self.live_path:
+            code, body = live_response(guard)
+            return code, JSON, body
         if path == self.health_path:
-            code, body = health_response(guard, self.detail and allows())
+            asked = "detail=" in query and _flag(parse_qs(query).get("detail"))
+            detail = (self.detail or asked) and allows()
+            code, body = health_response(guard, detail, container=asked and detail)
+            return code, JSON, body
+        if path == self.ready_path:
+            code, body = ready_response(guard, self.shed_at)
             return code, JSON, body
         if path == self.metrics_path:
             return metrics_response(accept())
@@ -232,6 +264,8 @@ class MiddlewareBase:
         *,
         guard: Guard | None = None,
         health_path: str | None = "/health",
+        live_path: str | None = "/livez",
+        ready_path: str | None = "/readyz",
         shed_at: str | int | Pressure = "critical",
         retry_after: int = 10,
         exempt: Iterable[str] = (),
@@ -247,6 +281,8 @@ class MiddlewareBase:
         """The guard acted on; ``None`` means the process-wide one."""
         self.routes = Routes.make(
             health_path=health_path,
+            live_path=live_path,
+            ready_path=ready_path,
             shed_at=shed_at,
             retry_after=retry_after,
             exempt=exempt,
@@ -318,13 +354,23 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 def current_guard(guard: Guard | None) -> Guard | None:
     """The guard a middleware acts on: its own, else the process-wide one (a global read)."""
-    return guard if guard is not None else _install._guard
+    return guard if guard is not None else _current.guard
 
 
-# Health keys that are figures about the process; anything else a component adds (report
-# text, source lines, file paths, object reprs) stays out of the public body.
-def health_response(guard: Guard | None, detail: bool) -> tuple[int, bytes]:
-    """``(status code, JSON body)`` for the health route: 503 only when critical."""
+def _flag(values: list[str] | None) -> bool:
+    if not values:
+        return False
+    return values[-1].strip().lower() in ("1", "true", "yes", "on")
+
+
+def health_response(
+    guard: Guard | None, detail: bool, *, container: bool = False
+) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for the health route: 503 only when critical.
+
+    ``detail`` gives the whole ``Guard.health()`` instead of its figures; ``container``
+    adds the view of every live worker of the container under ``"container"``.
+    """
     if guard is None:
         return 200, b'{"status": "ok", "guard": "not installed"}'
     try:
@@ -333,7 +379,39 @@ def health_response(guard: Guard | None, detail: bool) -> tuple[int, bytes]:
         _log.exception("runtime_guard: health() failed; answering 500")
         return 500, b'{"status": "error"}'
     body = data if detail else public_health(data)
+    if container:
+        try:
+            body["container"] = container_view(guard).to_dict()
+        except Exception:
+            _log.exception("runtime_guard: could not read the container view")
     code = 503 if data.get("status") == "critical" else 200
+    return code, json.dumps(body, default=str).encode()
+
+
+def live_response(guard: Guard | None) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for ``/livez`` (see :func:`liveness`)."""
+    try:
+        code, body = liveness(guard)
+    except Exception:
+        # The guard's own failure is no reason to restart the container.
+        _log.exception("runtime_guard: liveness check failed; answering 200")
+        code, body = 200, {"status": "ok", "error": "liveness check failed"}
+    return code, json.dumps(body).encode()
+
+
+def ready_response(guard: Guard | None, shed_at: Pressure) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for ``/readyz`` (see :func:`readiness`)."""
+    workers = None
+    if guard is not None:
+        try:
+            workers = container_view(guard).workers
+        except Exception:
+            _log.exception("runtime_guard: could not read the container view")
+    try:
+        code, body = readiness(guard, shed_at, workers)
+    except Exception:
+        _log.exception("runtime_guard: readiness check failed; answering 200")
+        code, body = 200, {"ready": True, "status": "ready", "error": "readiness check failed"}
     return code, json.dumps(body, default=str).encode()
 
 
@@ -345,7 +423,7 @@ def overloaded_body(retry_after: int) -> bytes:
 def status_page_response(guard: Guard | None) -> tuple[int, str, bytes]:
     """``(code, content type, body)`` of the live status page, when its module exists."""
     try:
-        from runtime_guard.reports.statuspage import render_status_page  # type: ignore[import-not-found]
+        from runtime_guard.reports.statuspage import render_status_page
     except ImportError:
         return 404, "text/plain", b"status page not available in this version\n"
     if guard is None:

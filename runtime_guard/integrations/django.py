@@ -6,8 +6,8 @@
     RUNTIME_GUARD = {"memory_limit": "1GiB", "exempt": ["/admin"], "metrics_path": "/metrics"}
 
 The dict holds :func:`runtime_guard.install` options and the middleware's (``health_path``,
-``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``,
-``status_token``, ``diagnose_path``),
+``live_path``, ``ready_path``, ``shed_at``, ``retry_after``, ``exempt``, ``status_path``,
+``metrics_path``, ``detail``, ``status_token``, ``diagnose_path``),
 plus ``"install": False`` to leave installing to someone else (a gunicorn hook). The
 middleware works under WSGI and ASGI alike.
 """
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import runtime_guard
-from runtime_guard import _install
+from runtime_guard import _current
 from runtime_guard.integrations._http import (
     JSON,
     PROXY_HEADERS,
@@ -78,7 +78,7 @@ class GuardMiddleware:
             return early
         response = self.get_response(request)
         self._count(request)
-        return response  # type: ignore[no-any-return]
+        return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         early = self._early(request)
@@ -86,7 +86,7 @@ class GuardMiddleware:
             return early
         response = await self.get_response(request)
         self._count(request)
-        return response  # type: ignore[no-any-return]
+        return response
 
     def _count(self, request: HttpRequest) -> None:
         """Route attribution: the URL pattern Django resolved, else the raw path."""
@@ -107,7 +107,7 @@ class GuardMiddleware:
             return self._answer(path, request)
         # The whole per-request cost: a global read, one attribute and one comparison, no
         # lock (inlined rather than calling current_guard(): a call costs as much again).
-        guard = self.guard if self.guard is not None else _install._guard
+        guard = self.guard if self.guard is not None else _current.guard
         if (
             guard is not None
             and guard.pressure >= self._shed_at
@@ -128,7 +128,8 @@ class GuardMiddleware:
             current_guard(self.guard),
             lambda: self._allows(request),
             lambda: request.headers.get("Accept"),
-            request.method or "GET",
+            request.META.get("QUERY_STRING", ""),
+            method=request.method or "GET",
         )
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"

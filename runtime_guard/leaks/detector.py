@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard import _frames, diagnosis, relief, signals
+from runtime_guard import _frames, _interpreter, diagnosis, relief, signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen
 from runtime_guard._units import format_duration, format_size
@@ -182,6 +182,11 @@ class LeakDetector(Component):
             )
         self._config = config
         self._clock: Clock = clock or time.monotonic
+        if _interpreter.HEAP_BLOCKS_UNREAD is not None:
+            _log.warning(
+                "runtime_guard: growth leaks are judged on RSS alone: %s",
+                _interpreter.HEAP_BLOCKS_UNREAD,
+            )
         self._lock = threading.Lock()
         self._always: TracemallocSession | None = None
         if config.tracemalloc == "always":
@@ -359,6 +364,8 @@ class LeakDetector(Component):
         heap = [h for _, h, _ in floors]
         rss = [r for _, _, r in floors]
         for metric, values, scale in (("heap", heap, _BYTES_PER_BLOCK), ("rss", rss, 1)):
+            if metric == "heap" and _interpreter.HEAP_BLOCKS_UNREAD is not None:
+                continue  # a count the interpreter does not keep judges nothing
             if not sustained_growth(values, n, per_window * _MIN_STEP_SHARE / scale):
                 continue
             # The typical recent step must reach the minimum rate on its own: a floor that
@@ -811,7 +818,7 @@ class LeakDetector(Component):
         if report_dir and (force or now - self._last_file >= _REPORT_FILE_SECONDS):
             self._last_file = now
             report.path = write_report(report_dir, "leak", report.to_dict())
-        _log.warning("runtime_guard: %s", report)
+        # The report itself is logged by the guard's event log, at ERROR, with its fields.
         if report.path:
             _log.warning("runtime_guard: leak report written to %s", report.path)
         guard.send(signals.leak_suspected, report=report)
@@ -1031,9 +1038,12 @@ def _note(report: LeakReport, found: Conclusion, window: Window, sample: Sample)
             "every recent window."
         )
     else:
+        unread = _interpreter.HEAP_BLOCKS_UNREAD
         parts.append(
-            "RSS's floor rose in every recent window. Without tracemalloc in the diagnosis, "
-            "large Python objects cannot be told from native memory."
+            "RSS's floor rose in every recent window"
+            + (f"; the Python small-object heap cannot be read here ({unread})" if unread else "")
+            + ". Without tracemalloc in the diagnosis, large Python objects cannot be told "
+            "from native memory."
         )
     if window.skipped:
         parts.append(window.skipped + ".")

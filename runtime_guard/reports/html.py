@@ -19,6 +19,7 @@ from runtime_guard.reports.view import (
     LeakView,
     Point,
     ReportView,
+    ResourcesView,
     UnreleasedView,
     fmt_bytes,
     read_view,
@@ -39,6 +40,10 @@ _MARKERS: dict[str, tuple[str, str, str]] = {
     "shed": ("#d35400", "S", "feature shed"),
     "restore": ("#27ae60", "+", "feature restored"),
     "recycle": ("#c0392b", "⟳", "recycle requested"),
+    "pool": ("#6c5ce7", "P", "connection held / pool exhausted"),
+    "stuck": ("#b33939", "!", "work stuck"),
+    "loop": ("#e17055", "E", "event loop blocked"),
+    "growth": ("#0984e3", "G", "threads, tasks or fds piling up"),
 }
 
 _CSS = """
@@ -428,6 +433,34 @@ def _unreleased_section(view: UnreleasedView) -> str:
     return "".join(parts)
 
 
+def _resources_section(view: ResourcesView) -> str:
+    parts = ['<section id="resources"><h2>Pools, threads, tasks and stuck work</h2>']
+    if view.summary:
+        parts.append(_kv_table(view.summary, "resources-summary"))
+    if view.pools:
+        parts.append(
+            '<h3>Pools</h3><table id="pools"><tr><th>pool</th><th class=num>in use</th>'
+            "<th class=num>waiting</th><th class=num>held too long</th>"
+            "<th class=num>oldest checkout</th></tr>"
+        )
+        parts.extend(
+            f"<tr><td><code>{escape(name)}</code></td><td class=num>{escape(in_use)}</td>"
+            f"<td class=num>{escape(waiting)}</td><td class=num>{escape(held)}</td>"
+            f"<td class=num>{escape(oldest)}</td></tr>"
+            for name, in_use, waiting, held, oldest in view.pools
+        )
+        parts.append("</table>")
+    if view.reports:
+        parts.append(
+            '<h3>Reports</h3><table id="resource-reports"><tr><th>kind</th><th>where</th>'
+            "<th class=num></th><th>what</th></tr>"
+        )
+        parts.extend(_client_row(row) for row in reversed(view.reports))
+        parts.append("</table>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def render_view(view: ReportView, refresh: float | None = None) -> str:
     """Render a checked :class:`ReportView`; ``refresh`` seconds makes the page reload itself."""
     head = [
@@ -458,6 +491,8 @@ def render_view(view: ReportView, refresh: float | None = None) -> str:
         body.append(_leak_section(leak, i, len(view.leaks)))
     if view.unreleased is not None:
         body.append(_unreleased_section(view.unreleased))
+    if view.resources is not None:
+        body.append(_resources_section(view.resources))
     if view.relief:
         table = _kv_table(view.relief, "relief-table")
         body.append(f'<section id="relief"><h2>Relief</h2>{table}</section>')

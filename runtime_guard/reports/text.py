@@ -99,6 +99,17 @@ def render_view_text(view: ReportView) -> str:
             for row in unrel.sites[:10]:
                 detail = f" ({row.detail})" if row.detail else ""
                 lines.append(f"    {row.count:>6}  {row.type_name} at {row.site}{detail}")
+    if view.resources is not None:
+        res = view.resources
+        lines += ["", "Pools, threads, tasks and stuck work", *_table(res.summary)]
+        for name, in_use, waiting, held, oldest in res.pools:
+            lines.append(
+                f"  {name}: {in_use} in use, {waiting} waiting, {held} held too long, "
+                f"oldest checkout {oldest}"
+            )
+        for row in res.reports[-10:]:
+            lines.append(f"  {row.type_name:<7} {row.detail}")
+            lines += [f"          {frame}" for frame in row.stack[-4:]]
     if view.relief:
         lines += ["", "Relief", *_table(view.relief)]
     if view.events:

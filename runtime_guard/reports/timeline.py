@@ -2,7 +2,8 @@
 
 The :class:`Timeline` component listens to the guard's own signals and keeps the recent
 events (pressure changes, leak suspicions, relief, features shed and restored, recycle
-requests) and the latest leak and unreleased reports in bounded buffers. :func:`snapshot`
+requests, connections held too long and exhausted pools, stuck work, a blocked event loop,
+piling threads, tasks and descriptors) and the latest reports in bounded buffers. :func:`snapshot`
 joins them with the sample history into one JSON-ready dict, the input of
 :mod:`runtime_guard.reports.html`, :mod:`runtime_guard.reports.text` and the live status page.
 With ``report_dir`` set, each pressure episode (from leaving OK until back at OK) is also
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_EVENTS",
     "MAX_LEAKS",
     "MAX_POINTS",
+    "MAX_RESOURCE_REPORTS",
     "MAX_TYPES",
     "Timeline",
     "sample_point",
@@ -43,6 +45,9 @@ MAX_LEAKS = 3
 
 MAX_TYPES = 50
 """Tracked types whose latest unreleased report is kept."""
+
+MAX_RESOURCE_REPORTS = 50
+"""Reports on pools, stuck work, the event loop and piling threads kept, newest last."""
 
 MAX_POINTS = 600
 """Samples put in a snapshot at most; longer histories are thinned evenly (the last kept)."""
@@ -60,6 +65,10 @@ def sample_point(sample: Sample) -> dict[str, Any]:
         "rss": sample.rss,
         "fraction": round(sample.usage_fraction, 5),
         "pressure": sample.pressure.name.lower(),
+        "threads": sample.threads,
+        "tasks": sample.tasks,
+        "fds": sample.fds,
+        "loop_lag": None if sample.loop_lag is None else round(sample.loop_lag, 4),
     }
 
 
@@ -111,6 +120,7 @@ class Timeline(Component):
             (signals.feature_shed, self._on_shed),
             (signals.feature_restored, self._on_restored),
             (signals.restart_requested, self._on_restart),
+            *self._resource_receivers(),
         ]
         for signal, receiver in self._receivers:
             signal.connect(receiver, sender=guard, weak=False)
@@ -166,6 +176,61 @@ class Timeline(Component):
     def _on_restart(self, guard: Guard, **payload: Any) -> None:
         self.record("recycle", f"recycle requested: {payload.get('reason', '')}")
 
+    # -- resources that run out before memory (pools, threads and tasks, stuck work, loop)
+
+    def _resource_receivers(self) -> list[tuple[Any, Any]]:
+        self._resources: deque[dict[str, Any]] = deque(maxlen=MAX_RESOURCE_REPORTS)
+        return [
+            (signals.checkout_held, self._on_checkout_held),
+            (signals.pool_exhausted, self._on_pool_exhausted),
+            (signals.work_stuck, self._on_work_stuck),
+            (signals.loop_blocked, self._on_loop_blocked),
+            (signals.resources_growing, self._on_resources_growing),
+        ]
+
+    def _keep_resource(self, kind: str, label: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._resources.append({"kind": kind, "label": label, **data})
+        self.record(kind, label)
+
+    def _on_checkout_held(self, guard: Guard, **payload: Any) -> None:
+        site, seconds = payload.get("site"), payload.get("seconds") or 0.0
+        label = f"connection of {payload.get('pool')} held {seconds:.0f} s, from {site}"
+        to_dict = getattr(site, "to_dict", None)
+        stack = to_dict().get("stack", []) if callable(to_dict) else []
+        self._keep_resource("pool", label, {"site": str(site), "stack": stack})
+
+    def _on_pool_exhausted(self, guard: Guard, **payload: Any) -> None:
+        holders = list(payload.get("holders") or [])
+        sites = [str(getattr(h, "site", h)) for h in holders]
+        label = (
+            f"pool {payload.get('pool')} exhausted: {payload.get('in_use')} in use, "
+            f"{payload.get('waiting')} waiting"
+        )
+        self._keep_resource("pool", label, {"site": sites[0] if sites else "", "stack": sites})
+
+    def _on_work_stuck(self, guard: Guard, **payload: Any) -> None:
+        stack = list(payload.get("stack") or [])
+        label = f"{payload.get('task')} stuck for {payload.get('seconds') or 0.0:.0f} s"
+        self._keep_resource("stuck", label, {"site": stack[-1] if stack else "", "stack": stack})
+
+    def _on_loop_blocked(self, guard: Guard, **payload: Any) -> None:
+        lag, callback = payload.get("lag") or 0.0, payload.get("callback")
+        label = f"event loop {lag * 1000:.0f} ms late" + (
+            f", blocked by {callback}" if callback else ""
+        )
+        stack = list(payload.get("stack") or [])
+        self._keep_resource("loop", label, {"site": callback or "", "stack": stack})
+
+    def _on_resources_growing(self, guard: Guard, **payload: Any) -> None:
+        report = payload.get("report")
+        data = _as_dict(report)
+        top = (data.get("sites") or [{}])[0]
+        label = _first_line(report, "resources growing")
+        self._keep_resource(
+            "growth", label, {"site": top.get("site", ""), "stack": top.get("stack", [])}
+        )
+
     def on_pressure(self, guard: Guard, old: Pressure, new: Pressure, sample: Sample) -> None:
         if old == Pressure.OK and new > Pressure.OK:
             self._episode_start = sample.monotonic
@@ -182,6 +247,7 @@ class Timeline(Component):
             self.latest.clear()
             self._unreleased.clear()
             self._leaks.clear()
+            self._resources.clear()
         self._episode_start = None
 
     def close(self, guard: Guard) -> None:
@@ -197,6 +263,8 @@ class Timeline(Component):
                 latest["unreleased"] = {"types": dict(self._unreleased)}
             if self._leaks:
                 latest["leaks"] = list(self._leaks)
+            if self._resources:
+                latest["resources"] = list(self._resources)
             return list(self.events), latest
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "Point",
     "ReportError",
     "ReportView",
+    "ResourcesView",
     "RouteRow",
     "SiteRow",
     "TypeRow",
@@ -35,7 +36,19 @@ MAX_ROWS = 50
 MAX_FRAMES = 30
 MAX_TEXT = 2000
 MAX_SVG = 64 * 1024
-MARKER_KINDS = ("leak", "unreleased", "relief", "shed", "restore", "recycle", "pressure")
+MARKER_KINDS = (
+    "leak",
+    "unreleased",
+    "relief",
+    "shed",
+    "restore",
+    "recycle",
+    "pressure",
+    "pool",
+    "stuck",
+    "loop",
+    "growth",
+)
 
 
 class ReportError(ValueError):
@@ -189,6 +202,17 @@ class UnreleasedView:
 
 
 @dataclass
+class ResourcesView:
+    """Pools, threads, tasks, descriptors, stuck work and the event loop."""
+
+    summary: list[tuple[str, str]]
+    pools: list[tuple[str, str, str, str, str]]
+    """Per pool: name, in use (of size), waiting, held too long, oldest checkout."""
+    reports: list[ClientRow]
+    """The latest reports: what, where, how long, and their stacks."""
+
+
+@dataclass
 class ReportView:
     """Everything a renderer draws, already checked and capped."""
 
@@ -202,6 +226,7 @@ class ReportView:
     unreleased: UnreleasedView | None = None
     relief: list[tuple[str, str]] = field(default_factory=list)
     health: list[tuple[str, str]] = field(default_factory=list)
+    resources: ResourcesView | None = None
     status: str = ""
 
 
@@ -503,6 +528,55 @@ _BYTE_KEYS = frozenset({"usage_before", "usage_after", "rss_before", "rss_after"
 _SECOND_KEYS = frozenset({"duration", "uptime_seconds"})
 
 
+def _resources(health: dict[str, Any], reports: list[Any]) -> ResourcesView | None:
+    figures = _dict(health.get("resources"))
+    loop = _dict(health.get("event_loop"))
+    stuck = _list(health.get("stuck_work"), MAX_ROWS)
+    summary = [
+        (name, _fmt_count(_num(figures.get(name))))
+        for name in ("threads", "tasks", "fds")
+        if _num(figures.get(name)) is not None
+    ]
+    growing = _list(figures.get("growing"), 5)
+    if growing:
+        summary.append(("growing", ", ".join(_text(g, 20) for g in growing)))
+    lag = _num(loop.get("lag_seconds"))
+    if lag is not None:
+        summary.append(("event loop lag", f"{lag * 1000:.0f} ms"))
+    if stuck:
+        summary.append(("work past its deadline", str(len(stuck))))
+    pools = []
+    for name, raw in list(_dict(health.get("pools")).items())[:MAX_ROWS]:
+        pool = _dict(raw)
+        size = _num(pool.get("size"))
+        in_use = _fmt_count(_num(pool.get("in_use")))
+        waiting = _num(pool.get("waiting"))
+        pools.append(
+            (
+                _text(name, 200),
+                in_use if size is None else f"{in_use} of {_fmt_count(size)}",
+                "?" if waiting is None or waiting < 0 else _fmt_count(waiting),
+                _fmt_count(_num(pool.get("held_too_long"))),
+                format_duration(_num(pool.get("oldest_checkout_seconds"))),
+            )
+        )
+    rows = []
+    for raw in reports[-MAX_ROWS:]:
+        item = _dict(raw)
+        rows.append(
+            ClientRow(
+                type_name=_text(item.get("kind"), 20),
+                site=_text(item.get("site"), 300),
+                count="",
+                detail=_text(item.get("label"), 300),
+                stack=[_text(f, 300) for f in _list(item.get("stack"), MAX_FRAMES)],
+            )
+        )
+    if not (summary or pools or rows):
+        return None
+    return ResourcesView(summary, pools, rows)
+
+
 def read_view(data: Any, live: bool = False) -> ReportView:
     """Read a report dict (as saved, or from :func:`runtime_guard.reports.timeline.snapshot`)."""
     if not isinstance(data, dict):
@@ -537,6 +611,7 @@ def read_view(data: Any, live: bool = False) -> ReportView:
     view.relief = _flat(relief, _RELIEF_KEYS)
     health = _dict(data.get("health"))
     view.health = _flat(health, _HEALTH_KEYS)
+    view.resources = _resources(health, _list(data.get("resources"), MAX_ROWS))
     view.status = _text(health.get("status"), 20)
     if kind == "episode" and view.points:
         # An episode is judged by its worst moment, not by the health at its end.

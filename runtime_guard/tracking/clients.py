@@ -1,23 +1,20 @@
-"""Known client classes, how each is released, and the import hook that reaches them.
+"""Known client classes and how each is released.
 
 A client is tracked from the moment its module finishes importing, whether that happened
-before the guard was installed (patched at once) or after (patched by :class:`ImportWatcher`
-right after the module body ran). The watcher answers every other import with one dict
-lookup and removes itself once nothing it waits for is left.
+before the guard was installed or after (see :mod:`runtime_guard.tracking.imports`).
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-__all__ = ["CLIENTS", "ClientSpec", "Companion", "ImportWatcher", "watcher"]
+# The watcher and resolve() lived here in 0.1; code written then imports them from here.
+from runtime_guard.tracking.imports import ImportWatcher, resolve, watcher
+
+__all__ = ["CLIENTS", "ClientSpec", "Companion", "ImportWatcher", "resolve", "watcher"]
 
 
 def _owns_redis_pool(client: Any) -> bool:
@@ -125,122 +122,3 @@ CLIENTS: tuple[ClientSpec, ...] = (
     ClientSpec("socket.socket", "socket", "socket", ("close", "detach"), _owns_socket),
 )
 """Every client tracked by default (``track_clients=True``) once its package is imported."""
-
-
-def resolve(module: ModuleType, attr: str) -> Any:
-    """Return ``module.attr``, following dots in ``attr``; ``None`` when missing."""
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-class _Loader(importlib.abc.Loader):
-    """Runs the real loader, then the callbacks; everything else goes to the real loader."""
-
-    def __init__(self, loader: Any, on_loaded: Callable[[ModuleType], None]) -> None:
-        self._loader = loader
-        self._on_loaded = on_loaded
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)  # type: ignore[no-any-return]
-
-    def exec_module(self, module: ModuleType) -> None:
-        # The module keeps its real loader, so introspection (resources, inspect) after
-        # the import sees exactly what it would have seen without the guard.
-        try:
-            module.__loader__ = self._loader
-            if module.__spec__ is not None:
-                module.__spec__.loader = self._loader
-        except AttributeError:
-            pass
-        self._loader.exec_module(module)
-        self._on_loaded(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class ImportWatcher(importlib.abc.MetaPathFinder):
-    """Calls back when a watched module has been imported; other imports pass through."""
-
-    def __init__(self) -> None:
-        self._callbacks: dict[str, list[Callable[[ModuleType], None]]] = {}
-        self._lock = threading.RLock()
-        self._local = threading.local()
-
-    def watch(self, module: str, callback: Callable[[ModuleType], None]) -> None:
-        """Call ``callback(module)`` once ``module`` is imported (now, if it already is)."""
-        loaded = sys.modules.get(module)
-        if loaded is not None and getattr(loaded, "__spec__", None) is not None:
-            initializing = getattr(loaded.__spec__, "_initializing", False)
-            if not initializing:
-                callback(loaded)
-                return
-        with self._lock:
-            self._callbacks.setdefault(module, []).append(callback)
-            if self not in sys.meta_path:
-                sys.meta_path.insert(0, self)
-
-    def watching(self) -> Sequence[str]:
-        """Modules still waited for."""
-        return sorted(self._callbacks)
-
-    def clear(self) -> None:
-        """Forget every callback and leave ``sys.meta_path`` as it was."""
-        with self._lock:
-            self._callbacks.clear()
-            self._detach()
-
-    def _detach(self) -> None:
-        while self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self._callbacks:
-            return None
-        if getattr(self._local, "busy", False):
-            return None
-        self._local.busy = True
-        try:
-            spec = self._real_spec(fullname, path, target)
-        finally:
-            self._local.busy = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _Loader(spec.loader, self._loaded)
-        return spec
-
-    def _real_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None
-    ) -> importlib.machinery.ModuleSpec | None:
-        for finder in list(sys.meta_path):
-            if finder is self:
-                continue
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                return spec  # type: ignore[no-any-return]
-        return None
-
-    def _loaded(self, module: ModuleType) -> None:
-        with self._lock:
-            callbacks = self._callbacks.pop(module.__name__, [])
-            if not self._callbacks:
-                self._detach()
-        for callback in callbacks:
-            callback(module)
-
-
-watcher = ImportWatcher()
-"""The process's one watcher, shared by known clients and ``track("dotted.name")``."""

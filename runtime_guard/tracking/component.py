@@ -19,43 +19,18 @@ from runtime_guard import signals
 from runtime_guard._component import Component
 from runtime_guard._trend import sustained_growth, theil_sen, window_minima
 from runtime_guard.reports.files import write_report
-from runtime_guard.tracking.registry import (
-    Counts,
-    TrackedInstance,
-    counts,
-    disable_known_clients,
-    enable_known_clients,
-    entry_summary,
-    is_tracked,
-    live_objects,
-    marker,
-    track,
-    tracked_names,
-    unreleased_since,
-    untrack,
-    untrack_all,
-)
+from runtime_guard.tracking.registry import Counts, TrackingRegistry, default_registry
 
 if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
 __all__ = [
-    "TrackedInstance",
+    "Floors",
     "TrackingComponent",
     "UnreleasedReport",
     "build_report",
-    "disable_known_clients",
-    "enable_known_clients",
-    "is_tracked",
     "judge_growth",
-    "live_objects",
-    "marker",
-    "track",
-    "tracked_names",
-    "unreleased_since",
-    "untrack",
-    "untrack_all",
 ]
 
 _log = logging.getLogger("runtime_guard")
@@ -84,6 +59,47 @@ def judge_growth(points: Sequence[tuple[float, float]], window: float) -> float 
         return None
     slope = theil_sen(minima[-(GROWTH_WINDOWS + 1) :])
     return slope * 60.0 if slope > 0 else None
+
+
+class Floors:
+    """The minimum of each window of ``window`` seconds, for the last few windows."""
+
+    def __init__(self, window: float, keep: int = GROWTH_WINDOWS + 1) -> None:
+        self.window = window
+        self.floors: deque[tuple[float, float]] = deque(maxlen=keep)
+        """``(window end, minimum)`` of the last complete windows, oldest first."""
+        self._end: float | None = None
+        self._low: float | None = None
+
+    def add(self, at: float, value: float) -> bool:
+        """Fold in one value; True when it closed a window (a new floor is in)."""
+        end = self._end
+        if end is not None and at < end:  # the common case: one comparison more
+            low = self._low
+            if low is None or value < low:
+                self._low = value
+            return False
+        if end is None:
+            self._end = at + self.window
+            self._low = value
+            return False
+        self.floors.append((end, self._low if self._low is not None else value))
+        # Windows without a sample (a suspended process) leave no floor.
+        while at >= end:
+            end += self.window
+        self._end, self._low = end, value
+        return True
+
+    def growth(self, min_rise: float) -> tuple[float, float] | None:
+        """``(rise, per minute)`` when each floor rose over the one before and the floors
+        rose by ``min_rise`` in all, else ``None``."""
+        values = [v for _, v in self.floors]
+        if not sustained_growth(values, GROWTH_WINDOWS):
+            return None
+        rise = values[-1] - values[-(GROWTH_WINDOWS + 1)]
+        if rise < min_rise:
+            return None
+        return rise, theil_sen(list(self.floors)) * 60.0
 
 
 @dataclass
@@ -157,10 +173,15 @@ class UnreleasedReport:
 
 
 def build_report(
-    name: str, reasons: Sequence[str], growth: float | None = None
+    name: str,
+    reasons: Sequence[str],
+    growth: float | None = None,
+    *,
+    registry: TrackingRegistry | None = None,
 ) -> UnreleasedReport | None:
-    """Build the report for tracked type ``name`` now (``None`` if it is not tracked)."""
-    summary = entry_summary(name)
+    """Build the report for tracked type ``name`` now (``None`` if it is not tracked in
+    ``registry``, by default the process's)."""
+    summary = (registry or default_registry).entry_summary(name)
     if summary is None:
         return None
     return UnreleasedReport(
@@ -179,12 +200,15 @@ def build_report(
     )
 
 
-@dataclass
 class _TypeState:
-    points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=200))
-    collected: int = 0
-    episode: bool = False
-    quiet: int = 0
+    __slots__ = ("collected", "episode", "floors", "growth", "quiet")
+
+    def __init__(self, window: float, collected: int) -> None:
+        self.floors = Floors(window)
+        self.growth: float | None = None
+        self.collected = collected
+        self.episode = False
+        self.quiet = 0
 
 
 class TrackingComponent(Component):
@@ -192,26 +216,32 @@ class TrackingComponent(Component):
 
     name = "tracking"
 
-    def __init__(self, track_clients: bool = True) -> None:
+    def __init__(
+        self, track_clients: bool = True, *, registry: TrackingRegistry | None = None
+    ) -> None:
+        self.registry = registry or default_registry
+        """The tracked classes this component judges (the process's unless given)."""
         self.track_clients = track_clients
         """Whether the known clients were switched on by this component."""
         self._states: dict[str, _TypeState] = {}
-        self._baseline = {name: c.collected_unreleased for name, c in counts().items()}
+        self._baseline = {
+            name: c.collected_unreleased for name, c in self.registry.counts().items()
+        }
         self.reports: deque[UnreleasedReport] = deque(maxlen=20)
         """The last reports sent, newest last."""
         if track_clients:
-            enable_known_clients()
+            self.registry.enable_known_clients()
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         window = WINDOW_SAMPLES * guard.config.interval
-        for name, figures in counts().items():
+        for name, figures in self.registry.counts().items():
             state = self._states.get(name)
             if state is None:
                 # Types tracked after the guard started count from zero; older ones from
                 # what they had when it started, so old collections are not news.
                 start = self._baseline.get(name, 0)
-                state = self._states[name] = _TypeState(collected=start)
-            reasons, growth = self._judge(figures, state, sample.monotonic, window)
+                state = self._states[name] = _TypeState(window, start)
+            reasons, growth = self._judge(figures, state, sample.monotonic)
             if reasons:
                 state.quiet = 0
                 if not state.episode:
@@ -223,18 +253,16 @@ class TrackingComponent(Component):
                     state.episode = False
 
     @staticmethod
-    def _judge(
-        figures: Counts, state: _TypeState, now: float, window: float
-    ) -> tuple[list[str], float | None]:
+    def _judge(figures: Counts, state: _TypeState, now: float) -> tuple[list[str], float | None]:
         reasons: list[str] = []
         if figures.max_live is not None and figures.live > figures.max_live:
             reasons.append("max_live")
-        state.points.append((now, float(figures.unreleased)))
-        # Four strict rises from zero need at least four unreleased instances: most types
-        # never get there, and their sample costs no trend fit.
-        growth = None
-        if figures.unreleased >= GROWTH_WINDOWS:
-            growth = judge_growth(state.points, window)
+        # The trend is fitted once per window, when a floor comes in; in between the last
+        # judgement holds (a fit on every sample cost 40 us with a few types tracked).
+        if state.floors.add(now, float(figures.unreleased)):
+            found = state.floors.growth(0.0)
+            state.growth = None if found is None or found[1] <= 0 else found[1]
+        growth = state.growth
         if growth is not None:
             reasons.append("growing")
         collected = figures.collected_unreleased
@@ -244,13 +272,12 @@ class TrackingComponent(Component):
         return reasons, growth
 
     def _report(self, guard: Guard, name: str, reasons: list[str], growth: float | None) -> None:
-        report = build_report(name, reasons, growth)
+        report = build_report(name, reasons, growth, registry=self.registry)
         if report is None:
             return
         if guard.config.report_dir:
             report.path = write_report(guard.config.report_dir, "unreleased", report.to_dict())
         self.reports.append(report)
-        _log.warning("runtime_guard: unreleased objects: %s", report)
         guard.send(signals.unreleased_objects, report=report)
 
     def health(self, guard: Guard) -> dict[str, Any]:
@@ -261,7 +288,7 @@ class TrackingComponent(Component):
                     "unreleased": figures.unreleased,
                     "collected_unreleased": figures.collected_unreleased,
                 }
-                for name, figures in counts().items()
+                for name, figures in self.registry.counts().items()
                 if figures.created
             }
         }
@@ -271,4 +298,4 @@ class TrackingComponent(Component):
 
     def close(self, guard: Guard) -> None:
         self._states.clear()
-        untrack_all()
+        self.registry.untrack_all()

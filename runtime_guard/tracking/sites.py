@@ -27,6 +27,7 @@ _MAX_INTERNED = 10_000
 # The frame classifier's cache, read directly on the construction hook's path.
 _kinds = _frames.cache
 _USER = _frames.FrameKind.USER
+_LIBRARY = _frames.FrameKind.LIBRARY
 
 
 class Site:
@@ -106,8 +107,9 @@ _UNKNOWN = Site(())
 def capture(skip: int = 1) -> Site:
     """Return the :class:`Site` of the caller ``skip`` frames up (1: the caller's caller).
 
-    The site starts at the first frame outside library code, or at the nearest frame when
-    the whole stack is library code (a thread a library started, say).
+    The site starts at the first frame outside library code; when the whole stack is
+    library code (a thread a library started, say) at the first installed package's frame,
+    else at the nearest frame.
     """
     # Hand-unrolled and keyed by ``id(code)`` and ``f_lasti``: hashing a code object and
     # computing ``f_lineno`` each cost more than the rest together (measured: 1.4 us with
@@ -133,7 +135,10 @@ def capture(skip: int = 1) -> Site:
 
 
 def _first_outside_library(frame: FrameType) -> FrameType:
-    first: FrameType | None = frame
+    # No user frame at all (a web server's own task, a pool's worker thread): the first
+    # installed package's frame names more than the standard library's machinery does.
+    first: FrameType = frame
+    library: FrameType | None = None
     walk: FrameType | None = frame
     kinds = _kinds
     while walk is not None:
@@ -143,9 +148,10 @@ def _first_outside_library(frame: FrameType) -> FrameType:
             kind = _frames.kind(filename)
         if kind is _USER:
             return walk
+        if library is None and kind is _LIBRARY:
+            library = walk
         walk = walk.f_back
-    assert first is not None
-    return first
+    return first if library is None else library
 
 
 def _make(key: tuple[int, ...], frame: FrameType | None) -> Site:

@@ -365,6 +365,7 @@ def test_sqlalchemy_engine_is_released_by_dispose(tmp_path: Path, watch: Watch) 
 _HOOK_SCRIPT = textwrap.dedent(
     """
     import json, sys
+    from importlib.machinery import PathFinder
     import requests                      # imported before the guard
     import runtime_guard
     from runtime_guard.tracking.clients import watcher
@@ -379,7 +380,7 @@ _HOOK_SCRIPT = textwrap.dedent(
     out = {
         "requests": data["requests.Session"]["live"],
         "httpx": data["httpx.Client"]["live"],
-        "watcher_first": before[0] is watcher,
+        "watcher_first": before.index(watcher) < before.index(PathFinder),
         "csv_loader": spec_loader,
     }
     a.close(); b.close()

@@ -115,3 +115,23 @@ def test_interned_site_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
         found.append(eval(code, {"capture": capture}))
     assert len(_sites._interned) == _sites._MAX_INTERNED
     assert [site.filename for site in found] == [f"/srv/app/interned_{i}.py" for i in range(20)]
+
+
+def test_an_all_library_stack_is_named_at_the_first_installed_package() -> None:
+    """With no user frame at all, the first installed package's frame is named rather than
+    the standard library's machinery beneath it (a server's own thread, say)."""
+    import site
+    import threading
+
+    namespace: dict[str, Any] = {"capture": capture}
+    stdlib = os.path.join(sysconfig.get_paths()["stdlib"], "rg_machinery.py")
+    source = "def make():\n    return capture(0)\ndef run(f, out):\n    out.append(f())\n"
+    exec(compile(source, stdlib, "exec"), namespace)  # like asyncio's create_task
+    package = os.path.join(site.getsitepackages()[0], "rg_server.py")
+    exec(compile("def serve():\n    return make()\n", package, "exec"), namespace)
+    out: list[Site] = []
+    thread = threading.Thread(target=namespace["run"], args=(namespace["serve"], out))
+    thread.start()
+    thread.join()
+    assert out[0].filename == package
+    assert out[0].function == "serve"
