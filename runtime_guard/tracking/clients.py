@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime_guard import _frames
+
 # The watcher and resolve() lived here in 0.1; code written then imports them from here.
 from runtime_guard.tracking.imports import ImportWatcher, resolve, watcher
 
@@ -24,12 +26,13 @@ def _owns_redis_pool(client: Any) -> bool:
 
 
 # What servers do with sockets: accept connections, listen (asyncio's create_server,
-# uvicorn's and gunicorn's binding) and wake their loops (socketpair). A socket made there is
-# the server's own, never a client the application forgot to close.
+# uvicorn's and gunicorn's binding) and wake their loops (asyncio's self-pipe). A socket made
+# there is the server's own, never a client the application forgot to close.
 _SERVER_CALLS = frozenset(
-    {"accept", "create_server", "socketpair", "_make_self_pipe", "bind_socket", "create_sockets"}
+    {"accept", "create_server", "_make_self_pipe", "bind_socket", "create_sockets"}
 )
 _SOCKET_FRAMES = 8
+_LIBRARY = _frames.FrameKind.LIBRARY
 
 
 def _owns_socket(sock: Any) -> bool:
@@ -38,8 +41,16 @@ def _owns_socket(sock: Any) -> bool:
     for _ in range(_SOCKET_FRAMES):
         if frame is None:
             break
-        if frame.f_code.co_name in _SERVER_CALLS:
+        name = frame.f_code.co_name
+        if name in _SERVER_CALLS:
             return False
+        if name == "socketpair":
+            # A pair an installed library makes for itself (a loop's or a pool's wake-up
+            # pair: anyio, kombu, billiard) is its own; one made for the application's code,
+            # directly or through a thread pool, is the application's to close.
+            caller = frame.f_back
+            if caller is not None and _frames.kind(caller.f_code.co_filename) is _LIBRARY:
+                return False
         frame = frame.f_back
     return True
 
