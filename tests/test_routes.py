@@ -168,6 +168,19 @@ def test_traced_growth_goes_to_the_request_that_ends_next_within_one_epoch(
     assert counts.traced == {"/b": [100], "/a/{}": [5000, 200]}
 
 
+def test_a_window_closed_early_on_a_fast_leak_still_ranks_its_route_first() -> None:
+    """A route with only a few traced requests that kept most of the window's growth is
+    ranked, first; a route with as few that kept little is not."""
+    traced = {
+        "/": [1200, 900, 1300, 1100, 1000],
+        "/work/<int:n>": [102_400, 102_500, 102_450],
+        "/health": [300, 200],
+    }
+    ranked = rank((), (), traced)
+    assert [r.route for r in ranked] == ["/work/<int:n>", "/"]
+    assert ranked[0].requests == 3 and 100_000 < ranked[0].bytes_per_request < 105_000
+
+
 def test_traced_ranking_puts_the_leaking_route_first_despite_outliers() -> None:
     """Each route's trimmed mean ranks it: a clean route's one huge request does not win."""
     rng = random.Random(3)

@@ -346,10 +346,18 @@ def rank(
     Otherwise they come from :func:`fit` on ``points``.
     """
     if traced:
+        # A window that closed early on a fast leak holds a few requests of each route; a
+        # route with fewer than ``min_requests`` still counts when its requests alone kept
+        # most of what the window saw (two at least: one request is not a rate).
+        kept = sum(max(sum(deltas), 0) for deltas in traced.values())
         rows = [
             (route, len(deltas), _trimmed_mean(deltas))
             for route, deltas in traced.items()
-            if len(deltas) >= min_requests and route != OTHER
+            if route != OTHER
+            and (
+                len(deltas) >= min_requests
+                or (len(deltas) >= 2 and kept > 0 and sum(deltas) * 2 >= kept)
+            )
         ]
         method = "traced"
     else:
