@@ -810,3 +810,24 @@ def test_a_servers_own_allocations_never_lead_the_users_line(
     sites = diff_snapshots(before, after, limit=5)
     assert (sites[0].filename, sites[0].lineno) == (__file__, _line_of("# user-line"))
     assert sites[1].size_diff > sites[0].size_diff  # the server's, bigger, comes second
+
+
+def test_young_share_counts_entries_made_since_tracing_started() -> None:
+    """A holder whose entries were half made before tracemalloc started reads about half
+    young; one of entries all made before reads none; an empty one reads None."""
+    from runtime_guard.diagnosis.holders import young_share
+
+    was_tracing = tracemalloc.is_tracing()
+    if was_tracing:
+        pytest.skip("tracemalloc already runs: every entry would be traced")
+    old = {f"old{i}": bytearray(1000) for i in range(300)}
+    tracemalloc.start(1)
+    try:
+        mixed = dict(old)
+        mixed.update({f"new{i}": bytearray(1000) for i in range(300)})
+        share = young_share(mixed)
+        assert share is not None and 0.4 <= share <= 0.6
+        assert young_share(list(old.values())) == 0.0
+        assert young_share({}) is None
+    finally:
+        tracemalloc.stop()
