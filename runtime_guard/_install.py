@@ -21,6 +21,7 @@ from runtime_guard.config import Config
 from runtime_guard.container import ContainerPublisher
 from runtime_guard.events import EventLog
 from runtime_guard.guard import Guard
+from runtime_guard.leaks import ondemand
 from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.looplag import LoopLagComponent
 from runtime_guard.pools.component import PoolComponent
@@ -111,7 +112,8 @@ def install(**options: Any) -> Guard:
             from runtime_guard.integrations.uwsgi import at_install
 
             at_install(guard)
-        return guard
+    ondemand.install_signal(guard)
+    return guard
 
 
 def uninstall() -> None:
@@ -119,6 +121,7 @@ def uninstall() -> None:
     with _install_lock:
         guard, _current.guard = _current.guard, None
     if guard is not None:
+        ondemand.uninstall_signal()
         guard.stop()
 
 
@@ -134,6 +137,7 @@ def _at_exit() -> None:
     # are being torn down.
     guard = _current.guard
     if guard is not None:
+        ondemand.uninstall_signal()
         guard.stop_threads(0.5)
 
 

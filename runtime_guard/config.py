@@ -219,13 +219,18 @@ class Config:
         60.0, _non_negative_seconds, "Seconds after start before floors count (warm-up)."
     )
     leak_diagnosis_window: float = _opt(
-        20.0, _positive_float, "Seconds between the two snapshots of a leak diagnosis."
+        20.0,
+        _positive_float,
+        "Most seconds a leak diagnosis traces; it ends sooner once it saw 256 KiB kept.",
     )
     leak_repeat_after: float = _opt(
         3600.0, _positive_float, "Seconds after which a leak that goes on is reported again."
     )
     tracemalloc_duty_cycle: float = _opt(
-        0.05, _fraction, "Most share of wall time tracemalloc may run on demand."
+        0.05,
+        _fraction,
+        "Most share of wall time tracemalloc may run for repeat diagnoses (never stops "
+        "the first one of a leak, nor one asked for).",
     )
     tracemalloc_frames: int = _opt(
         8, _count(1), "Frames kept per allocation when the guard starts tracemalloc."

@@ -211,18 +211,23 @@ class ContainerPublisher(Component):
             if page is None:
                 return
         now = sample.monotonic
-        # Shedding, relief and the status follow the level: a new level is published whole,
-        # and so is whatever a signal said changed (see _changed).
-        if self._dirty or now >= self._slow_due or sample.pressure != self._level:
-            self._level = sample.pressure
-            self._write_health(guard, page.map, now)
-        floats, words = page.floats, page.words
-        floats[_UPDATED] = sample.wall
-        words[_RSS] = sample.rss
-        words[_USAGE] = sample.usage
-        words[_LIMIT] = sample.limit
-        floats[_FRACTION] = sample.usage_fraction
-        words[_LEVEL] = sample.pressure
+        # Under the lock, so that remove() (at exit, on another thread) never unmaps the page
+        # between here and the last store: a store to a released view raises.
+        with self._lock:
+            if self._page is not page:
+                return
+            # Shedding, relief and the status follow the level: a new level is published
+            # whole, and so is whatever a signal said changed (see _changed).
+            if self._dirty or now >= self._slow_due or sample.pressure != self._level:
+                self._level = sample.pressure
+                self._write_health(guard, page.map, now)
+            floats, words = page.floats, page.words
+            floats[_UPDATED] = sample.wall
+            words[_RSS] = sample.rss
+            words[_USAGE] = sample.usage
+            words[_LIMIT] = sample.limit
+            floats[_FRACTION] = sample.usage_fraction
+            words[_LEVEL] = sample.pressure
 
     def _changed(self, sender: object, **_: object) -> None:
         # On the signal thread, after the signal's other receivers may or may not have run
@@ -318,9 +323,12 @@ class ContainerPublisher(Component):
         self.remove()
 
     def remove(self) -> None:
-        """Leave the view: unmap and delete this process's file (never raises)."""
-        page, self._page = self._page, None
-        path, self.path = self.path, None
+        """Leave the view: unmap and delete this process's file (never raises); a sample
+        after it publishes nothing."""
+        with self._lock:
+            page, self._page = self._page, None
+            path, self.path = self.path, None
+            self._disabled = True
         if page is not None:
             with contextlib.suppress(Exception):
                 page.close()

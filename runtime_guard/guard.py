@@ -229,6 +229,26 @@ class Guard:
         report = None if component is None else self._call(component, "check")
         return report
 
+    def diagnose(
+        self, reason: str = "on demand", timeout: float | None = None
+    ) -> LeakReport | None:
+        """Diagnose the process's growth now and write the report (``report_dir``, the log).
+
+        Traces for a diagnosis window on the sampler thread whatever the duty cycle, and
+        waits for it (up to ``timeout`` seconds); the report names the top lines, their
+        holder and the routes. ``reason`` says who asked ("SIGUSR2", "recycle: ..."). None
+        when leak detection is off or no sample was taken.
+        """
+        component = self.component("leaks")
+        diagnose = getattr(component, "diagnose", None)
+        if diagnose is None:
+            return None
+        try:
+            return diagnose(self, reason, timeout)  # type: ignore[no-any-return]
+        except Exception:
+            _log.exception("runtime_guard: diagnose(%r) failed", reason)
+            return None
+
     def relieve(self) -> ReliefResult:
         """Run relief now (full GC, then ``malloc_trim`` on glibc); returns a ``ReliefResult``."""
         return relief.relieve(self)

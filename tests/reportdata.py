@@ -7,6 +7,8 @@ from typing import Any
 
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth
 from runtime_guard.leaks import LeakReport
+from runtime_guard.leaks.report import Holder
+from runtime_guard.leaks.routes import RouteGrowth
 from runtime_guard.pressure import Pressure
 from runtime_guard.reports.timeline import sample_point
 from runtime_guard.sample import Sample
@@ -83,7 +85,14 @@ def leak_report_object(site_file: str = "/srv/app/views.py") -> LeakReport:
         diagnosis_window_seconds=20.0,
         tracemalloc_seconds=20.0,
         heap_walk_seconds=0.3,
-        note="The Python heap's floor rose in every recent window.",
+        note="tracemalloc saw Python code keep 2.1 MiB in 1.0 min.",
+        origin="python",
+        traced_bytes_per_min=2_050_000.0,
+        holder=Holder("app.views._cache", "dict", "list", 502, 48_200_000, 64),
+        routes=[
+            RouteGrowth("/users/<id>", 800, 5600.0, 0.97, "traced"),
+            RouteGrowth("/", 2400, 60.0, 0.03, "traced"),
+        ],
     )
 
 

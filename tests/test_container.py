@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -375,3 +376,34 @@ def test_a_forked_child_publishes_under_its_own_pid(tmp_path: Path) -> None:
     child = next(line for line in lines if "child" in line)
     parent = next(line for line in lines if "parent" in line)
     assert sorted(child["seen"]) == sorted([child["child"], parent["parent"]])
+
+
+def test_a_sample_racing_the_exit_removal_neither_raises_nor_publishes_again(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The file's removal at exit, on another thread while a sample publishes, waits for
+    the sample; the sample neither writes to an unmapped page nor makes the file again."""
+    probe, clock = FakeProbe(), ManualClock()
+    guard = make_guard(probe, clock)
+    publisher = ContainerPublisher(str(tmp_path), process_wide=False, slow_refresh=0)
+    try:
+        publisher.on_sample(guard, guard.sample())
+        assert list(tmp_path.iterdir())
+        health = container.worker_health
+        removal = threading.Thread(target=publisher.remove)
+
+        def health_then_exit(g: Any) -> dict[str, Any]:
+            # The exit's removal starts while the sample is between its writes.
+            removal.start()
+            removal.join(timeout=1.0)
+            return health(g)
+
+        monkeypatch.setattr(container, "worker_health", health_then_exit)
+        clock.now += 1
+        publisher.on_sample(guard, guard.sample())
+        removal.join()
+        clock.now += 1
+        publisher.on_sample(guard, guard.sample())
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        guard.stop()

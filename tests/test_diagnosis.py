@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import importlib.util
 import json
@@ -10,6 +11,7 @@ import json.decoder
 import linecache
 import sys
 import textwrap
+import threading
 import tracemalloc
 import types
 import uuid
@@ -502,3 +504,330 @@ def test_function_at_never_runs_a_lazily_loaded_module(tmp_path: Path) -> None:
         assert not ran.exists()
     finally:
         sys.modules.pop(name, None)
+
+
+# -- sites by the user's line, the holder, its size, its picture ---------------------------
+
+
+_CLIENT_LIBRARY = """
+class Client:
+    def __init__(self):
+        self.headers = {"User-Agent": "x" * 300}
+        self.pool = [bytearray(256) for _ in range(4)]
+        self.session = Pool()
+
+
+class Pool:
+    def __init__(self):
+        self.connections = [dict(id=i) for i in range(3)]
+"""
+
+
+def _make_clients(client_class: type, kept: list[object]) -> None:
+    for _ in range(300):
+        kept.append(client_class())  # client-line
+
+
+def test_diff_adds_up_every_traceback_of_one_line(
+    tracing: TracemallocSession, tmp_path: Path
+) -> None:
+    """A library constructor's allocations, in frames of its own, count for the user's line."""
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "fakeclient_rg.py").write_text(_CLIENT_LIBRARY)
+    spec = importlib.util.spec_from_file_location("fakeclient_rg", library / "fakeclient_rg.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kept: list[object] = []
+    before = tracing.snapshot()
+    _make_clients(module.Client, kept)
+    after = tracing.snapshot()
+    sites = diff_snapshots(before, after, limit=5)
+    top = sites[0]
+    assert (top.filename, top.lineno) == (__file__, _line_of("# client-line"))
+    assert top.size_diff >= 300 * (300 + 4 * 256)
+    # Every one of its tracebacks went into that one site.
+    assert sum(site.lineno == top.lineno for site in sites) == 1
+
+
+_HOARD: dict[str, bytes] = {}
+_RECENT: collections.deque[object] = collections.deque()
+
+
+class _Limiter:
+    hits: list[tuple[int, str]] = []  # noqa: RUF012 - the class attribute that grows
+
+
+_CALLBACKS: collections.defaultdict[str, list[Callable[[], object]]] = collections.defaultdict(list)
+
+
+def _remember(i: int) -> None:
+    _HOARD[f"request-{i}"] = b"%d" % i * 2000  # hoard-line
+
+
+def _hit(i: int) -> None:
+    note = f"client-{i}" * 200  # hit-line
+    _Limiter.hits.append((i, note))
+
+
+def _register(i: int) -> None:
+    snapshot = [f"{i}:{n}".ljust(40) for n in range(20)]  # callback-line
+
+    def notify() -> object:
+        return snapshot
+
+    _CALLBACKS["paid"].append(notify)
+
+
+@pytest.fixture
+def cleared() -> Iterator[None]:
+    yield
+    _HOARD.clear()
+    _Limiter.hits.clear()
+    _CALLBACKS.clear()
+    _RECENT.clear()
+
+
+@pytest.mark.parametrize(
+    ("grow", "marker", "expression"),
+    [
+        (_remember, "# hoard-line", f"{__name__}._HOARD"),
+        (_hit, "# hit-line", f"{__name__}._Limiter.hits"),
+        (_register, "# callback-line", f"{__name__}._CALLBACKS['paid']"),
+    ],
+)
+def test_holder_search_finds_the_growing_collection(
+    tracing: TracemallocSession,
+    cleared: None,
+    grow: Callable[[int], None],
+    marker: str,
+    expression: str,
+) -> None:
+    """Forward from the user's modules: a global dict, a class attribute, a closure registry."""
+    from runtime_guard.diagnosis.holders import find_holder
+
+    for i in range(300):
+        grow(i)
+    found = find_holder((__file__, _line_of(marker)), seconds=_BUDGET)
+    assert found is not None
+    assert found.expression == expression
+    assert found.links[0].startswith(expression.split("[", maxsplit=1)[0].rsplit(".", 1)[0])
+
+
+def test_holder_search_finds_what_only_the_app_object_holds(
+    tracing: TracemallocSession,
+) -> None:
+    """A cache kept on an application object no module holds is found from its registration."""
+    from runtime_guard.diagnosis import roots
+    from runtime_guard.diagnosis.holders import find_holder
+
+    class App:
+        def __init__(self) -> None:
+            self.extensions: dict[str, list[object]] = {"recent": []}
+
+    app = App()
+    roots.register(app, "shop_app")
+    for i in range(200):
+        app.extensions["recent"].append({"id": i, "body": f"{i}" * 500})  # app-line
+    found = find_holder((__file__, _line_of("# app-line")), seconds=_BUDGET)
+    assert found is not None
+    assert found.expression == "shop_app.extensions['recent']"
+
+
+def test_holder_search_never_goes_through_abc_caches_or_weak_references(
+    tracing: TracemallocSession, cleared: None
+) -> None:
+    """Objects also held by weak references and ABC registries are found through the data."""
+    import abc
+    import weakref
+
+    class Registry(abc.ABC):  # noqa: B024 - only a registry of virtual subclasses
+        pass
+
+    keep = weakref.WeakValueDictionary()  # type: ignore[var-annotated]
+    for i in range(100):
+        item = Session(i)  # weakly-held-line
+        keep[i] = item
+        Registry.register(type(item))
+        _RECENT.append(item)
+    from runtime_guard.diagnosis.holders import find_holder
+
+    found = find_holder((__file__, _line_of("# weakly-held-line")), seconds=_BUDGET)
+    assert found is not None
+    assert found.expression == f"{__name__}._RECENT"
+    assert not any("weakref" in link or "_abc" in link for link in found.links)
+
+
+def test_holder_index_prefers_the_biggest_collection_over_records() -> None:
+    """On ``cache -> record dict -> field``, the holder is the cache, not the record."""
+    from runtime_guard.diagnosis.holders import holder_index
+
+    cache = [{"id": i, "body": "x"} for i in range(50)]
+    record = cache[7]
+    path: list[object] = [{"CACHE": cache}, cache, record, record["body"]]
+    assert holder_index(path) == 1
+
+
+def test_retained_size_is_within_a_fifth_of_pymplers_full_size() -> None:
+    """Sampled sizing of big holders stays within 20 % of asizeof over everything."""
+    from pympler import asizeof
+
+    from runtime_guard.diagnosis.sizing import retained_size
+
+    holders: list[object] = [
+        {f"k{i}": b"x" * (5000 + i % 900) for i in range(3000)},
+        [[f"{i}:{j}".ljust(50) for j in range(40)] for i in range(3000)],
+        {f"token-{i}" * 80 for i in range(3000)},
+        [Session(i) for i in range(5000)],
+    ]
+    for holder in holders:
+        size = retained_size(holder, seconds=0.05)
+        assert size is not None
+        assert abs(size.bytes / asizeof.asizeof(holder) - 1) < 0.2
+        assert size.entries == len(holder)  # type: ignore[arg-type]
+
+
+def test_retained_size_does_not_count_what_entries_refer_back_to() -> None:
+    """A tree node's ``parent`` leads back up: the holder's root is never counted again."""
+    from runtime_guard.diagnosis.sizing import retained_size
+
+    class Node:
+        def __init__(self, parent: Node | None) -> None:
+            self.parent = parent
+            self.children: list[Node] = []
+            self.payload = b"p" * 200
+
+    root = Node(None)
+    root.payload = b"r" * 5_000_000  # big, and above the holder
+    for _ in range(2000):
+        root.children.append(Node(root))
+    size = retained_size(root.children, above=[root], seconds=0.05)
+    assert size is not None
+    assert size.bytes < 2_000_000
+
+
+def test_retained_size_counts_what_closures_keep() -> None:
+    """A registry of callbacks retains what their closures hold, not just function objects."""
+    from runtime_guard.diagnosis.sizing import retained_size
+
+    def make(i: int) -> Callable[[], object]:
+        data = [f"{i}-{j}".ljust(100) for j in range(50)]
+        return lambda: data
+
+    registry = [make(i) for i in range(400)]
+    size = retained_size(registry)
+    assert size is not None
+    assert size.bytes > 400 * 50 * 100
+
+
+@pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz not installed")
+def test_chain_picture_is_an_svg_with_the_holders_label() -> None:
+    """objgraph's drawing of the chain, rendered by dot, labels the holder with its size."""
+    from runtime_guard.diagnosis.graph import chain_svg
+
+    cache = {"a": [b"x" * 100]}
+    svg = chain_svg([cache, cache["a"], cache["a"][0]], {id(cache): "4.2 MiB in 502 entries"})
+    assert svg is not None
+    assert svg.startswith("<svg")
+    assert "4.2 MiB in 502 entries" in svg
+    assert "<script" not in svg
+
+
+def test_path_expression_names_attributes_keys_and_indexes() -> None:
+    """How code names an object: ``.attr`` for attributes, ``[key]`` and ``[i]`` otherwise."""
+    from runtime_guard.diagnosis.referrers import path_expression
+
+    holder = _Holder()
+    holder.by_id[7] = [1, 2, ["deep"]]
+    namespace = {"HOLDER": holder}
+    deep = holder.by_id[7][2]  # type: ignore[index]
+    path = [namespace, holder, holder.__dict__, holder.by_id, holder.by_id[7], deep]
+    assert path_expression("app.models", path) == "app.models.HOLDER.by_id[7][2]"
+    assert path_expression("app", [{"app": holder}, holder, holder.__dict__, holder.by_id]) == (
+        "app.by_id"
+    )
+
+
+class _Proxy:
+    """Like Django's unconfigured settings: asking it its class raises."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("settings are not configured")
+
+
+_PROXY = _Proxy()
+
+
+def test_holder_search_never_resolves_a_proxy(tracing: TracemallocSession, cleared: None) -> None:
+    """A proxy among the globals (werkzeug's, Django's settings) is never asked its class."""
+    from runtime_guard.diagnosis.holders import find_holder
+
+    for i in range(100):
+        _remember(i)
+    found = find_holder((__file__, _line_of("# hoard-line")), seconds=_BUDGET)
+    assert found is not None
+    assert found.expression == f"{__name__}._HOARD"
+    assert _PROXY is not None  # still unresolved: the module-level proxy was walked past
+
+
+_SERVER_LIBRARY = """
+_CACHE = []
+
+
+def serve(app, requests):
+    for i in range(requests):
+        raw = f"GET /items/{i} HTTP/1.1" * 10
+        _CACHE.append(raw * 3)  # the server's own cache, refilled per request
+        app(raw)
+"""
+
+
+def _app(kept: list[str], raw: str) -> None:
+    kept.append(raw[:20] * 30)  # user-line
+
+
+def test_a_servers_own_allocations_never_lead_the_users_line(
+    tracing: TracemallocSession, tmp_path: Path
+) -> None:
+    """A bigger growth in a server's own code comes after the user's line."""
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "fakeserver_rg.py").write_text(_SERVER_LIBRARY)
+    spec = importlib.util.spec_from_file_location("fakeserver_rg", library / "fakeserver_rg.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kept: list[str] = []
+    before = tracing.snapshot()
+    # The server's loop runs on a thread of its own, as a worker's does: no frame of the
+    # user's code below it.
+    server = threading.Thread(target=module.serve, args=(functools.partial(_app, kept), 200))
+    server.start()
+    server.join()
+    after = tracing.snapshot()
+    sites = diff_snapshots(before, after, limit=5)
+    assert (sites[0].filename, sites[0].lineno) == (__file__, _line_of("# user-line"))
+    assert sites[1].size_diff > sites[0].size_diff  # the server's, bigger, comes second
+
+
+def test_young_share_counts_entries_made_since_tracing_started() -> None:
+    """A holder whose entries were half made before tracemalloc started reads about half
+    young; one of entries all made before reads none; an empty one reads None."""
+    from runtime_guard.diagnosis.holders import young_share
+
+    was_tracing = tracemalloc.is_tracing()
+    if was_tracing:
+        pytest.skip("tracemalloc already runs: every entry would be traced")
+    old = {f"old{i}": bytearray(1000) for i in range(300)}
+    tracemalloc.start(1)
+    try:
+        mixed = dict(old)
+        mixed.update({f"new{i}": bytearray(1000) for i in range(300)})
+        share = young_share(mixed)
+        assert share is not None and 0.4 <= share <= 0.6
+        assert young_share(list(old.values())) == 0.0
+        assert young_share({}) is None
+    finally:
+        tracemalloc.stop()

@@ -466,6 +466,25 @@ def test_a_buffer_grown_in_place_is_a_leak_though_no_object_is_made() -> None:
     assert result.figures["heap"].grew_every_round
 
 
+class _SetUpOnFirstUse:
+    """Sets itself up on the first attribute read, as Django's settings do; unset, it raises."""
+
+    def __getattribute__(self, name: str) -> Any:
+        raise RuntimeError(f"read {name!r} before settings were configured")
+
+
+_LAZY_SETTINGS = _SetUpOnFirstUse()
+
+
+def test_a_lazy_object_among_the_user_globals_is_passed_by_unread() -> None:
+    """The search for what holds a leak goes past a module-level lazy object without
+    reading any attribute of it (its class included)."""
+    kept: list[bytes] = []
+    result = _checked(lambda: kept.append(bytes(4_000)), rounds=4)
+    assert result.leaked, result.message(verbose=True)
+    assert _LAZY_SETTINGS is not None
+
+
 def test_calls_per_round_fill_two_milliseconds() -> None:
     """A round runs as many calls as fit in 2 ms, a power of two from 1 to 16."""
     from runtime_guard._leakcheck.check import _call_cost, calls_per_round

@@ -24,7 +24,8 @@ from runtime_guard.config import Config
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth, tracing
 from runtime_guard.guard import Guard
 from runtime_guard.leaks import LeakDetector
-from runtime_guard.leaks.report import MB
+from runtime_guard.leaks.report import MB, Holder
+from runtime_guard.leaks.routes import RouteGrowth
 from runtime_guard.probes import RssReader
 from runtime_guard.testing import FakeProbe, make_guard
 
@@ -237,15 +238,14 @@ def test_global_leak_has_a_referrer_chain(monkeypatch: pytest.MonkeyPatch) -> No
     reports, _ = _run(leak_cycle, seconds=15)
     assert reports
     report = reports[0]
-    assert report.chain_type == f"{__name__}._Node"
     assert report.referrer_chain is not None
     assert report.referrer_chain[0] == f"{__name__}._ROOT ({__name__}._Node)"
-    assert report.referrer_chain[-1].endswith(f"{__name__}._Node")
-    assert report.growing_types[0].growth > 0
+    assert report.holder is not None
+    assert report.holder.path == f"{__name__}._ROOT.children"
 
 
-def test_native_leak_is_reported_as_rss_only() -> None:
-    """Memory malloc'ed by C code grows RSS only, and the report says Python cannot see it."""
+def test_native_leak_is_reported_as_native_with_the_evidence() -> None:
+    """Memory malloc'ed by C code is reported as native: RSS grew, tracemalloc's total did not."""
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
@@ -266,7 +266,11 @@ def test_native_leak_is_reported_as_rss_only() -> None:
     assert reports
     report = reports[0]
     assert report.metric == "rss"
-    assert "cannot attribute" in report.note
+    assert report.origin == "native"
+    assert report.note.startswith("Native memory: RSS grew ")
+    assert "saw only" in report.note
+    assert report.traced_bytes_per_min is not None
+    assert report.traced_bytes_per_min < 0.1 * report.rss_bytes_per_min
 
 
 @pytest.mark.parametrize("name", sorted(_CLEAN))
@@ -431,11 +435,13 @@ def test_without_pymalloc_a_python_leak_is_found_on_rss_and_not_called_native() 
 
 
 def test_rss_only_growth_is_reported_as_rss(feed: Any) -> None:
-    """RSS growth with a flat heap is an RSS-only (native) suspicion."""
+    """RSS growth without tracemalloc is reported as RSS, never claimed to be native memory."""
     f = feed()
     f.run(120, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert [r.metric for r in f.reports] == ["rss"]
-    assert "Only RSS grows" in f.reports[0].note
+    assert f.reports[0].origin == "unknown"
+    assert "cannot be told from native memory" in f.reports[0].note
+    assert "native memory (" not in str(f.reports[0]).splitlines()[0]
 
 
 @pytest.mark.parametrize(
@@ -544,14 +550,25 @@ def test_check_leaks_on_demand_leaves_diagnosis_to_the_sampler(feed: Any) -> Non
     assert f.detector._diag is not None
 
 
-def test_duty_cycle_cap_skips_tracemalloc(feed: Any) -> None:
-    """When tracemalloc's share of wall time is used up, the diagnosis runs without it."""
+def test_duty_cycle_cap_never_leaves_the_first_report_without_tracemalloc(feed: Any) -> None:
+    """The first diagnosis of a leak traces with the cap used up; a repeat waits for budget."""
     f = feed(tracemalloc="on-demand", tracemalloc_duty_cycle=0.01)
     f.detector._traced_seconds = 1e6
     f.run(90, heap=_flat(100_000), rss=_linear(200 * MB, 4 * MB))
     assert len(f.reports) == 1
-    assert "duty-cycle cap" in f.reports[0].diagnosis
-    assert f.reports[0].tracemalloc_seconds == 0
+    assert f.reports[0].diagnosis == "done"
+    assert f.reports[0].tracemalloc_seconds > 0
+    assert f.reports[0].origin != "unknown"
+    # The rate triples: a material change, but no budget: no report without sites.
+    f.run(60, heap=_flat(100_000), rss=_linear(200 * MB + 4 * MB * 1.5, 12 * MB))
+    assert len(f.reports) == 1
+    assert f.detector._diag is None
+    assert not tracemalloc.is_tracing()
+    # With budget again, the repeat is diagnosed, with tracemalloc.
+    f.detector._traced_seconds = 0.0
+    f.run(30, heap=_flat(100_000), rss=_linear(200 * MB + 4 * MB * 1.5, 12 * MB))
+    assert len(f.reports) == 2
+    assert f.reports[1].tracemalloc_seconds > 0
     assert not tracemalloc.is_tracing()
 
 
@@ -663,16 +680,31 @@ def test_report_is_json_ready_and_readable() -> None:
         diagnosis="done",
         tracemalloc_seconds=20.0,
         heap_walk_seconds=0.25,
+        origin="python",
+        holder=Holder("app.views._cache", "dict", "list", 502, 48_200_000, 64),
+        routes=[RouteGrowth("/reports/{id}", 800, 5600.0, 0.97, "traced")],
     )
     data = json.loads(json.dumps(report.to_dict()))
     assert data["rate_mb_per_min"] == 2.5
     assert data["top_sites"][0]["lineno"] == 42
     assert data["growing_types"][0]["growth"] == 900
+    assert data["holder"] == {
+        "path": "app.views._cache",
+        "type": "dict",
+        "item_type": "list",
+        "entries": 502,
+        "bytes": 48_200_000,
+        "sampled": 64,
+        "entries_per_min": None,
+    }
+    assert data["routes"][0]["route"] == "/reports/{id}"
     text = str(report)
     assert text.startswith("leak suspected: Python heap grows 2.50 MB/min for 5.0 min")
     assert "limit reached in ~90.0 min" in text
     assert "app/views.py:42 in handler" in text
+    assert "held by: app.views._cache (dict): 46.0 MiB (estimated) in 502 entries" in text
     assert "app.views._cache (dict) -> ['sessions'] list -> app.Session" in text
+    assert "/reports/{id}: 5.5 KiB per request over 800 requests (97% of the growth" in text
     assert "tracemalloc on 20.0 s, heap walks 0.25 s" in text
 
 

@@ -65,12 +65,15 @@ def test_episode_page_renders_chart_and_sections_in_chromium(tmp_path: Path) -> 
 
 
 def test_page_loads_nothing_from_the_network() -> None:
-    """No URL but the SVG namespace appears, and the CSP forbids any load."""
-    page = render_html(reportdata.episode())
+    """No URL but the SVG namespace appears, images are data: URIs, and the CSP forbids loads."""
+    data = reportdata.episode()
+    data["leak"]["holder_svg"] = _SVG
+    page = render_html(data)
     urls = set(re.findall(r"https?://[^\s\"'<>]+", page))
     assert urls == {"http://www.w3.org/2000/svg"}
     assert "default-src 'none'" in page
-    assert not re.search(r"\b(src|href)=", page)
+    assert "img-src data:" in page
+    assert re.findall(r"\b(?:src|href)=\"([^:\"]*:)", page) == ["data:"]
     assert "url(" not in page
     assert "@import" not in page
 
@@ -179,3 +182,92 @@ def test_odd_figures_do_not_break_the_chart() -> None:
     }
     page = render_html(json.loads(json.dumps(data)))
     assert 'id="usage-line"' in page
+
+
+_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="200" height="60" viewBox="0 0 200 60">'
+    '<rect x="1" y="1" width="198" height="58" fill="#eef"/>'
+    '<text x="10" y="35">app.views._cache</text><script>alert(1)</script></svg>'
+)
+
+
+def _two_leaks() -> dict[str, Any]:
+    """An episode whose latest leak report has no sites (a repeat without tracemalloc) and
+    whose earlier one has them, with a holder and routes."""
+    data = reportdata.episode()
+    useful = reportdata.leak_report()
+    latest = reportdata.leak_report()
+    latest.update(top_sites=[], holder=None, routes=[], referrer_chain=None)
+    latest["detected_at"] = useful["detected_at"] + 60
+    latest["diagnosis"] = "done; tracemalloc skipped for this repeat"
+    data.pop("leak")
+    data["leaks"] = [latest, useful]
+    return data
+
+
+def test_page_leads_with_the_report_that_names_the_line_and_holder() -> None:
+    """Of several leak reports, the one with sites and a holder comes first, not the latest."""
+    page = render_html(_two_leaks())
+    first = page.index('id="leak"')
+    other = page.index('id="leak-1"')
+    assert first < other
+    lead = page[first:other]
+    assert "Leak (the most useful of 2 reports)" in lead
+    assert "/srv/app/views.py:42" in lead
+    assert "app.views._cache (dict): 46.0 MiB (estimated) in 502 entries" in lead
+    assert "no allocation sites recorded" in page[other:]
+    text = render_text(_two_leaks())
+    assert text.index("/srv/app/views.py:42") < text.index("Other leak report 1")
+
+
+def test_episode_badge_shows_the_worst_level_reached() -> None:
+    """An episode that reached CRITICAL says so in its badge, whatever health said at its end."""
+    data = reportdata.episode()
+    data["health"]["status"] = "ok"
+    page = render_html(data)
+    assert '<span class="status critical">critical</span>' in page
+    assert "episode ok" not in page
+
+
+def test_holder_picture_is_an_image_that_cannot_run_anything() -> None:
+    """Graphviz's SVG goes in as a data: image; its markup never reaches the page."""
+    data = {"kind": "leak", **reportdata.leak_report(), "holder_svg": _SVG}
+    page = render_html(data)
+    assert 'class="graph"' in page
+    assert "data:image/svg+xml;base64," in page
+    assert "<script" not in page
+    assert 'id="referrer-chain"' not in page  # the boxes are the fallback, not both
+    assert "app.views._cache (dict) -&gt; [&#x27;sessions&#x27;] list" in page
+
+
+def test_routes_are_ranked_with_their_cost_per_request() -> None:
+    """The routes table lists each route's bytes per request and share of the growth."""
+    page = render_html({"kind": "leak", **reportdata.leak_report()})
+    table = page[page.index('id="routes"') :]
+    assert table.index("/users/&lt;id&gt;") < table.index("<code>/</code>")
+    assert "5.5 KiB" in table
+    assert "97%" in table
+
+
+@needs_chromium
+def test_holder_picture_and_routes_render_in_chromium(tmp_path: Path) -> None:
+    """In a real browser the chain picture loads as an image and nothing errs or runs."""
+    from runtime_guard.diagnosis.graph import chain_svg
+
+    cache = {"a": [b"x" * 100]}
+    svg = chain_svg([cache, cache["a"], cache["a"][0]], {id(cache): "46.0 MiB in 502 entries"})
+    data = {"kind": "leak", **reportdata.leak_report(), "holder_svg": svg or _SVG}
+    page = tmp_path / "leak.html"
+    page.write_text(render_html(data), encoding="utf-8")
+    checks = {
+        "image_width": "document.querySelector('img.graph').naturalWidth",
+        "routes": "document.querySelector('#routes').innerText",
+        "holder": "document.querySelector('#holder').innerText",
+        "scripts": "document.scripts.length",
+    }
+    result = open_page(page.as_uri(), checks, "report-leak-graph.png")
+    assert result.errors == []
+    assert result.values["image_width"] > 50
+    assert "/users/<id>" in result.values["routes"]
+    assert "46.0 MiB" in result.values["holder"]
+    assert result.values["scripts"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import servers
 
-from runtime_guard import signals, tracking
+from runtime_guard import _frames, signals, tracking
 from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
@@ -443,3 +444,29 @@ def test_uninstall_leaves_client_classes_exactly_as_before() -> None:
     session = requests.Session()
     session.close()
     assert "requests.Session" not in live_objects()
+
+
+def test_socket_pairs_a_library_makes_are_its_own_and_the_applications_are_tracked(
+    watch: Watch,
+) -> None:
+    """A loop's and an installed library's wake-up pairs are not the application's clients;
+    a pair the application makes is, at its line."""
+    # A library's function, as if installed: its code's file is in site-packages.
+    library = os.path.join(_frames.library_directories()[0], "wakeup_lib.py")
+    namespace: dict[str, Any] = {}
+    exec(
+        compile("import socket\ndef pair():\n    return socket.socketpair()\n", library, "exec"),
+        namespace,
+    )
+    loop = asyncio.new_event_loop()
+    theirs = namespace["pair"]()  # a library's socket pair
+    mine = socket.socketpair()  # the application's socket pair
+    try:
+        sites = _ours(live_objects()["socket.socket"]["sites"])
+        assert {s["line"]: s["unreleased"] for s in sites if s["unreleased"]} == {
+            _line("the application's socket pair"): 2
+        }
+    finally:
+        loop.close()
+        for end in (*theirs, *mine):
+            end.close()

@@ -552,7 +552,7 @@ def _library_modules(snapshot: tracemalloc.Snapshot) -> list[tuple[str, dict[str
     files = sorted(sizes, key=lambda name: -sizes[name])[:_LIBRARY_STARTS]
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, module in list(sys.modules.items()):
-        namespace = functions._namespace(module)
+        namespace = functions.namespace_of(module)
         filename = namespace.get("__file__") if namespace is not None else None
         if filename in files:
             found[filename] = (name, namespace)  # type: ignore[assignment]
@@ -588,7 +588,7 @@ def user_modules() -> list[tuple[str, dict[str, Any]]]:
         return list(_user_modules[1])
     found: list[tuple[str, dict[str, Any]]] = []
     for key_name, module in list(modules.items()):
-        namespace = functions._namespace(module)
+        namespace = functions.namespace_of(module)
         filename = namespace.get("__file__") if namespace is not None else None
         if isinstance(filename, str) and kind(filename) is Kind.USER:
             name = namespace.get("__name__")  # type: ignore[union-attr]
@@ -602,30 +602,37 @@ _user_modules: list[Any] = [None, []]
 
 
 def _children(holder: object, modules: frozenset[str]) -> Iterable[object]:
-    """What the forward search follows from ``holder``: data, not code or other modules."""
-    if isinstance(holder, dict):
+    """What the forward search follows from ``holder``: data, not code or other modules.
+
+    Its kind is read from ``type()``, never ``isinstance()``: that asks a proxy for its
+    ``__class__``, which sets up a lazy object (Django's settings) or raises.
+    """
+    cls = type(holder)
+    if issubclass(cls, dict):
         # Values first: a cache's values are what it holds; its keys lead to the same chain.
-        return itertools.chain(holder.values(), holder.keys())
-    if isinstance(holder, type):
+        return itertools.chain(dict.values(holder), dict.keys(holder))  # type: ignore[arg-type]
+    if issubclass(cls, type):
         # A class of the user's code holds class-level registries and method caches;
         # other classes lead to the whole type hierarchy.
-        return holder.__dict__.values() if holder.__module__ in modules else ()
-    if isinstance(holder, types.FunctionType):
-        if holder.__module__ not in modules:
+        klass: type = holder  # type: ignore[assignment]
+        return klass.__dict__.values() if klass.__module__ in modules else ()
+    if cls is types.FunctionType:
+        function: types.FunctionType = holder  # type: ignore[assignment]
+        if function.__module__ not in modules:
             return ()
-        cells = [cell.cell_contents for cell in holder.__closure__ or () if _filled(cell)]
+        cells = [cell.cell_contents for cell in function.__closure__ or () if _filled(cell)]
         return itertools.chain(
-            holder.__defaults__ or (), (holder.__kwdefaults__ or {}).values(), cells
+            function.__defaults__ or (), (function.__kwdefaults__ or {}).values(), cells
         )
-    if isinstance(
-        holder, (types.ModuleType, types.CodeType, types.FrameType, types.BuiltinFunctionType)
-    ) or machinery_module(type(holder).__module__):
+    if issubclass(
+        cls, (types.ModuleType, types.CodeType, types.FrameType, types.BuiltinFunctionType)
+    ) or machinery_module(cls.__module__):
         return ()
     referents = gc.get_referents(holder)
     for at, referent in enumerate(referents):
         # An instance's attributes are one step from it, not two: its __dict__ is followed
         # through, as it is shown (``.sessions``).
-        if type(referent) is dict and referrers._is_instance_dict(holder, referent):
+        if type(referent) is dict and referrers.is_instance_dict(holder, referent):
             return itertools.chain(referent.values(), referents[:at], referents[at + 1 :])
     return referents
 
@@ -707,7 +714,8 @@ def _search(
 
 
 def _is_leaf(obj: object) -> bool:
-    return isinstance(obj, _LEAVES)
+    # type(), not isinstance(): see _children.
+    return issubclass(type(obj), _LEAVES)
 
 
 def _held_value(holder: object, child: object) -> object:
@@ -716,10 +724,11 @@ def _held_value(holder: object, child: object) -> object:
     A line like ``cache[len(cache)] = record`` allocates the key; what the chain should
     end at is the record the key holds.
     """
-    if isinstance(holder, dict):
+    if issubclass(type(holder), dict):
+        mapping: dict[object, object] = holder  # type: ignore[assignment]
         try:
-            if child in holder:
-                return holder[child]
+            if child in mapping:
+                return mapping[child]
         except TypeError:  # unhashable: a value, not a key
             pass
     return child

@@ -11,6 +11,8 @@ Each subcommand is a module of this package with ``register(subparsers)`` and
     Render a saved report as text, or as a self-contained HTML page.
 ``status URL``
     Print a running server's health; exit 0 ok, 1 degraded, 2 critical, 3 unknown.
+``diagnose PID``
+    Make a running process's guard write a leak report now (SIGUSR2), and print it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from runtime_guard._version import __version__
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = ("run", "demo", "report", "status")
+COMMANDS = ("run", "demo", "report", "status", "diagnose")
 """The subcommands, each a module ``runtime_guard.cli.<name>``, in the order of ``--help``."""
 
 

@@ -17,7 +17,7 @@ import types
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-__all__ = ["function_at", "module_globals", "parsed_function_at"]
+__all__ = ["function_at", "module_globals", "namespace_of", "parsed_function_at"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,7 +73,7 @@ _DEF_LINE = re.compile(r"\s*(?:async\s+)?def\s+(\w+)")
 _modules_by_file: tuple[frozenset[str], dict[str, list[str]]] = (frozenset(), {})
 
 
-def _namespace(module: object) -> dict[str, Any] | None:
+def namespace_of(module: object) -> dict[str, Any] | None:
     """A module's globals, read without running any code of the module's class.
 
     A lazy module (``importlib.util.LazyLoader``) executes itself on its first attribute
@@ -86,7 +86,7 @@ def _namespace(module: object) -> dict[str, Any] | None:
 
 
 def _file_of(module: object) -> str | None:
-    namespace = _namespace(module)
+    namespace = namespace_of(module)
     file = namespace.get("__file__") if namespace is not None else None
     return file if isinstance(file, str) else None
 
@@ -118,10 +118,10 @@ def _modules_loaded_from(filename: str) -> tuple[tuple[str, int, int], ...]:
 def module_globals(filename: str) -> tuple[str, dict[str, Any]] | None:
     """``(module name, globals)`` of a loaded module run from ``filename``, or None.
 
-    Read without running any code of the module (see :func:`_namespace`).
+    Read without running any code of the module (see :func:`namespace_of`).
     """
     for key, _, _ in _modules_loaded_from(filename):
-        namespace = _namespace(sys.modules.get(key))
+        namespace = namespace_of(sys.modules.get(key))
         if namespace is not None:
             name = namespace.get("__name__")
             return (name if isinstance(name, str) else key), namespace
@@ -131,7 +131,7 @@ def module_globals(filename: str) -> tuple[str, dict[str, Any]] | None:
 def _still_loaded(keys: Iterable[str], filename: str) -> tuple[tuple[str, int, int], ...]:
     found = []
     for key in keys:
-        namespace = _namespace(sys.modules.get(key))
+        namespace = namespace_of(sys.modules.get(key))
         if namespace is not None and namespace.get("__file__") == filename:
             found.append((key, id(namespace), len(namespace)))
     return tuple(found)
@@ -210,7 +210,7 @@ def _code_spans(
     namespaces = [
         namespace
         for key, _, _ in modules
-        if (namespace := _namespace(sys.modules.get(key))) is not None
+        if (namespace := namespace_of(sys.modules.get(key))) is not None
     ]
     lines = linecache.getlines(filename)
     last_lines: dict[int, int] = {}
@@ -261,14 +261,14 @@ def _def_line(code: types.CodeType, lines: Sequence[str]) -> int:
     return first
 
 
-def function_at(filename: str, lineno: int) -> str:
+def function_at(filename: str, lineno: int, parse: bool = True) -> str:
     """The innermost function around ``lineno``; tracemalloc frames carry no names.
 
     Looked up in the code objects of the module loaded from ``filename``: a walk of its
     globals took 1.5 ms for ``redis/client.py`` where parsing the source took 20 ms, on the
     path of a failing leak test. A line that no reachable code object covers is left to
-    the parse: module-level code, a lambda that no global holds, a file no module was
-    loaded from.
+    the parse (module-level code, a lambda that no global holds, a file no module was
+    loaded from), unless ``parse`` is false: then it is ``"?"``.
     """
     try:
         modules = _modules_loaded_from(filename)
@@ -287,4 +287,4 @@ def function_at(filename: str, lineno: int) -> str:
                 best = (last - first, len(name), name)
         if best is not None:
             return best[2]
-    return parsed_function_at(filename, lineno)
+    return parsed_function_at(filename, lineno) if parse else "?"

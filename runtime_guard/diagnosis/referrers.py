@@ -9,12 +9,21 @@ import sys
 import time
 import tracemalloc
 import types
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from runtime_guard.diagnosis.census import type_name
+from runtime_guard.diagnosis.functions import namespace_of
 
-__all__ = ["chain_from_path", "find_instance", "format_chain", "referrer_chain"]
+__all__ = [
+    "chain_from_path",
+    "find_instance",
+    "format_chain",
+    "is_instance_dict",
+    "path_expression",
+    "referrer_chain",
+]
 
 
 def find_instance(
@@ -84,10 +93,12 @@ def referrer_chain(
     on its way.
     """
     deadline = time.monotonic() + time_budget
+    # Namespaces read without running any module's code (a lazily loaded module would
+    # import itself on ``__dict__``).
     module_dicts = {
-        id(module.__dict__): name
+        id(namespace): name
         for name, module in list(sys.modules.items())
-        if isinstance(module, types.ModuleType)
+        if not name.startswith("runtime_guard") and (namespace := namespace_of(module)) is not None
     }
     skipped = {key for key, name in module_dicts.items() if skip_module and skip_module(name)}
     # The search's own containers refer to the objects it visits; they must not become
@@ -108,12 +119,7 @@ def referrer_chain(
             own.add(id(next_level))
             for ref in referrers:
                 ref_id = id(ref)
-                if (
-                    ref_id in own
-                    or ref_id in down
-                    or ref_id in skipped
-                    or isinstance(ref, types.FrameType)
-                ):
+                if ref_id in own or ref_id in down or ref_id in skipped or _bookkeeping(type(ref)):
                     continue
                 child = next((c for c in gc.get_referents(ref) if id(c) in level_ids), None)
                 if child is None:
@@ -131,6 +137,18 @@ def referrer_chain(
     finally:
         down.clear()
         del level
+
+
+def _bookkeeping(cls: type) -> bool:
+    """Referrers a chain never goes through: frames (a local is not what keeps a leak),
+    weak references and the ABC caches that hold them, which refer to everything."""
+    module = getattr(cls, "__module__", "") or ""
+    return (
+        cls is types.FrameType
+        or module in ("weakref", "_weakref", "_weakrefset", "_abc")
+        or module.startswith("runtime_guard.")  # the guard's own records of the heap
+        or issubclass(cls, weakref.ref)
+    )
 
 
 def chain_from_path(root: str, path: Sequence[object]) -> list[str]:
@@ -163,9 +181,11 @@ def _render(
         path.append(node)
     links: list[str] = []
     key = _dict_key(namespace, child)
-    links.append(f"{module_name}.{key if key is not None else '?'} ({_short(child)})")
+    # An application object registered as a root is its own namespace: ``app``, not ``app.app``.
+    head = key if key == module_name else f"{module_name}.{key if key is not None else '?'}"
+    links.append(f"{head} ({_short(child)})")
     for holder, held in itertools.pairwise(path):
-        if _is_instance_dict(holder, held):
+        if is_instance_dict(holder, held):
             continue  # shown as an attribute on the next link
         links.append(_edge(holder, held, path))
     return links
@@ -184,37 +204,119 @@ def _dict_key(mapping: object, value: object) -> str | None:
     return None
 
 
-def _is_instance_dict(holder: object, held: object) -> bool:
+def is_instance_dict(holder: object, held: object) -> bool:
     """True when ``held`` is the ``__dict__`` of ``holder``: one link, not two."""
-    return isinstance(held, dict) and getattr(holder, "__dict__", None) is held
+    if type(held) is not dict:
+        return False
+    try:
+        return object.__getattribute__(holder, "__dict__") is held
+    except AttributeError:
+        return False
 
 
 def _edge(holder: object, held: object, path: list[object]) -> str:
     name = _short(held)
-    if isinstance(holder, dict):
-        owner = _owner_of_dict(holder, path)
-        for key, item in list(holder.items()):
+    cls = type(holder)  # never isinstance(): a proxy on the path resolves on __class__
+    if issubclass(cls, dict):
+        owner = _owner_of_dict(holder, path)  # type: ignore[arg-type]
+        pairs: list[tuple[object, object]] = list(dict.items(holder))  # type: ignore[arg-type]
+        for key, item in pairs:
             if item is held:
-                if owner is not None and isinstance(key, str):
+                if owner is not None and type(key) is str:
                     return f".{key} {name}"
                 return f"[{key!r}] {name}"
         return name
-    if isinstance(holder, types.CellType):
+    if cls is types.CellType:
         return f"(closure cell) {name}"
-    if isinstance(holder, types.FunctionType):
-        return f"{holder.__qualname__} {name}"
-    attrs = getattr(holder, "__dict__", None)
-    if isinstance(attrs, dict):
+    if cls is types.FunctionType:
+        return f"{holder.__qualname__} {name}"  # type: ignore[attr-defined]
+    attr = _attribute_name(holder, held)
+    return f".{attr} {name}" if attr is not None else name
+
+
+def _attribute_name(holder: object, held: object) -> str | None:
+    """The attribute of ``holder`` (an instance or a class, ``__dict__`` or slots) that is
+    ``held``; read without running any code of the holder's class."""
+    try:
+        attrs = object.__getattribute__(holder, "__dict__")
+    except AttributeError:
+        attrs = None
+    if isinstance(attrs, (dict, types.MappingProxyType)):
         for key, item in list(attrs.items()):
             if item is held:
-                return f".{key} {name}"
-    return name
+                return str(key)
+    for cls in type(holder).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            descriptor = cls.__dict__.get(slot)
+            if not isinstance(descriptor, types.MemberDescriptorType):
+                continue
+            try:
+                if descriptor.__get__(holder, type(holder)) is held:
+                    return str(slot)
+            except AttributeError:  # a slot never set
+                continue
+    return None
+
+
+def path_expression(root: str, path: Sequence[object]) -> str:
+    """How code names ``path[-1]``, starting at the namespace ``path[0]`` called ``root``:
+    ``app.cache._RESPONSES``, ``handlers['paid'][3]``.
+
+    Each object on ``path`` holds the next (as :func:`chain_from_path` takes it).
+    """
+    if len(path) < 2:
+        return root
+    key = _dict_key(path[0], path[1])
+    text = key if key == root else f"{root}.{key if key is not None else '?'}"
+    for i in range(1, len(path) - 1):
+        holder, held = path[i], path[i + 1]
+        if is_instance_dict(path[i - 1], holder):
+            # An instance's or a class's own namespace: its keys are attribute names.
+            text += f".{_dict_key(holder, held) or '?'}"
+        else:
+            text += _step(holder, held)
+    return text
+
+
+def _step(holder: object, held: object) -> str:
+    """One reference as code writes it: ``.name``, ``['key']``, ``[3]``."""
+    cls = type(holder)
+    if is_instance_dict(holder, held) or cls is types.CellType:
+        return ""  # the next step names the attribute, or the function named the cell
+    # Types, not isinstance(): a proxy on the path (werkzeug's LocalProxy) answers
+    # ``__class__`` with its target's class, or raises outside a request.
+    if issubclass(cls, dict):
+        pairs: list[tuple[object, object]] = list(dict.items(holder))  # type: ignore[arg-type]
+        for key, item in pairs:
+            if item is held or key is held:
+                return f"[{key!r}]"
+        return "[?]"
+    if issubclass(cls, (list, tuple)):
+        for index, item in enumerate(list(holder)):  # type: ignore[call-overload]
+            if item is held:
+                return f"[{index}]"
+        return "[?]"
+    if issubclass(cls, (set, frozenset)):
+        return "{…}"
+    if cls is types.FunctionType:
+        function: types.FunctionType = holder  # type: ignore[assignment]
+        for name, cell in zip(
+            function.__code__.co_freevars, function.__closure__ or (), strict=False
+        ):
+            if cell is held:
+                return f".<closure {name}>"
+        return ".<function data>"
+    if cls is types.MethodType:
+        return ".__self__" if getattr(holder, "__self__", None) is held else ".__func__"
+    attr = _attribute_name(holder, held)
+    return f".{attr}" if attr is not None else ".?"
 
 
 def _owner_of_dict(mapping: dict[Any, Any], path: list[object]) -> object | None:
     """The object on ``path`` whose ``__dict__`` is ``mapping``, if any."""
     for obj in path:
-        if obj is not mapping and getattr(obj, "__dict__", None) is mapping:
+        if obj is not mapping and is_instance_dict(obj, mapping):
             return obj
     return None
 

@@ -42,7 +42,9 @@ def _count_of(value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, Mapping):
-        for key in ("count", "live", "unreleased"):
+        # What the name promises: instances never released, not every live one (a server
+        # holds its own open connection while it answers this very request).
+        for key in ("count", "unreleased", "live"):
             if isinstance(value.get(key), int):
                 return int(value[key])
         return 0

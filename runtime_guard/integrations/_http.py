@@ -24,9 +24,11 @@ from urllib.parse import parse_qs
 from runtime_guard import _current
 from runtime_guard.config import Config, ConfigError
 from runtime_guard.container import container_view
+from runtime_guard.diagnosis import roots
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._extras import missing_extra
 from runtime_guard.integrations._health import liveness, public_health, readiness
+from runtime_guard.leaks import routes as _routes
 from runtime_guard.pressure import Pressure, parse_level
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "STATUS_TOKEN_ENV",
     "MiddlewareBase",
     "Routes",
+    "diagnose_response",
     "health_response",
     "is_loopback",
     "live_response",
@@ -44,6 +47,7 @@ __all__ = [
     "overloaded_body",
     "public_health",
     "ready_response",
+    "register_app",
     "split_options",
     "status_page_response",
 ]
@@ -62,6 +66,7 @@ MIDDLEWARE_OPTIONS = frozenset(
         "metrics_path",
         "detail",
         "status_token",
+        "diagnose_path",
     )
 )
 """Keywords the middleware takes; every other keyword of the framework helpers is a guard option."""
@@ -117,6 +122,10 @@ class Routes:
     """Put source paths, leak reports and creation sites in the health body too."""
     status_token: bytes | None = field(default=None, repr=False)
     """Token the status page and detailed health need; ``None`` means loopback clients only."""
+    diagnose_path: str | None = None
+    """``POST`` here (with the status token, or from loopback without one) starts a leak
+    diagnosis and answers 202 at once; the report goes to ``report_dir`` and the log.
+    Off unless set."""
 
     @classmethod
     def make(
@@ -132,6 +141,7 @@ class Routes:
         metrics_path: str | None = None,
         detail: bool = False,
         status_token: str | None = None,
+        diagnose_path: str | None = None,
     ) -> Routes:
         """Validate the middleware keywords; a bad one raises ``ConfigError``."""
         level = parse_level(shed_at, "shed_at")
@@ -141,6 +151,7 @@ class Routes:
             exempt = (exempt,)
         paths = {"health_path": health_path, "status_path": status_path}
         paths.update(metrics_path=metrics_path, live_path=live_path, ready_path=ready_path)
+        paths["diagnose_path"] = diagnose_path
         for name, path in paths.items():
             if path is not None and not (isinstance(path, str) and path.startswith("/")):
                 raise ConfigError(f"{name}={path!r} is not accepted: expected a path like '/x'")
@@ -164,13 +175,14 @@ class Routes:
             metrics_path,
             bool(detail),
             token,
+            diagnose_path,
         )
 
     @property
     def own_paths(self) -> frozenset[str]:
         """Paths the middleware answers itself."""
-        paths = (self.health_path, self.live_path, self.ready_path)
-        return frozenset(p for p in (*paths, self.status_path, self.metrics_path) if p)
+        paths = (self.health_path, self.live_path, self.ready_path, self.status_path)
+        return frozenset(p for p in (*paths, self.metrics_path, self.diagnose_path) if p)
 
     def allows(
         self, client: str | None, authorization: str | None, query: str, proxied: bool
@@ -198,6 +210,8 @@ class Routes:
         allows: Callable[[], bool],
         accept: Callable[[], str | None],
         query: str = "",
+        *,
+        method: str = "GET",
     ) -> tuple[int, str, bytes]:
         """``(code, content type, body)`` for one of :attr:`own_paths`.
 
@@ -205,6 +219,12 @@ class Routes:
         for the routes that need them; ``query`` is its query string (``detail=1`` asks
         the health route for the whole health and the container view).
         """
+        if path == self.diagnose_path:
+            if method != "POST":
+                return 405, "text/plain", b"method not allowed: POST starts a diagnosis\n"
+            if not allows():
+                return 403, "text/plain", FORBIDDEN
+            return diagnose_response(guard, f"POST {path}")
         if path == self.live_path:
             code, body = live_response(guard)
             return code, JSON, body
@@ -253,6 +273,7 @@ class MiddlewareBase:
         metrics_path: str | None = None,
         detail: bool = False,
         status_token: str | None = None,
+        diagnose_path: str | None = None,
     ) -> None:
         self.app = app
         """The wrapped application."""
@@ -269,6 +290,7 @@ class MiddlewareBase:
             metrics_path=metrics_path,
             detail=detail,
             status_token=status_token,
+            diagnose_path=diagnose_path,
         )
         """The validated settings."""
         self._own = self.routes.own_paths
@@ -284,6 +306,26 @@ class MiddlewareBase:
             from runtime_guard.integrations.prometheus import install_metrics
 
             install_metrics()
+        self._counts = _routes.counts()
+        self._count = self._counts.path
+        register_app(app)
+
+
+def register_app(app: Any, replace: bool = False) -> None:
+    """Make the wrapped application a place where leak diagnosis looks for what holds a
+    leak, and a namer of its request paths (a Flask app's URL map names route templates).
+
+    Called once per middleware (``replace``: the framework's own app object, which takes
+    the place of the inner app the middleware wraps); never raises.
+    """
+    try:
+        target = getattr(app, "__self__", app)  # ``app.wsgi_app`` is a bound method
+        roots.register(target, replace=replace)
+        resolver = _routes.flask_resolver(target)
+        if resolver is not None:
+            _routes.counts().add_resolver(resolver)
+    except Exception:
+        _log.debug("runtime_guard: could not register the app for diagnosis", exc_info=True)
 
 
 def is_loopback(address: str | None) -> bool:
@@ -391,6 +433,22 @@ def status_page_response(guard: Guard | None) -> tuple[int, str, bytes]:
     except Exception:
         _log.exception("runtime_guard: status page failed")
         return 500, "text/plain", b"status page failed\n"
+
+
+def diagnose_response(guard: Guard | None, reason: str) -> tuple[int, str, bytes]:
+    """``(code, content type, body)`` of the on-demand diagnosis route: 202 once started."""
+    if guard is None:
+        return 503, "text/plain", b"runtime_guard is not installed\n"
+    from runtime_guard.leaks.ondemand import diagnose_in_background
+
+    started = diagnose_in_background(guard, reason)
+    body = {
+        "status": "started" if started else "running",
+        "pid": os.getpid(),
+        "report_dir": guard.config.report_dir,
+        "seconds": guard.config.leak_diagnosis_window,
+    }
+    return 202, JSON, json.dumps(body).encode()
 
 
 def metrics_response(accept: str | None) -> tuple[int, str, bytes]:

@@ -24,7 +24,9 @@ from runtime_guard.integrations._http import (
     PROXY_HEADERS,
     MiddlewareBase,
     current_guard,
+    register_app,
 )
+from runtime_guard.leaks import routes as _routes
 from runtime_guard.pressure import Pressure
 
 __all__ = ["GuardMiddleware", "lifespan", "websockets_enabled"]
@@ -131,10 +133,34 @@ class GuardMiddleware(MiddlewareBase):
                 await send(_response_start(503, self._refusals[guard.pressure]))
                 await send(_response_body(self._refused_body))
                 return
+            if _routes.TRACING:
+                await self._traced(path, scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            # Route attribution: the template the framework matched, else the raw path.
+            route = _routes.asgi_route(scope)
+            if route is None:
+                self._count(path)
+            else:
+                self._counts.named(route)
+            return
+        elif kind == "lifespan":
+            # The framework's app object (FastAPI, Starlette) is where diagnosis looks for
+            # what holds a leak (``app.state``), rather than the inner app wrapped here.
+            register_app(scope.get("app"), replace=True)
         elif kind == "websocket" and not websockets_enabled():
             await self._refuse_websocket(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _traced(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request inside a leak diagnosis window: what it left allocated, per route."""
+        await self.app(scope, receive, send)
+        route = _routes.asgi_route(scope)
+        if route is None:
+            self._counts.traced_path(path)
+        else:
+            self._counts.traced_named(route)
 
     async def _answer(self, path: str, scope: Scope, send: Send) -> None:
         code, content_type, body = self.routes.answer(
@@ -143,6 +169,7 @@ class GuardMiddleware(MiddlewareBase):
             lambda: self._allows(scope),
             lambda: _accept(scope),
             scope.get("query_string", b"").decode("latin-1"),
+            method=scope.get("method", "GET"),
         )
         headers = _encode_headers(
             [

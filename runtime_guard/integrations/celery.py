@@ -564,6 +564,10 @@ def install(
         signal.disconnect(dispatch_uid=uid)
         signal.connect(receiver, weak=False, dispatch_uid=uid)
     watch_time_limits()
+    # Leak reports rank tasks by what each leaves allocated.
+    from runtime_guard.leaks.routes import connect_celery
+
+    connect_celery(celery_signals)
 
 
 # -- stuck tasks: one running past its time limit is reported with its stack -------------

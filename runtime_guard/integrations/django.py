@@ -7,7 +7,7 @@
 
 The dict holds :func:`runtime_guard.install` options and the middleware's (``health_path``,
 ``live_path``, ``ready_path``, ``shed_at``, ``retry_after``, ``exempt``, ``status_path``,
-``metrics_path``, ``detail``, ``status_token``),
+``metrics_path``, ``detail``, ``status_token``, ``diagnose_path``),
 plus ``"install": False`` to leave installing to someone else (a gunicorn hook). The
 middleware works under WSGI and ASGI alike.
 """
@@ -26,8 +26,10 @@ from runtime_guard.integrations._http import (
     current_guard,
     missing_extra,
     overloaded_body,
+    register_app,
     split_options,
 )
+from runtime_guard.leaks import routes as _routes
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -65,18 +67,39 @@ class GuardMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
+        self._counts = _routes.counts()
+        register_app(get_response)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
             return self._acall(request)
         early = self._early(request)
-        return early if early is not None else self.get_response(request)
+        if early is not None:
+            return early
+        response = self.get_response(request)
+        self._count(request)
+        return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         early = self._early(request)
         if early is not None:
             return early
-        return await self.get_response(request)
+        response = await self.get_response(request)
+        self._count(request)
+        return response
+
+    def _count(self, request: HttpRequest) -> None:
+        """Route attribution: the URL pattern Django resolved, else the raw path."""
+        route = _routes.django_route(request)
+        if _routes.TRACING:
+            if route is None:
+                self._counts.traced_path(request.path_info)
+            else:
+                self._counts.traced_named(route)
+        elif route is None:
+            self._counts.path(request.path_info)
+        else:
+            self._counts.named(route)
 
     def _early(self, request: HttpRequest) -> HttpResponse | None:
         path = request.path_info
@@ -106,6 +129,7 @@ class GuardMiddleware:
             lambda: self._allows(request),
             lambda: request.headers.get("Accept"),
             request.META.get("QUERY_STRING", ""),
+            method=request.method or "GET",
         )
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"

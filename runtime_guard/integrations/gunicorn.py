@@ -10,12 +10,15 @@ In ``gunicorn.conf.py``, calling the guard's hooks from your own (options from
         ...  # your own post_fork
 
     on_starting = guard_hooks.on_starting
+    post_worker_init = guard_hooks.post_worker_init
     child_exit = guard_hooks.child_exit
 
 or with options in code, ``globals().update(guard_hooks.hooks(memory_limit="2GiB"))``.
 
-``post_fork`` installs the guard in each worker. On ``restart_requested`` the worker, after
-``recycle_min_lifetime`` and a random ``recycle_jitter``, sends itself SIGTERM: gunicorn's
+``post_fork`` installs the guard in each worker; ``post_worker_init`` gives it back the
+on-demand diagnosis signal (``SIGUSR2``), which the worker resets after ``post_fork``. On
+``restart_requested`` the worker, after ``recycle_min_lifetime`` and a random
+``recycle_jitter``, sends itself SIGTERM: gunicorn's
 graceful worker shutdown, which finishes in-flight requests before the worker exits and the
 master starts a fresh one. ``child_exit`` and ``on_starting`` keep Prometheus multiprocess
 files right when ``PROMETHEUS_MULTIPROC_DIR`` is set.
@@ -59,6 +62,7 @@ __all__ = [
     "hooks",
     "on_starting",
     "post_fork",
+    "post_worker_init",
     "shutdown",
     "use_error_log",
 ]
@@ -68,7 +72,7 @@ _log = logging.getLogger("runtime_guard")
 Hook = Callable[..., None]
 
 # Names of the hooks the guard provides, in the order gunicorn calls them.
-_HOOKS = ("on_starting", "post_fork", "child_exit")
+_HOOKS = ("on_starting", "post_fork", "post_worker_init", "child_exit")
 # Marks a guard hook (its value: the hook's name) and a check wrapped around a user's hook.
 _MARK = "_runtime_guard_hook"
 _CHECK = "_runtime_guard_check"
@@ -276,6 +280,18 @@ def hooks(recycle: bool = True, error_log: bool = False, **options: Any) -> dict
             except Exception:
                 _log.exception("runtime_guard: could not check gunicorn's hooks")
 
+    def post_worker_init(worker: Any) -> None:
+        _calls["post_worker_init"] += 1
+        # The worker reset every signal it knows (SIGUSR2 among them) after post_fork.
+        try:
+            guard = runtime_guard.get_guard()
+            if guard is not None:
+                from runtime_guard.leaks.ondemand import install_signal
+
+                install_signal(guard)
+        except Exception:
+            _log.exception("runtime_guard: no on-demand diagnosis signal in this worker")
+
     def child_exit(server: Any, worker: Any) -> None:
         _calls["child_exit"] += 1
         worker_gone(worker.pid)
@@ -283,6 +299,7 @@ def hooks(recycle: bool = True, error_log: bool = False, **options: Any) -> dict
     return {
         "on_starting": _mark("on_starting", on_starting),
         "post_fork": _mark("post_fork", post_fork),
+        "post_worker_init": _mark("post_worker_init", post_worker_init),
         "child_exit": _mark("child_exit", child_exit),
     }
 
@@ -292,5 +309,7 @@ on_starting: Hook = _default["on_starting"]
 """Hook: clears Prometheus multiprocess files from a previous run; checks the hooks."""
 post_fork: Hook = _default["post_fork"]
 """Hook: installs the guard (options from ``RUNTIME_GUARD_*``) and recycling in the worker."""
+post_worker_init: Hook = _default["post_worker_init"]
+"""Hook: gives the worker back the on-demand diagnosis signal (gunicorn resets it)."""
 child_exit: Hook = _default["child_exit"]
 """Hook: tells Prometheus multiprocess mode that a worker is gone."""

@@ -19,6 +19,7 @@ from runtime_guard.integrations._http import (
     MiddlewareBase,
     current_guard,
 )
+from runtime_guard.leaks import routes as _routes
 
 __all__ = ["GuardMiddleware"]
 
@@ -27,6 +28,8 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _REASONS = {200: "200 OK", 404: "404 Not Found", 500: "500 Internal Server Error"}
 _REASONS[403] = "403 Forbidden"
+_REASONS[202] = "202 Accepted"
+_REASONS[405] = "405 Method Not Allowed"
 _PROXY_KEYS = tuple("HTTP_" + name.upper().replace("-", "_") for name in PROXY_HEADERS)
 _REASONS[503] = "503 Service Unavailable"
 
@@ -52,7 +55,19 @@ class GuardMiddleware(MiddlewareBase):
             headers.append(("X-Runtime-Guard-Pressure", guard.pressure.name.lower()))
             start_response(_REASONS[503], headers)
             return [self._refused_body]
-        return self.app(environ, start_response)
+        if _routes.TRACING:
+            return self._traced(path, environ, start_response)
+        response = self.app(environ, start_response)
+        self._count(path)  # route attribution: one dict update
+        return response
+
+    def _traced(
+        self, path: str, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The request inside a leak diagnosis window: what it left allocated, per route."""
+        response = self.app(environ, start_response)
+        self._counts.traced_path(path)
+        return response
 
     def _answer(
         self, path: str, environ: dict[str, Any], start_response: StartResponse
@@ -63,6 +78,7 @@ class GuardMiddleware(MiddlewareBase):
             lambda: self._allows(environ),
             lambda: environ.get("HTTP_ACCEPT"),
             environ.get("QUERY_STRING", ""),
+            method=environ.get("REQUEST_METHOD", "GET"),
         )
         start_response(
             _REASONS.get(code, f"{code} Error"),

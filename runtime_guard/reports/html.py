@@ -7,6 +7,7 @@ from the report is escaped; report data is never trusted.
 
 from __future__ import annotations
 
+import base64
 import time
 from html import escape
 from typing import Any
@@ -63,8 +64,9 @@ code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}
 pre{background:#f3f4f7;padding:8px;overflow-x:auto;margin:4px 0}
 .status{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;
 background:#dfe6ee;color:#1d2330}
-.status.ok{background:#d4f1dd}.status.degraded{background:#fde8c8}
-.status.critical{background:#f8d0cc}
+.status.ok{background:#d4f1dd}.status.degraded,.status.elevated{background:#fde8c8}
+.status.high{background:#f9d2a8}.status.critical{background:#f8d0cc}
+.holder{font-weight:600}img.graph{max-width:100%;display:block;margin:6px 0}
 .bar{background:#8e44ad;height:8px;border-radius:4px;min-width:2px}
 .legend span{display:inline-block;margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;
@@ -286,7 +288,7 @@ def _details(summary: str, lines: list[str]) -> str:
 def _chain_graph(chain: list[str], css_id: str) -> str:
     """The referrer chain as boxes joined by arrows, root at the top."""
     if not chain:
-        return '<p class="muted">No referrer chain was found.</p>'
+        return '<p class="muted">No holder was found within the search budget.</p>'
     box_h, gap = 26, 18
     labels = [c if len(c) <= 110 else c[:109] + "…" for c in chain]
     width = min(900, max(8 * max(len(label) for label in labels) + 24, 200))
@@ -315,12 +317,39 @@ def _chain_graph(chain: list[str], css_id: str) -> str:
     return "".join(parts)
 
 
+def _graph_image(svg: str, css_id: str) -> str:
+    """Graphviz's SVG as an image: an SVG in ``<img>`` runs no script and loads nothing, so
+    a report's picture cannot act on the page even if the file was tampered with."""
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return (
+        f'<img id="{css_id}" class="graph" alt="reference chain from the root to the leaked '
+        f'object" src="data:image/svg+xml;base64,{data}">'
+    )
+
+
+def _routes_table(leak: LeakView, suffix: str) -> str:
+    if not leak.routes:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{escape(row.route)}</code></td><td class=num>{escape(row.per_request)}"
+        f"</td><td class=num>{escape(row.requests)}</td><td class=num>{row.share:.0%}</td>"
+        f'<td><div class="bar" style="width:{row.share * 100:.0f}%"></div></td>'
+        f"<td class=muted>{escape(row.method)}</td></tr>"
+        for row in leak.routes
+    )
+    return (
+        f'<h3>Routes, by what each request leaves allocated</h3><table id="routes{suffix}">'
+        "<tr><th>route</th><th class=num>per request</th><th class=num>requests</th>"
+        f"<th class=num>share</th><th style='width:20%'></th><th>from</th></tr>{rows}</table>"
+    )
+
+
 def _leak_section(leak: LeakView, index: int = 0, count: int = 1) -> str:
     suffix = "" if index == 0 else f"-{index}"
     if index == 0:
-        title = "Leak" if count == 1 else f"Leak (latest of {count} reports)"
+        title = "Leak" if count == 1 else f"Leak (the most useful of {count} reports)"
     else:
-        title = f"Earlier leak report {index}"
+        title = f"Other leak report {index}"
     parts = [f'<section id="leak{suffix}" class="leak"><h2>{title}</h2>']
     if leak.summary:
         parts.append(_kv_table(leak.summary, "leak-summary" + suffix))
@@ -339,23 +368,33 @@ def _leak_section(leak: LeakView, index: int = 0, count: int = 1) -> str:
         )
     if not leak.sites:
         parts.append('<tr><td colspan=4 class="muted">no allocation sites recorded</td></tr>')
-    parts.append(f'</table><h3>Growing types</h3><table id="growing-types{suffix}">')
-    parts.append(
-        "<tr><th>type</th><th class=num>before</th><th class=num>after</th>"
-        "<th class=num>growth</th><th style='width:30%'></th></tr>"
-    )
-    top = max((abs(t.growth) for t in leak.types), default=1) or 1
-    for row in leak.types:
-        pct = abs(row.growth) / top * 100
+    parts.append("</table><h3>Who holds it</h3>")
+    if leak.holder:
         parts.append(
-            f"<tr><td><code>{escape(row.name)}</code></td><td class=num>{escape(row.before)}</td>"
-            f"<td class=num>{escape(row.after)}</td><td class=num>{row.growth:+,.0f}</td>"
-            f'<td><div class="bar" style="width:{pct:.0f}%"></div></td></tr>'
+            f'<p id="holder{suffix}" class="holder"><code>{escape(leak.holder)}</code></p>'
         )
-    if not leak.types:
-        parts.append('<tr><td colspan=5 class="muted">no type census recorded</td></tr>')
-    parts.append("</table><h3>Who holds it: referrer chain</h3>")
-    parts.append(_chain_graph(leak.chain, "referrer-chain" + suffix))
+    if leak.holder_svg:
+        parts.append(_graph_image(leak.holder_svg, "referrer-graph" + suffix))
+        parts.append(_details("the chain as text", [" -> ".join(leak.chain)]))
+    else:
+        parts.append(_chain_graph(leak.chain, "referrer-chain" + suffix))
+    parts.append(_routes_table(leak, suffix))
+    if leak.types:
+        parts.append(f'<h3>Growing types</h3><table id="growing-types{suffix}">')
+        parts.append(
+            "<tr><th>type</th><th class=num>before</th><th class=num>after</th>"
+            "<th class=num>growth</th><th style='width:30%'></th></tr>"
+        )
+        top = max((abs(t.growth) for t in leak.types), default=1) or 1
+        for row in leak.types:
+            pct = abs(row.growth) / top * 100
+            parts.append(
+                f"<tr><td><code>{escape(row.name)}</code></td>"
+                f"<td class=num>{escape(row.before)}</td>"
+                f"<td class=num>{escape(row.after)}</td><td class=num>{row.growth:+,.0f}</td>"
+                f'<td><div class="bar" style="width:{pct:.0f}%"></div></td></tr>'
+            )
+        parts.append("</table>")
     parts.append("</section>")
     return "".join(parts)
 

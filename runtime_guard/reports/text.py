@@ -60,7 +60,7 @@ def render_view_text(view: ReportView) -> str:
     if view.health:
         lines += ["", "Health", *_table(view.health)]
     for i, leak in enumerate(view.leaks):
-        lines += ["", "Leak" if i == 0 else f"Earlier leak report {i}", *_table(leak.summary)]
+        lines += ["", "Leak" if i == 0 else f"Other leak report {i}", *_table(leak.summary)]
         if leak.note:
             lines.append(f"  note: {leak.note}")
         if leak.sites:
@@ -70,6 +70,15 @@ def render_view_text(view: ReportView) -> str:
                     f"    {site.location} in {site.function}: +{site.size}, {site.count} blocks"
                 )
                 lines += [f"        {frame}" for frame in site.traceback[:6]]
+        if leak.holder:
+            lines.append(f"  held by: {leak.holder}")
+        if leak.routes:
+            lines.append("  routes, by what each request leaves allocated:")
+            lines += [
+                f"    {row.route}: {row.per_request} per request, {row.requests} requests "
+                f"({row.share:.0%} of the growth, {row.method})"
+                for row in leak.routes[:10]
+            ]
         if leak.types:
             lines.append("  growing types:")
             lines += [

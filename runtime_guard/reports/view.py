@@ -22,6 +22,7 @@ __all__ = [
     "ReportError",
     "ReportView",
     "ResourcesView",
+    "RouteRow",
     "SiteRow",
     "TypeRow",
     "UnreleasedView",
@@ -34,6 +35,7 @@ MAX_EVENTS = 1000
 MAX_ROWS = 50
 MAX_FRAMES = 30
 MAX_TEXT = 2000
+MAX_SVG = 64 * 1024
 MARKER_KINDS = (
     "leak",
     "unreleased",
@@ -147,6 +149,17 @@ class TypeRow:
 
 
 @dataclass
+class RouteRow:
+    """A route (or task) and what each of its requests leaves allocated."""
+
+    route: str
+    per_request: str
+    requests: str
+    share: float
+    method: str
+
+
+@dataclass
 class LeakView:
     """The leak part of a report."""
 
@@ -155,6 +168,17 @@ class LeakView:
     types: list[TypeRow]
     chain: list[str]
     note: str
+    holder: str = ""
+    """The holder in one line: ``app.cache._RESPONSES (dict): 48.2 MiB in 502 entries``."""
+    holder_svg: str = ""
+    """The chain drawn by Graphviz (SVG text, shown as an image, never inline)."""
+    routes: list[RouteRow] = field(default_factory=list)
+    detected: float = 0.0
+
+    @property
+    def usefulness(self) -> int:
+        """How much a reader can act on: sites and a holder, then sites, then nothing."""
+        return 2 * bool(self.sites) + bool(self.holder or self.chain) + bool(self.routes)
 
 
 @dataclass
@@ -283,11 +307,26 @@ def _summary(
             shown = format_duration(_num(value))
         elif form == "count":
             shown = _fmt_count(_num(value))
+        elif form == "mbmin_bytes":
+            number = _num(value)
+            shown = "-" if number is None else f"{number / 1e6:.2f} MB/min kept"
+        elif form == "origin":
+            shown = _ORIGINS.get(str(value), _text(value, 40))
+        elif form == "reason":
+            if value == "growth":
+                continue
+            shown = _text(value, 300)
         else:
             shown = _text(value, 300)
         rows.append((label, shown))
     return rows
 
+
+_ORIGINS = {
+    "python": "the Python heap (objects of any size made by Python code)",
+    "native": "native memory (RSS grows, tracemalloc's total does not)",
+    "unknown": "not told apart (no tracemalloc in the diagnosis)",
+}
 
 _LEAK_SUMMARY: list[tuple[str, tuple[str, ...], str]] = [
     ("growing figure", ("metric",), "text"),
@@ -299,6 +338,9 @@ _LEAK_SUMMARY: list[tuple[str, tuple[str, ...], str]] = [
         ("time_to_limit_seconds", "time_to_limit", "predicted_seconds_to_limit"),
         "seconds",
     ),
+    ("what grows", ("origin",), "origin"),
+    ("traced by tracemalloc", ("traced_bytes_per_min",), "mbmin_bytes"),
+    ("asked by", ("reason",), "reason"),
     ("diagnosis", ("diagnosis",), "text"),
     ("diagnosis, tracemalloc on", ("tracemalloc_seconds", "diagnosis_seconds"), "seconds"),
     ("diagnosis, heap walk", ("heap_walk_seconds", "census_seconds"), "seconds"),
@@ -340,7 +382,41 @@ def _leak(data: dict[str, Any]) -> LeakView:
         )
     chain = [_text(link, 300) for link in _list(_first(data, "referrer_chain", "chain"), 20)]
     note = _text(_first(data, "note", "explanation"), 1000)
-    return LeakView(summary, sites, types, chain, note)
+    view = LeakView(summary, sites, types, chain, note)
+    view.holder = _holder(_dict(data.get("holder")))
+    svg = data.get("holder_svg")
+    if isinstance(svg, str) and svg.startswith("<svg") and len(svg) <= MAX_SVG:
+        view.holder_svg = svg
+    for raw_item in _list(data.get("routes"), MAX_ROWS):
+        item = _dict(raw_item)
+        per = _num(item.get("bytes_per_request"))
+        share = _num(item.get("share"))
+        view.routes.append(
+            RouteRow(
+                route=_text(item.get("route"), 300),
+                per_request="-" if per is None else fmt_bytes(max(per, 0.0)),
+                requests=_fmt_count(_num(item.get("requests"))),
+                share=0.0 if share is None else min(max(share, 0.0), 1.0),
+                method=_text(item.get("method"), 20),
+            )
+        )
+    view.detected = _num(data.get("detected_at")) or 0.0
+    return view
+
+
+def _holder(data: dict[str, Any]) -> str:
+    path = _text(data.get("path"), 300)
+    if not path:
+        return ""
+    text = f"{path} ({_text(data.get('type'), 100) or '?'})"
+    size, entries = _num(data.get("bytes")), _num(data.get("entries"))
+    if size is not None:
+        text += f": {fmt_bytes(size)}"
+        if (_num(data.get("sampled")) or 0) > 0:
+            text += " (estimated)"
+    if entries is not None:
+        text += f"{':' if size is None else ''} in {entries:,.0f} entries"
+    return text
 
 
 _UNRELEASED_SUMMARY: list[tuple[str, tuple[str, ...], str]] = [
@@ -523,7 +599,11 @@ def read_view(data: Any, live: bool = False) -> ReportView:
         view.leaks = [_leak(data)]
     else:
         leaks = [_dict(item) for item in _list(data.get("leaks"), 5)] or [_dict(data.get("leak"))]
-        view.leaks = [_leak(item) for item in leaks if item]
+        # The report a reader can act on first (sites and a holder), the latest among equals.
+        view.leaks = sorted(
+            (_leak(item) for item in leaks if item),
+            key=lambda leak: (-leak.usefulness, -leak.detected),
+        )
     unreleased = data if kind == "unreleased" else _dict(data.get("unreleased"))
     if unreleased:
         view.unreleased = _unreleased(unreleased)
@@ -533,6 +613,9 @@ def read_view(data: Any, live: bool = False) -> ReportView:
     view.health = _flat(health, _HEALTH_KEYS)
     view.resources = _resources(health, _list(data.get("resources"), MAX_ROWS))
     view.status = _text(health.get("status"), 20)
+    if kind == "episode" and view.points:
+        # An episode is judged by its worst moment, not by the health at its end.
+        view.status = LEVELS[max(p.level for p in view.points)]
     if not (view.points or view.leaks or view.unreleased or view.relief or view.health):
         raise ReportError(
             "no samples, leak, unreleased, relief or health data found: not a runtime_guard report"

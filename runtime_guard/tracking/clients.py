@@ -6,9 +6,12 @@ before the guard was installed or after (see :mod:`runtime_guard.tracking.import
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from runtime_guard import _frames
 
 # The watcher and resolve() lived here in 0.1; code written then imports them from here.
 from runtime_guard.tracking.imports import ImportWatcher, resolve, watcher
@@ -20,6 +23,36 @@ def _owns_redis_pool(client: Any) -> bool:
     # A client built on a pool it was given (``connection_pool=``) borrows the pool and
     # holds nothing of its own: not closing it is the documented per-call idiom.
     return bool(getattr(client, "auto_close_connection_pool", True))
+
+
+# What servers do with sockets: accept connections, listen (asyncio's create_server,
+# uvicorn's and gunicorn's binding) and wake their loops (asyncio's self-pipe). A socket made
+# there is the server's own, never a client the application forgot to close.
+_SERVER_CALLS = frozenset(
+    {"accept", "create_server", "_make_self_pipe", "bind_socket", "create_sockets"}
+)
+_SOCKET_FRAMES = 8
+_LIBRARY = _frames.FrameKind.LIBRARY
+
+
+def _owns_socket(sock: Any) -> bool:
+    """False for a socket a server made (accepted, listening, a loop's wake-up pair)."""
+    frame: Any = sys._getframe(1)
+    for _ in range(_SOCKET_FRAMES):
+        if frame is None:
+            break
+        name = frame.f_code.co_name
+        if name in _SERVER_CALLS:
+            return False
+        if name == "socketpair":
+            # A pair an installed library makes for itself (a loop's or a pool's wake-up
+            # pair: anyio, kombu, billiard) is its own; one made for the application's code,
+            # directly or through a thread pool, is the application's to close.
+            caller = frame.f_back
+            if caller is not None and _frames.kind(caller.f_code.co_filename) is _LIBRARY:
+                return False
+        frame = frame.f_back
+    return True
 
 
 @dataclass(frozen=True)
@@ -97,6 +130,6 @@ CLIENTS: tuple[ClientSpec, ...] = (
     ClientSpec("psycopg.Connection", "psycopg", "Connection", ("close",)),
     ClientSpec("psycopg.AsyncConnection", "psycopg", "AsyncConnection", ("close",)),
     ClientSpec("sqlalchemy.Engine", "sqlalchemy.engine", "Engine", ("dispose",)),
-    ClientSpec("socket.socket", "socket", "socket", ("close", "detach")),
+    ClientSpec("socket.socket", "socket", "socket", ("close", "detach"), _owns_socket),
 )
 """Every client tracked by default (``track_clients=True``) once its package is imported."""
