@@ -111,9 +111,10 @@ def test_run_forwards_sigterm_to_the_child(tmp_path: Path) -> None:
     """SIGTERM sent to ``runtime-guard run`` reaches the program, whose exit code comes back."""
     script = tmp_path / "server.py"
     script.write_text(
-        "import signal, sys, time\n"
+        "import os, signal, sys, time\n"
         "def stop(signum, frame):\n"
-        "    print('got SIGTERM', flush=True)\n"
+        # Not print(): the signal can land while print('ready') is still flushing.
+        "    os.write(1, b'got SIGTERM\\n')\n"
         "    sys.exit(3)\n"
         "signal.signal(signal.SIGTERM, stop)\n"
         "print('ready', flush=True)\n"

@@ -3,6 +3,7 @@ exhausted pools with their holders, and clean use that never reports."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -87,6 +88,30 @@ def test_a_flask_handler_that_never_returns_its_connection_is_reported_with_its_
         assert len(watch.sent["checkout_held"]) == 3  # once per checkout
     finally:
         pool.close()
+
+
+def test_connections_lost_one_after_another_are_each_reported(
+    watch: Clocked, postgres_server: servers.PostgresServer
+) -> None:
+    """Each psycopg_pool connection collected unreturned stays one lost checkout, even when
+    the next connection is made at the same address (the same ``id()``)."""
+    import psycopg_pool
+
+    pool = psycopg_pool.ConnectionPool(postgres_server.dsn, min_size=1, max_size=8, open=True)
+    ids = set()
+    try:
+        for _ in range(6):
+            conn = pool.getconn()  # dropped, never returned
+            ids.add(id(conn))
+            del conn
+            gc.collect()
+        watch.after(31.0)
+        assert len(watch.sent["checkout_held"]) == 6, f"{len(ids)} distinct ids"
+        pools = watch.guard.health()["pools"]
+        (name,) = [n for n in pools if pools[n]["library"] == "psycopg_pool"]
+        assert pools[name]["held_too_long"] == 6
+    finally:
+        pool.close(timeout=1)
 
 
 def test_a_session_left_open_in_a_worker_thread_is_reported_idle_in_transaction(

@@ -13,6 +13,7 @@ whole per-checkout cost (measured in ``benchmarks/bench_resources.py``).
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import sys
 import threading
@@ -47,6 +48,10 @@ _REDIS_HOLDERS = frozenset({"Redis.__init__", "Monitor.__init__", "PubSub.execut
 
 # redis-py's default max_connections is 2**31: no real bound.
 _UNBOUNDED = 1 << 30
+# Keys for checkouts whose connection was collected unreturned: its id() is free for the
+# next connection, and the lost checkout must not be overwritten by that one's. Negative,
+# so never an id().
+_LOST_KEYS = itertools.count(-1, -1)
 
 
 def _remove(watch: PoolWatch, key: int) -> bool:
@@ -319,6 +324,9 @@ class PoolHooks:
             try:
                 checkouts = watch.checkouts
                 found = id(key(connection))
+                earlier = checkouts.get(found)
+                if earlier is not None and earlier.lost and len(checkouts) < MAX_CHECKOUTS:
+                    checkouts[next(_LOST_KEYS)] = earlier
                 if found in checkouts or len(checkouts) < MAX_CHECKOUTS:
                     checkout = checkouts[found] = Checkout(
                         capture(2),
