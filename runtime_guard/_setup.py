@@ -15,6 +15,7 @@ def attach_components(guard: Guard) -> None:
     _attach_shedding_and_relief(guard)
     _attach_tracking(guard)
     _attach_leaks(guard)
+    _attach_recycling(guard)
 
 
 def _attach_shedding_and_relief(guard: Guard) -> None:
@@ -25,7 +26,7 @@ def _attach_shedding_and_relief(guard: Guard) -> None:
     from runtime_guard.shedding import SheddingComponent, set_emergency
 
     config = guard.config
-    guard.add_component(SheddingComponent(restart_after=config.restart_after))
+    guard.add_component(SheddingComponent())
     if config.emergency:
         set_emergency(guard, True)
     if config.relief:
@@ -38,6 +39,14 @@ def _attach_tracking(guard: Guard) -> None:
     from runtime_guard.tracking import TrackingComponent
 
     guard.add_component(TrackingComponent(track_clients=guard.config.track_clients))
+
+
+def _attach_recycling(guard: Guard) -> None:
+    # After the leak detector: a recycle decided on a sample reports the diagnosis that
+    # sample finished.
+    from runtime_guard.recycling import RecyclePolicy
+
+    guard.add_component(RecyclePolicy(guard.config))
 
 
 def _attach_leaks(guard: Guard) -> None:

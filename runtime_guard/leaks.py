@@ -51,6 +51,7 @@ from runtime_guard.diagnosis import (
 
 if TYPE_CHECKING:
     from collections import Counter
+    from collections.abc import Sequence
 
     from runtime_guard.config import Config
     from runtime_guard.guard import Guard
@@ -91,6 +92,9 @@ _SETTLE_SAMPLES = 10
 
 # A tracemalloc window shorter than this shows too little growth to be worth its cost.
 _MIN_TRACE_SECONDS = 1.0
+
+# Points an early verdict's Theil-Sen rates are computed from at most (quadratic cost).
+_EARLY_POINTS = 30
 
 # Types that grew by fewer instances than this in a diagnosis window get no chain.
 _MIN_CHAIN_GROWTH = 10
@@ -213,6 +217,7 @@ class _Episode:
     signalled_rate: float | None = None
     signalled_at: float | None = None
     negatives: int = 0
+    early: bool = False
 
 
 @dataclass
@@ -291,9 +296,10 @@ class LeakDetector(Component):
                 self._finish_diagnosis(guard, sample, settled)
         if self._first is None:
             self._first = now
+        # Before the warm-up ends no floor counts; a diagnosis asked for early still runs.
         if now < self._first + self._config.leak_warmup:
-            return
-        if self._win_start is None:
+            pass
+        elif self._win_start is None:
             self._open_window(now, sample)
         elif now >= self._win_start + self._config.leak_window:
             if not self._win_tainted:
@@ -524,6 +530,11 @@ class LeakDetector(Component):
             report.heap_walk_seconds = heap_walk
             report.diagnosis = "done" if not diag.skipped else "done; " + diag.skipped
             report.note = _note(report, diag, sample)
+            if episode.early:
+                report.note = (
+                    "Diagnosed at once, before the warm-up and the window rule: usage grows "
+                    "fast enough to reach the limit before they could confirm it. " + report.note
+                )
             report.detected_at = sample.wall
             episode.signalled_rate = report.rate_bytes_per_min
             episode.signalled_at = sample.monotonic
@@ -567,6 +578,46 @@ class LeakDetector(Component):
             episode = self._episode
             return None if episode is None else dataclasses.replace(episode.report)
 
+    def diagnose_early(
+        self,
+        sample: Sample,
+        points: Sequence[tuple[float, float, float]],
+        least_trace: float = 0.0,
+    ) -> bool:
+        """Suspect a leak now and diagnose it from the next sample, before the warm-up.
+
+        For growth that leaves no time for the warm-up and the window rule (the recycling
+        policy asks). ``points`` are recent ``(t, rss, heap blocks)`` readings, for the
+        rate. The diagnosis keeps to the tracemalloc duty cycle: while it allows less than
+        ``least_trace`` seconds this returns ``False`` and nothing starts (ask again later).
+        True once a suspicion exists, whoever started it.
+        """
+        with self._lock:
+            if self._episode is not None:
+                return True
+            tracing = self._always is not None or tracemalloc.is_tracing()
+            if (
+                self._config.tracemalloc != "off"
+                and not tracing
+                and self._trace_budget(sample.monotonic) < least_trace
+            ):
+                return False
+            self._begin(_early_verdict(points), sample)
+            assert self._episode is not None
+            self._episode.early = True
+        return True
+
+    def finish_diagnosis(self, guard: Guard, sample: Sample) -> None:
+        """End an open diagnosis window now (the process is about to go) and report it."""
+        if self._diag is not None:
+            self._finish_diagnosis(guard, sample, self._settled())
+
+    def current_report(self) -> LeakReport | None:
+        """A copy of the current suspicion's report, diagnosed or not; ``None`` without one."""
+        with self._lock:
+            episode = self._episode
+            return None if episode is None else dataclasses.replace(episode.report)
+
     def _partial_window(self) -> tuple[float, float, float] | None:
         """The open window as a floor, once it spans half a window (for :meth:`check`)."""
         start = self._win_start
@@ -607,6 +658,22 @@ class LeakDetector(Component):
             elif session is not None:
                 session.stop()
         self._lingering = self._always = None
+
+
+def _early_verdict(points: Sequence[tuple[float, float, float]]) -> _Verdict:
+    """The rates of ``(t, rss, heap blocks)`` points, judged as :meth:`LeakDetector._judge`
+    judges floors: the heap's growth when the heap can explain RSS's, else RSS's."""
+    if len(points) > _EARLY_POINTS:
+        step = len(points) / _EARLY_POINTS
+        points = [points[int(i * step)] for i in range(_EARLY_POINTS - 1)] + [points[-1]]
+    minutes = [t / 60.0 for t, _, _ in points]
+    rss_rate = theil_sen(list(zip(minutes, [r for _, r, _ in points], strict=True)))
+    heap_rate = theil_sen(list(zip(minutes, [h for _, _, h in points], strict=True)))
+    duration = points[-1][0] - points[0][0] if points else 0.0
+    if heap_rate > 0 and heap_rate * _MAX_BLOCK >= rss_rate:
+        rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK)
+        return _Verdict("heap", rate, heap_rate, rss_rate, duration)
+    return _Verdict("rss", max(rss_rate, 0.0), heap_rate, rss_rate, duration)
 
 
 def _rising_run(values: list[float], min_step: float) -> int:

@@ -338,6 +338,12 @@ class MemoryProbe:
         self.limit, self.limit_source = limit, source
 
     @property
+    def cgroup_path(self) -> str | None:
+        """Directory of the cgroup whose limit and usage are read; ``None`` outside one."""
+        cgroup = self._cgroup
+        return None if cgroup is None else cgroup.path
+
+    @property
     def sources(self) -> dict[str, str]:
         sources = {"rss": self.rss.source, "usage": self.usage_source, "limit": self.limit_source}
         if self._process_limit is not None:

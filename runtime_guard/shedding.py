@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from runtime_guard import signals
 from runtime_guard._component import Component
-from runtime_guard._sizes import format_size
 from runtime_guard.limiter import all_limiters, apply_pressure
 from runtime_guard.pressure import Pressure
 
@@ -273,7 +272,7 @@ def set_emergency(guard: Guard, on: bool) -> None:
     """Shed (``on``) or restore everything sheddable at once; used by ``Guard.set_emergency``."""
     component = guard.component("shedding")
     if not isinstance(component, SheddingComponent):
-        component = SheddingComponent(restart_after=None)
+        component = SheddingComponent()
         guard.add_component(component)
     with _lock:
         if component.emergency == on:
@@ -303,30 +302,24 @@ def _call(callback: Callable[[], Any] | None, feature_name: str, hook: str) -> N
 
 
 class SheddingComponent(Component):
-    """Sheds and restores features, clears caches, resizes limiters; asks for a restart."""
+    """Sheds and restores features, clears caches, resizes limiters."""
 
     name = "shedding"
 
     def __init__(
         self,
-        restart_after: float | None,
         emergency: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.restart_after = restart_after
-        """Seconds usage may stay CRITICAL before ``restart_requested`` (``None``: never)."""
         self.emergency = emergency
         """Whether everything sheddable is shed regardless of pressure."""
         self.clock = clock
-        """Time source for the restart delay (injectable for tests)."""
+        """Time source for the flapping holds (injectable for tests)."""
         self.level = Pressure.OK
         """The level shedding last acted on."""
-        self.restart_sent = False
-        """Whether ``restart_requested`` was sent in the current CRITICAL episode."""
         self._guard: Guard | None = None
         self._held = False
         self._applied_emergency = False
-        self._critical_since: float | None = None
         with _lock:
             _live.append(self)
 
@@ -339,7 +332,6 @@ class SheddingComponent(Component):
                 return
             if _applied_by is not self or level != self.level or self._held:
                 self._apply(guard, level)
-        self._check_restart(guard, sample)
 
     def _apply(self, guard: Guard, level: Pressure) -> None:
         """Bring features, caches and limiters in line with ``level`` (under ``_lock``)."""
@@ -405,32 +397,6 @@ class SheddingComponent(Component):
                     )
         return described
 
-    def _check_restart(self, guard: Guard, sample: Sample) -> None:
-        if sample.pressure < Pressure.CRITICAL:
-            self._critical_since, self.restart_sent = None, False
-            return
-        now = self.clock()
-        if self._critical_since is None:
-            self._critical_since = now
-            return
-        stayed = now - self._critical_since
-        if self.restart_sent or self.restart_after is None or stayed < self.restart_after:
-            return
-        self.restart_sent = True
-        reason = (
-            f"usage stayed CRITICAL for {stayed:.0f} s after relief and shedding "
-            f"({format_size(sample.usage)} of {format_size(sample.limit)}, "
-            f"{sample.usage_fraction:.0%})"
-        )
-        # The guard itself never exits: recycling belongs to a server integration that
-        # receives the signal and can finish in-flight work first.
-        _log.warning(
-            "runtime_guard: restart requested: %s (%d receivers connected)",
-            reason,
-            len(list(signals.restart_requested.receivers_for(guard))),
-        )
-        guard.send(signals.restart_requested, reason=reason)
-
     # -- reporting and lifecycle ------------------------------------------------------
 
     def health(self, guard: Guard) -> dict[str, Any]:
@@ -441,11 +407,7 @@ class SheddingComponent(Component):
             "emergency": self.emergency,
             "caches": caches,
             "limiters": {item.name: item.health() for item in all_limiters()},
-            "restart_requested": self.restart_sent,
         }
-
-    def after_fork(self, guard: Guard) -> None:
-        self._critical_since, self.restart_sent = None, False
 
     def close(self, guard: Guard) -> None:
         global _applied_by

@@ -21,6 +21,7 @@ __all__ = [
     "namespace",
     "overlap_skipped",
     "pressure_changed",
+    "recycle_pending",
     "restart_requested",
     "sample_taken",
     "unreleased_objects",
@@ -58,6 +59,13 @@ feature_restored = namespace.signal(
 restart_requested = namespace.signal(
     "restart_requested",
     doc="Relief and shedding did not help; recycle this process. Payload: ``reason: str``.",
+)
+recycle_pending = namespace.signal(
+    "recycle_pending",
+    doc="A recycle is due: usage reaches the limit within what a drain needs, or is CRITICAL. "
+    "Sent once per episode by every worker that sees it. Payload: ``reason: str``, "
+    "``seconds_to_limit: float | None`` (``None`` when usage is CRITICAL without a steady "
+    "trend).",
 )
 overlap_skipped = namespace.signal(
     "overlap_skipped",

@@ -111,6 +111,7 @@ class Timeline(Component):
             (signals.feature_shed, self._on_shed),
             (signals.feature_restored, self._on_restored),
             (signals.restart_requested, self._on_restart),
+            (signals.recycle_pending, self._on_recycle_pending),
         ]
         for signal, receiver in self._receivers:
             signal.connect(receiver, sender=guard, weak=False)
@@ -165,6 +166,9 @@ class Timeline(Component):
 
     def _on_restart(self, guard: Guard, **payload: Any) -> None:
         self.record("recycle", f"recycle requested: {payload.get('reason', '')}")
+
+    def _on_recycle_pending(self, guard: Guard, **payload: Any) -> None:
+        self.record("recycle", f"recycle pending: {payload.get('reason', '')}")
 
     def on_pressure(self, guard: Guard, old: Pressure, new: Pressure, sample: Sample) -> None:
         if old == Pressure.OK and new > Pressure.OK:

@@ -112,14 +112,21 @@ def test_report_classes_are_dataclasses_with_to_dict() -> None:
 
 
 def test_readme_options_table_lists_every_option() -> None:
-    """Every Config option appears in the README's options table, and nothing else does."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- options-table -->")[1].split("<!-- /options-table -->")[0]
-    documented = set(re.findall(r"`([a-z_]+)`", table.split("\n|", 2)[-1]))
+    """Every Config option appears in an options table (README or docs), and nothing else does."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    tables = [
+        part.split("<!-- /options-table -->")[0]
+        for page in pages
+        for part in page.read_text().split("<!-- options-table -->")[1:]
+    ]
+    documented = {
+        name for table in tables for name in re.findall(r"`([a-z_]+)`", table.split("\n|", 2)[-1])
+    }
     options = {f.name for f in dataclasses.fields(Config)}
     assert options - documented == set()
     first_column = {
         name
+        for table in tables
         for line in table.splitlines()
         if line.startswith("| `")
         for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])

@@ -91,6 +91,8 @@ class Figures:
     gc_collections: int = 0
     relief: int = 0
     shed_events: int = 0
+    recycle_pending: bool = False
+    seconds_to_limit: float = float("inf")
 
 
 def growth_rate(points: list[tuple[float, float]]) -> float:
@@ -128,7 +130,14 @@ def figures(guard: Guard, sample: Sample | None = None) -> Figures:
         gc_collections=sample.gc_collections,
         relief=_tally.relief,
         shed_events=_tally.shed,
+        recycle_pending=bool(health.get("recycle_pending")),
+        seconds_to_limit=_seconds(health.get("seconds_to_limit")),
     )
+
+
+def _seconds(value: Any) -> float:
+    # +Inf when usage is not closing in on the limit: an alert "< 60" then never fires.
+    return float(value) if isinstance(value, (int, float)) else float("inf")
 
 
 _HELP = {
@@ -145,6 +154,8 @@ _HELP = {
     "gc_collections": "Garbage collections run.",
     "relief": "Relief runs (full GC, malloc_trim).",
     "features_shed": "Times a feature was shed.",
+    "recycle_pending": "1 while a recycle is due in this worker's container (see health()).",
+    "seconds_to_limit": "Predicted seconds until usage reaches the limit (+Inf: not growing).",
 }
 
 
@@ -177,6 +188,8 @@ class GuardCollector(Collector):
         yield gauge("pressure_level", f.pressure)
         yield gauge("leak_rate_bytes_per_second", f.leak_rate)
         yield gauge("suspected_leaks", f.suspected_leaks)
+        yield gauge("recycle_pending", int(f.recycle_pending))
+        yield gauge("seconds_to_limit", f.seconds_to_limit)
         unreleased = GaugeMetricFamily(
             PREFIX + "unreleased_objects", _HELP["unreleased_objects"], labels=["type"]
         )
@@ -221,6 +234,8 @@ class _MultiprocessExporter:
                 "pressure_level",
                 "leak_rate_bytes_per_second",
                 "suspected_leaks",
+                "recycle_pending",
+                "seconds_to_limit",
             )
         }
         self.unreleased = gauge("unreleased_objects", ("type",))
@@ -249,6 +264,8 @@ class _MultiprocessExporter:
             "pressure_level": f.pressure,
             "leak_rate_bytes_per_second": f.leak_rate,
             "suspected_leaks": f.suspected_leaks,
+            "recycle_pending": int(f.recycle_pending),
+            "seconds_to_limit": f.seconds_to_limit,
         }
         for name, value in values.items():
             self.gauges[name].set(value)

@@ -1,0 +1,231 @@
+"""The workers of one container agree on who recycles: a file lock and a file per worker.
+
+Workers that share a memory limit (one cgroup) read the same usage, so they all see the
+same prediction at the same moment. Each publishes its own growth in a small file in a
+runtime directory keyed by the cgroup's path; the one that grew most recycles, and only
+while it holds an exclusive ``flock`` on the directory's lock file. The kernel releases
+that lock when the process exits, however it exits, so the lock is held exactly until the
+worker's memory is back, and a worker that crashed mid-recycle never blocks the others.
+
+A file lock rather than the server's master (gunicorn's hooks, uvicorn's supervisor,
+billiard's pool): it works the same for every server, and for several servers sharing one
+container (gunicorn beside a Celery worker), which no single master can see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Coordinator", "Peer", "runtime_directory"]
+
+_log = logging.getLogger("runtime_guard")
+
+STALE_SECONDS = 60.0
+"""A worker's file not rewritten for this long belongs to a process that is gone."""
+
+_LOCK = "recycle.lock"
+_HOLDER = "recycle.json"
+_SUFFIX = ".worker"
+
+
+def runtime_directory(key: str, base: str | None = None) -> str:
+    """The directory shared by the workers whose memory is limited together (``key``)."""
+    digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]
+    root = base or os.path.join(tempfile.gettempdir(), f"runtime-guard-{os.getuid()}")
+    return os.path.join(root, digest)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What one worker of the container published about itself."""
+
+    pid: int
+    started: float
+    """``time.time()`` when its guard started."""
+    growth: int
+    """Bytes its RSS grew since its baseline."""
+    rising: int
+    """Bytes its RSS floor rose over the recent window (about zero for a flat worker)."""
+    updated: float
+    """``time.time()`` when it wrote this."""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Peer | None:
+        try:
+            return cls(
+                int(data["pid"]),
+                float(data["started"]),
+                int(data["growth"]),
+                int(data["rising"]),
+                float(data["updated"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Coordinator:
+    """This worker's side of the agreement: publish, look at the others, take the lock."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        """The runtime directory shared with the other workers."""
+        self._lock_fd = -1
+        self._failed = False
+        self._pid = os.getpid()
+
+    @property
+    def holding(self) -> bool:
+        """Whether this process holds the recycle lock."""
+        return self._lock_fd >= 0
+
+    def _ensure(self) -> bool:
+        if self._failed:
+            return False
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            return True
+        except OSError as exc:
+            self._failed = True
+            _log.warning(
+                "runtime_guard: cannot use %s to coordinate recycling with other workers "
+                "(%s); this worker decides alone",
+                self.directory,
+                exc,
+            )
+            return False
+
+    def _write(self, name: str, data: dict[str, Any]) -> None:
+        path = os.path.join(self.directory, name)
+        temporary = f"{path}.{self._pid}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(temporary, path)
+
+    def publish(self, started: float, growth: int, rising: int) -> None:
+        """Write this worker's figures for the others (a rename: never read half-written)."""
+        if not self._ensure():
+            return
+        data = {"pid": self._pid, "started": started, "growth": growth, "rising": rising}
+        data["updated"] = time.time()
+        try:
+            self._write(f"{self._pid}{_SUFFIX}", data)
+        except OSError as exc:
+            self._failed = True
+            _log.warning("runtime_guard: cannot publish recycling figures: %s", exc)
+
+    def peers(self) -> list[Peer]:
+        """Every live worker's latest figures, this one's included; stale files are removed."""
+        if not self._ensure():
+            return []
+        found = []
+        now = time.time()
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        for name in names:
+            if not name.endswith(_SUFFIX):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    peer = Peer.from_dict(json.load(f))
+            except (OSError, ValueError):
+                continue
+            if peer is None:
+                continue
+            if not _alive(peer.pid) or now - peer.updated > STALE_SECONDS:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                continue
+            found.append(peer)
+        return found
+
+    def try_lock(self, reason: str) -> bool:
+        """Take the recycle lock without waiting; held until this process exits."""
+        if self.holding:
+            return True
+        if not self._ensure():
+            return True  # alone: nothing to agree with
+        path = os.path.join(self.directory, _LOCK)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            _log.warning("runtime_guard: cannot open %s (%s); recycling without it", path, exc)
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        with contextlib.suppress(OSError):
+            self._write(_HOLDER, {"pid": self._pid, "since": time.time(), "reason": reason})
+        return True
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who recycles now (``pid``, ``since``, ``reason``), or ``None`` when nobody does."""
+        if self._failed:
+            return None
+        path = os.path.join(self.directory, _LOCK)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # held: read who holds it
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+        try:
+            with open(os.path.join(self.directory, _HOLDER), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {"pid": None, "since": None, "reason": ""}
+        return data if isinstance(data, dict) else None
+
+    def release(self) -> None:
+        """Give the lock up while still alive (a recycle that never happened)."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock and file are the parent's."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            # Closing the child's copy leaves the parent's lock in place (flock locks belong
+            # to the open file, which the parent still has open).
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Remove this worker's file and give up the lock."""
+        self.release()
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.directory, f"{self._pid}{_SUFFIX}"))

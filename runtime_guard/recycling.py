@@ -1,0 +1,572 @@
+"""Recycling before the OOM killer: the time left until the limit against what a drain needs.
+
+Relief comes first and shedding covers a spike; a leak in the app outgrows both. This
+policy predicts, on every sample, when usage will reach the limit: the robust slope
+(Theil-Sen) of usage over the last :data:`TREND_SECONDS`, counted only while the growth is
+sustained (the floor of each third of the window above the one before), so a spike, a
+sawtooth or a one-off step predicts nothing. When the time left is within the drain budget
+(``recycle_drain``: what a graceful recycle needs until the worker's memory is back), or
+usage is already CRITICAL, it relieves once more and, if that did not help, recycles one
+worker:
+
+- the one whose own memory grew most since it started, among those whose memory is still
+  rising (a worker whose own memory is flat is never recycled for a neighbour's leak);
+- one per container at a time: the workers that share the limit agree through files in a
+  runtime directory keyed by the cgroup (:mod:`runtime_guard._coordination`);
+- after writing a report of why, with what grew since the worker started, the holder and
+  the unreleased clients; when usage grows fast relative to the headroom, the leak
+  diagnosis starts at once (within the tracemalloc duty cycle), so even a worker recycled
+  a minute after it started names its leaking line.
+
+The 503s of the middleware at CRITICAL stay as the last resort: they cover the seconds at
+the edge while a recycle drains. ``restart_after`` is what happens when no worker's own
+memory grows (the memory is elsewhere): after that long at CRITICAL the worker that grew
+most is recycled anyway, at most one at a time and not before ``recycle_min_lifetime``.
+
+Without a server integration (nothing to recycle with) the same decision is sent as
+``restart_requested`` for the host to act on, once per episode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runtime_guard import signals
+from runtime_guard._component import Component
+from runtime_guard._coordination import Coordinator, Peer, runtime_directory
+from runtime_guard._reports import write_report
+from runtime_guard._sizes import format_size
+from runtime_guard._trend import theil_sen
+from runtime_guard.pressure import Pressure
+
+if TYPE_CHECKING:
+    from runtime_guard.config import Config
+    from runtime_guard.guard import Guard
+    from runtime_guard.sample import Sample
+
+__all__ = [
+    "MIN_GROWTH_SHARE",
+    "TREND_SECONDS",
+    "Prediction",
+    "RecyclePolicy",
+    "choose_victim",
+    "predict",
+    "sustained_rate",
+]
+
+_log = logging.getLogger("runtime_guard")
+
+TREND_SECONDS = 30.0
+"""Seconds of usage the trend is judged on."""
+
+OWN_SECONDS = 60.0
+"""Seconds over which a worker's own memory must have risen to be recycled for growth."""
+
+SETTLE_SECONDS = 5.0
+"""A worker's baseline is its lowest RSS from this long after its guard started (imports
+and the first requests settle first)."""
+
+MIN_GROWTH_SHARE = 0.02
+"""A worker whose RSS grew by less than this share of the limit has nothing to give back."""
+
+MIN_RISING_SHARE = 0.01
+"""A worker whose RSS floor rose by less than this share of the limit over
+:data:`OWN_SECONDS` is flat: recycling it would not stop the growth."""
+
+DROP_SHARE = 0.015
+"""A fall of usage between two samples by more than this share of the limit (a worker
+exited, relief freed memory) starts the trend again after it."""
+
+_MIN_POINTS = 6
+_MAX_POINTS = 30
+# Samples kept for the own window at most, whatever the interval: the guard's memory stays
+# bounded even when samples come faster than the interval (tests, a host calling sample()).
+_MAX_KEPT = 600
+_PUBLISH_EVERY = 10.0
+_STUCK_FACTOR = 6.0
+_STUCK_LEAST = 60.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """When usage reaches the CRITICAL threshold and the limit at its recent, sustained rate."""
+
+    seconds_to_limit: float | None
+    """Seconds until the hard limit; ``None`` when usage is not growing steadily."""
+    seconds_to_critical: float | None
+    """Seconds until the CRITICAL threshold, where the middleware starts refusing requests
+    (0 once there); ``None`` when usage is not growing steadily."""
+    rate: float
+    """Bytes per second usage grows by (0 when not growing steadily)."""
+    what: str
+    """``"container"`` (usage against the limit) or ``"process"`` (RSS against
+    ``process_limit``): the one that is reached first."""
+
+
+NO_PREDICTION = Prediction(None, None, 0.0, "container")
+
+
+def sustained_rate(points: Sequence[tuple[float, float]], drop: float, margin: float) -> float:
+    """The robust growth rate per second of ``(t, value)`` points, or 0 when not sustained.
+
+    Only the points after the last fall larger than ``drop`` count (a step down restarts
+    the trend). The growth is sustained when the lowest value of each third of them
+    exceeds the lowest of the third before by more than ``margin``: a spike, a sawtooth or a
+    one-off step up does not pass.
+    """
+    start = 0
+    for i in range(1, len(points)):
+        if points[i - 1][1] - points[i][1] > drop:
+            start = i
+    recent = list(points[start:])
+    if len(recent) < _MIN_POINTS:
+        return 0.0
+    third = len(recent) // 3
+    floors = [min(v for _, v in recent[i * third : (i + 1) * third]) for i in range(2)]
+    floors.append(min(v for _, v in recent[2 * third :]))
+    if not all(b - a > margin for a, b in itertools.pairwise(floors)):
+        return 0.0
+    if len(recent) > _MAX_POINTS:
+        step = len(recent) / _MAX_POINTS
+        recent = [recent[int(i * step)] for i in range(_MAX_POINTS - 1)] + [recent[-1]]
+    return max(theil_sen(recent), 0.0)
+
+
+def predict(
+    points: Sequence[tuple[float, float, float]],
+    limit: int,
+    critical: float,
+    process_limit: int | None = None,
+) -> Prediction:
+    """Predict from ``(t, usage, rss)`` points when usage reaches ``critical`` and ``limit``.
+
+    ``critical`` is the CRITICAL threshold as a fraction of the limit. With
+    ``process_limit``, RSS against it too; the one reached first wins.
+    """
+    if not points or limit <= 0:
+        return NO_PREDICTION
+    found = []
+    series = [(limit, [(t, u) for t, u, _ in points], "container")]
+    if process_limit:
+        series.append((process_limit, [(t, r) for t, _, r in points], "process"))
+    for budget, values, what in series:
+        drop = budget * DROP_SHARE
+        rate = sustained_rate(values, drop, drop / 10)
+        if rate > 0:
+            now = values[-1][1]
+            to_limit = max(budget - now, 0.0) / rate
+            to_critical = max(budget * critical - now, 0.0) / rate
+            found.append(Prediction(to_limit, to_critical, rate, what))
+    if not found:
+        return NO_PREDICTION
+    return min(found, key=lambda p: p.seconds_to_critical or 0.0)
+
+
+def choose_victim(
+    peers: Sequence[Peer], min_growth: int, min_rising: int, exclude: int | None = None
+) -> Peer | None:
+    """The worker to recycle: grew most since it started, among those still rising.
+
+    A worker whose own memory is flat (``rising`` under ``min_rising``) or that has little
+    to give back (``growth`` under ``min_growth``) is never chosen. Ties go to the older.
+    """
+    candidates = [
+        p for p in peers if p.pid != exclude and p.growth >= min_growth and p.rising >= min_rising
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.growth, -p.started, -p.pid))
+
+
+def coordination_key(guard: Guard) -> str:
+    """What the workers limited together share: the limiting cgroup, else the parent process.
+
+    Without a cgroup limit each process's usage is its own RSS, and the workers of one
+    server are its master's children.
+    """
+    path = getattr(guard._probe, "cgroup_path", None)
+    if isinstance(path, str) and path:
+        return f"cgroup:{path}"
+    return f"parent:{os.getppid()}"
+
+
+class RecyclePolicy(Component):
+    """Predicts the time to the limit and recycles one worker early enough (see the module)."""
+
+    name = "recycling"
+
+    def __init__(
+        self,
+        config: Config,
+        directory: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.drain = config.recycle_drain
+        """Seconds a recycle needs until the worker's memory is back (``None``: predictive
+        recycling off; only ``restart_after`` acts, as a plain timer)."""
+        self.restart_after = config.restart_after
+        """Seconds usage may stay CRITICAL with no growing worker before the one that grew
+        most is recycled anyway (``None``: never)."""
+        self.min_lifetime = config.recycle_min_lifetime
+        """Seconds a worker lives at least before a recycle not explained by its growth."""
+        self.clock = clock
+        """Time source for the CRITICAL timer and the lock's hold (injectable for tests)."""
+        self._config = config
+        self._directory = directory
+        self._coordinator: Coordinator | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._points: deque[tuple[float, int, int, int]] = deque(maxlen=_MAX_KEPT)
+        self._started: float | None = None
+        self._started_wall = time.time()
+        self._baseline: int | None = None
+        self.prediction = NO_PREDICTION
+        """The latest prediction."""
+        self.state = "idle"
+        """``idle``, ``pending`` (a recycle is due; another worker or nobody to recycle yet),
+        ``waiting`` (another worker of the container recycles now), ``requested``
+        (``restart_requested`` sent, no integration to recycle with) or ``recycling``."""
+        self.reason: str | None = None
+        """Why a recycle is pending or under way."""
+        self.growth = 0
+        """Bytes this worker's RSS grew since its baseline."""
+        self.rising = 0
+        """Bytes its RSS floor rose over the last :data:`OWN_SECONDS`."""
+        self.restart_sent = False
+        """Whether ``restart_requested`` was sent in the current episode."""
+        self.report_path: str | None = None
+        """Where the last recycle report was written."""
+        self._critical_since: float | None = None
+        self._pending_sent = False
+        self._relieved_at: float | None = None
+        self._seen_relief: object = None
+        self._recycling_since: float | None = None
+        self._published_at = float("-inf")
+        self._diagnosis_asked = False
+
+    # -- the cheap part: every sample -----------------------------------------------------
+
+    def on_sample(self, guard: Guard, sample: Sample) -> None:
+        now = sample.monotonic
+        if self._started is None:
+            self._started = now
+        self._record(sample)
+        self._note_relief(guard, now)
+        age = now - self._started
+        self.prediction = predict(
+            [(t, u, r) for t, u, r, _ in self._points if t >= now - TREND_SECONDS],
+            sample.limit,
+            guard.config.critical,
+            self._config.process_limit,
+        )
+        self._track_own(sample, age)
+        critical = sample.pressure >= Pressure.CRITICAL
+        if not critical:
+            self._critical_since = None
+        elif self._critical_since is None:
+            self._critical_since = self.clock()
+        if self.state == "recycling":
+            self._check_stuck(guard)
+            return
+        if self.drain is None:
+            self._timer_only(guard, sample, critical)
+            return
+        p = self.prediction
+        coordinator = self._ensure_coordinator(guard)
+        if coordinator is not None and (
+            p.rate > 0 or critical or now - self._published_at >= _PUBLISH_EVERY
+        ):
+            coordinator.publish(self._started_wall, self.growth, self.rising)
+            self._published_at = now
+        self._maybe_diagnose(guard, sample, age)
+        # Due: at this rate the middleware would start refusing requests within a drain.
+        due = p.seconds_to_critical is not None and p.seconds_to_critical <= self.drain
+        # Stuck: CRITICAL with no steady growth (shedding stopped it, or a step filled the
+        # container) for restart_after: no trend will ever say when.
+        stuck = critical and self._critical_for() >= (self.restart_after or float("inf"))
+        if due or stuck:
+            self._decide(guard, sample, due, critical)
+        elif not critical and (
+            p.seconds_to_critical is None or p.seconds_to_critical > 2 * self.drain
+        ):
+            self._calm()
+
+    def _record(self, sample: Sample) -> None:
+        points = self._points
+        points.append((sample.monotonic, sample.usage, sample.rss, sample.heap_blocks))
+        while points and points[0][0] < sample.monotonic - OWN_SECONDS:
+            points.popleft()
+
+    def _track_own(self, sample: Sample, age: float) -> None:
+        if age < SETTLE_SECONDS:
+            return
+        recent = [r for t, _, r, _ in self._points if t >= sample.monotonic - 5.0]
+        floor = min(recent) if recent else sample.rss
+        self._baseline = floor if self._baseline is None else min(self._baseline, floor)
+        self.growth = max(floor - self._baseline, 0)
+        span = min(OWN_SECONDS, age - SETTLE_SECONDS)
+        if span < 6.0:
+            self.rising = 0
+            return
+        first = [r for t, _, r, _ in self._points if t <= sample.monotonic - span + span / 3]
+        self.rising = max(floor - min(first), 0) if first else 0
+
+    def _ensure_coordinator(self, guard: Guard) -> Coordinator | None:
+        if self._coordinator is None:
+            key = coordination_key(guard)
+            self._coordinator = Coordinator(self._directory or runtime_directory(key))
+        return self._coordinator
+
+    def _calm(self) -> None:
+        if self.state in ("pending", "waiting", "requested"):
+            _log.info("runtime_guard: recycle no longer needed: usage stopped closing in")
+        if self.state != "idle" or self._pending_sent:
+            self.state, self.reason, self._pending_sent = "idle", None, False
+            self.restart_sent = False
+
+    def _timer_only(self, guard: Guard, sample: Sample, critical: bool) -> None:
+        """``recycle_drain="off"``: ``restart_after`` alone, once per CRITICAL episode."""
+        if not critical:
+            self.restart_sent = False
+            return
+        stayed = self.clock() - (self._critical_since or self.clock())
+        if self.restart_sent or self.restart_after is None or stayed < self.restart_after:
+            return
+        self.restart_sent = True
+        self.reason = _critical_reason(stayed, sample)
+        _log.warning(
+            "runtime_guard: restart requested: %s (%d receivers connected)",
+            self.reason,
+            len(list(signals.restart_requested.receivers_for(guard))),
+        )
+        guard.send(signals.restart_requested, reason=self.reason)
+
+    # -- the decision: only when a recycle is due -------------------------------------------
+
+    def _decide(self, guard: Guard, sample: Sample, due: bool, critical: bool) -> None:
+        if due and self._config.relief and not self._relieved_recently(sample):
+            result = guard.relieve()
+            self._relieved_at = sample.monotonic
+            if result.usage_before - result.usage_after > self._margin(sample):
+                return  # relief bought the time back; judged again on the next samples
+        reason = self._reason(sample, critical) if due else ""
+        coordinator = self._coordinator
+        peers = coordinator.peers() if coordinator is not None else []
+        holder = coordinator.holder() if coordinator is not None else None
+        me = os.getpid()
+        if not any(p.pid == me for p in peers):
+            peers = [*peers, Peer(me, self._started_wall, self.growth, self.rising, time.time())]
+        limit = sample.limit
+        victim = None
+        if due:
+            min_growth, min_rising = int(limit * MIN_GROWTH_SHARE), int(limit * MIN_RISING_SHARE)
+            victim = choose_victim(peers, min_growth, min_rising)
+        if victim is None and critical and self._critical_for() >= (self.restart_after or 1e18):
+            # Nothing grows that a recycle would give back, and shedding did not end it:
+            # the worker that grew most goes anyway (the host decides, without a recycler).
+            if guard.component("recycler") is None:
+                victim = next(p for p in peers if p.pid == me)
+            else:
+                victim = self._fallback_victim(peers)
+            reason = _critical_reason(self._critical_for(), sample)
+        reason = reason or self._reason(sample, critical)
+        if not self._pending_sent:
+            self._pending_sent = True
+            _log.warning("runtime_guard: recycle pending: %s", reason)
+            guard.send(
+                signals.recycle_pending,
+                reason=reason,
+                seconds_to_limit=self.prediction.seconds_to_limit,
+            )
+        if holder is not None and holder.get("pid") != me:
+            self.state = "waiting"
+            self.reason = f"{reason}; waiting for worker pid {holder.get('pid')} to recycle"
+            return
+        if victim is None:
+            self.state = "pending"
+            self.reason = f"{reason}; no worker's own memory grows enough to give it back"
+            return
+        if victim.pid != me:
+            self.state = "pending"
+            self.reason = f"{reason}; worker pid {victim.pid} grew most and recycles"
+            return
+        self._recycle(guard, sample, reason, coordinator)
+
+    def _note_relief(self, guard: Guard, now: float) -> None:
+        # The automatic relief's last result changes when it runs: seen one sample late at
+        # most, which is all "recently" needs.
+        last = getattr(guard.component("relief"), "last", None)
+        if last is not None and last is not self._seen_relief:
+            self._seen_relief = last
+            self._relieved_at = now
+
+    def _relieved_recently(self, sample: Sample) -> bool:
+        last = self._relieved_at
+        return last is not None and sample.monotonic - last < self._config.relief_cooldown
+
+    def _margin(self, sample: Sample) -> float:
+        rate = self.prediction.rate
+        return rate * (self.drain or 0.0) if rate > 0 else sample.limit * DROP_SHARE
+
+    def _critical_for(self) -> float:
+        since = self._critical_since
+        return 0.0 if since is None else self.clock() - since
+
+    def _fallback_victim(self, peers: Sequence[Peer]) -> Peer | None:
+        now = time.time()
+        old = [p for p in peers if now - p.started >= self.min_lifetime]
+        if not old:
+            return None
+        return max(old, key=lambda p: (p.growth, -p.started, -p.pid))
+
+    def _reason(self, sample: Sample, critical: bool) -> str:
+        p = self.prediction
+        where = f"{format_size(sample.usage)} of {format_size(sample.limit)}"
+        if p.seconds_to_critical is not None and p.seconds_to_limit is not None:
+            what = "the limit" if p.what == "container" else "process_limit"
+            text = (
+                f"usage grows {format_size(p.rate * 60)}/min ({where}): CRITICAL in "
+                f"~{p.seconds_to_critical:.0f} s, {what} in ~{p.seconds_to_limit:.0f} s, "
+                f"within the {self.drain:g} s a drain needs"
+            )
+        else:
+            text = f"usage is CRITICAL ({where}, {sample.usage_fraction:.0%})"
+        return f"{text}; this worker grew {format_size(self.growth)} since it started"
+
+    def _maybe_diagnose(self, guard: Guard, sample: Sample, age: float) -> None:
+        """Start the leak diagnosis at once when the ordinary detector would come too late."""
+        left = self.prediction.seconds_to_critical
+        limit = sample.limit
+        if self._diagnosis_asked or left is None or self.rising < limit * MIN_RISING_SHARE:
+            return
+        from runtime_guard.leaks import LeakDetector
+
+        detector = guard.component("leaks")
+        if not isinstance(detector, LeakDetector):
+            return
+        config = self._config
+        ordinary = (
+            max(config.leak_warmup - age, 0.0)
+            + (config.leak_confirm + 1) * config.leak_window
+            + config.leak_diagnosis_window
+        )
+        drain = self.drain or 0.0
+        if left - drain > 2 * ordinary:
+            return
+        # Wait until the duty cycle allows a second of tracing (the recycle report closes the
+        # window early if it must), unless the recycle is imminent: then whatever it allows.
+        least = 0.0 if left - drain <= 2 * guard.config.interval else 1.0
+        points = [(t, r, h) for t, _, r, h in self._points]
+        if detector.diagnose_early(sample, points, least_trace=least):
+            self._diagnosis_asked = True
+
+    # -- the recycle ---------------------------------------------------------------------
+
+    def _recycle(
+        self, guard: Guard, sample: Sample, reason: str, coordinator: Coordinator | None
+    ) -> None:
+        recycler = guard.component("recycler")
+        if recycler is None or not hasattr(recycler, "recycle_now"):
+            # No integration: the host decides. Once per episode, and no lock, since
+            # nothing here will end this process and free it.
+            if not self.restart_sent:
+                self.restart_sent = True
+                self.state, self.reason = "requested", reason
+                _log.warning(
+                    "runtime_guard: restart requested: %s (%d receivers connected)",
+                    reason,
+                    len(list(signals.restart_requested.receivers_for(guard))),
+                )
+                guard.send(signals.restart_requested, reason=reason)
+            return
+        if coordinator is not None and not coordinator.try_lock(reason):
+            self.state = "waiting"
+            self.reason = f"{reason}; another worker of the container recycles first"
+            return
+        self.state, self.reason = "recycling", reason
+        self._recycling_since = self.clock()
+        self.restart_sent = True
+        try:
+            self.report_path = self._write_report(guard, sample, reason)
+        except Exception:
+            _log.exception("runtime_guard: the recycle report failed; recycling anyway")
+        recycler.recycle_now(reason)
+        guard.send(signals.restart_requested, reason=reason)
+
+    def _check_stuck(self, guard: Guard) -> None:
+        since = self._recycling_since
+        hold = max(_STUCK_LEAST, _STUCK_FACTOR * (self.drain or 0.0))
+        if since is None or self.clock() - since < hold or self._coordinator is None:
+            return
+        if self._coordinator.holding:
+            _log.warning(
+                "runtime_guard: worker pid %d still runs %.0f s after its recycle began; "
+                "letting another worker of the container recycle",
+                os.getpid(),
+                self.clock() - since,
+            )
+            self._coordinator.release()
+
+    def _write_report(self, guard: Guard, sample: Sample, reason: str) -> str | None:
+        from runtime_guard.recycle_report import build_recycle_report, summary_line
+
+        data = build_recycle_report(guard, sample, self, reason)
+        _log.warning("runtime_guard: %s", summary_line(data))
+        report_dir = guard.config.report_dir
+        return write_report(report_dir, "recycle", data) if report_dir else None
+
+    # -- reporting and lifecycle ---------------------------------------------------------
+
+    def details(self) -> dict[str, Any]:
+        """The figures a recycle report and ``health()`` show about this worker."""
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "reason": self.reason,
+            "seconds_to_limit": _round(self.prediction.seconds_to_limit),
+            "usage_rate_bytes_per_second": round(self.prediction.rate, 1),
+            "limit_reached_by": self.prediction.what,
+            "drain_seconds": self.drain,
+            "growth_bytes": self.growth,
+            "rising_bytes": self.rising,
+            "uptime_seconds": round(time.time() - self._started_wall, 3),
+        }
+
+    def health(self, guard: Guard) -> dict[str, Any]:
+        pending = self.state in ("pending", "waiting", "requested", "recycling")
+        return {
+            "recycle_pending": pending,
+            "recycle_reason": self.reason if pending else None,
+            "seconds_to_limit": _round(self.prediction.seconds_to_limit),
+            "recycle": self.details(),
+            "restart_requested": self.restart_sent,
+        }
+
+    def after_fork(self, guard: Guard) -> None:
+        if self._coordinator is not None:
+            self._coordinator.after_fork()
+        self._reset()
+
+    def close(self, guard: Guard) -> None:
+        if self._coordinator is not None and self.state != "recycling":
+            self._coordinator.close()
+
+
+def _critical_reason(stayed: float, sample: Sample) -> str:
+    return (
+        f"usage stayed CRITICAL for {stayed:.0f} s after relief and shedding "
+        f"({format_size(sample.usage)} of {format_size(sample.limit)}, "
+        f"{sample.usage_fraction:.0%})"
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

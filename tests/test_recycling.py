@@ -1,0 +1,504 @@
+"""The recycling policy: predicted time to the limit, one worker at a time, a report each.
+
+Samples are fed to the policy with the times the test chooses (the policy reads only the
+samples' clock and its own injectable one); other workers of the container are real
+processes whose figures are published in the test's own runtime directory.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import runtime_guard
+from runtime_guard import Pressure, signals
+from runtime_guard._coordination import Peer
+from runtime_guard._reportview import read_view
+from runtime_guard.config import ConfigError
+from runtime_guard.guard import Guard
+from runtime_guard.integrations._recycle import attach_recycler
+from runtime_guard.leaks import LeakDetector
+from runtime_guard.recycling import (
+    MIN_GROWTH_SHARE,
+    Prediction,
+    RecyclePolicy,
+    choose_victim,
+    predict,
+    sustained_rate,
+)
+from runtime_guard.report_text import render_view_text
+from runtime_guard.sample import Sample
+from runtime_guard.testing import FakeProbe, ManualClock, make_guard
+
+MiB = 1024 * 1024
+LIMIT = 200 * MiB
+
+
+def _pressure(fraction: float) -> Pressure:
+    for level, at in ((Pressure.CRITICAL, 0.95), (Pressure.HIGH, 0.85), (Pressure.ELEVATED, 0.7)):
+        if fraction >= at:
+            return level
+    return Pressure.OK
+
+
+def _sample(t: float, usage: float, rss: float, heap: int = 100_000) -> Sample:
+    return Sample(
+        monotonic=t,
+        wall=time.time(),
+        rss=int(rss),
+        usage=int(usage),
+        limit=LIMIT,
+        usage_fraction=usage / LIMIT,
+        heap_blocks=heap,
+        gc_counts=(0, 0, 0),
+        gc_collections=0,
+        gc_pause=0.0,
+        threads=1,
+        pressure=_pressure(usage / LIMIT),
+    )
+
+
+@dataclass
+class World:
+    """A guard with a fresh policy on a private runtime directory, and what it sent."""
+
+    guard: Guard
+    policy: RecyclePolicy
+    probe: FakeProbe
+    clock: ManualClock
+    directory: Path
+    stops: list[str] = field(default_factory=list)
+    sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    t: float = 1000.0
+
+    def recycler(self) -> None:
+        """Attach a real Recycler whose stop only records the reason."""
+        attach_recycler(self.guard, self.stops.append, "test")
+
+    def feed(self, usage: float, rss: float | None = None, seconds: float = 1.0) -> None:
+        """One sample ``seconds`` after the last; usage in bytes (RSS follows unless given)."""
+        self.t += seconds
+        self.clock.now = self.t
+        self.probe.usage = int(usage)
+        sample = _sample(self.t, usage, usage if rss is None else rss)
+        # In the history too, as the sampler would put it: health() reads the latest.
+        self.guard.history.append(sample)
+        self.policy.on_sample(self.guard, sample)
+
+    def kinds(self) -> list[str]:
+        self.guard.flush_signals()
+        return [kind for kind, _ in self.sent]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    probe = FakeProbe(limit=LIMIT)
+    guard = make_guard(probe, report_dir=str(tmp_path / "reports"), restart_after=30)
+    default = guard.component("recycling")
+    assert default is not None
+    guard._components.remove(default)
+    clock = ManualClock(1000.0)
+    policy = RecyclePolicy(guard.config, directory=str(tmp_path / "run"), clock=clock)
+    guard.add_component(policy)
+    found = World(guard, policy, probe, clock, tmp_path / "run")
+    receivers = []
+    for name in ("recycle_pending", "restart_requested", "gc_forced"):
+
+        def receiver(sender: Any, _name: str = name, **payload: Any) -> None:
+            found.sent.append((_name, payload))
+
+        getattr(signals, name).connect(receiver)
+        receivers.append((name, receiver))
+    yield found
+    for name, receiver in receivers:
+        getattr(signals, name).disconnect(receiver)
+    guard.stop()
+
+
+@pytest.fixture
+def neighbour(world: World) -> Iterator[subprocess.Popen[bytes]]:
+    """Another live worker process of the same container (publishes nothing by itself)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait(10)
+
+
+def _publish(directory: Path, pid: int, growth: int, rising: int, started: float = 1.0) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"pid": pid, "started": started, "growth": growth, "rising": rising}
+    data["updated"] = time.time()
+    (directory / f"{pid}.worker").write_text(json.dumps(data))
+
+
+def _leak_until(
+    world: World,
+    stop: Any,
+    *,
+    start: float = 100 * MiB,
+    rate: float = 2 * MiB,
+    limit_samples: int = 200,
+) -> int:
+    """Feed a leak of ``rate`` bytes/s (this worker's RSS grows alike) until ``stop()``."""
+    for i in range(limit_samples):
+        usage = start + i * rate
+        world.feed(usage, rss=40 * MiB + i * rate)
+        if stop():
+            return i
+    raise AssertionError(f"not after {limit_samples} samples: {world.policy.health(world.guard)}")
+
+
+# -- the prediction -------------------------------------------------------------------------
+
+
+def test_steady_growth_predicts_the_critical_threshold_and_the_limit() -> None:
+    """A steady 2 MiB/s from 100 MiB reaches 95 % of 200 MiB in 45 s and the limit in 50 s."""
+    points = [(float(t), 100 * MiB + t * 2 * MiB, 50 * MiB) for t in range(31)]
+    found = predict(points, LIMIT, 0.95)
+    assert found.rate == pytest.approx(2 * MiB)
+    assert found.seconds_to_critical == pytest.approx((190 - 160) / 2, abs=0.1)
+    assert found.seconds_to_limit == pytest.approx((200 - 160) / 2, abs=0.1)
+    assert found.what == "container"
+
+
+def test_process_limit_binds_when_it_is_reached_first() -> None:
+    """With process_limit, this process's RSS against it predicts too, and the earlier wins."""
+    points = [(float(t), 100 * MiB, 50 * MiB + t * MiB) for t in range(31)]
+    found = predict(points, LIMIT, 0.95, process_limit=100 * MiB)
+    assert found.what == "process"
+    assert found.seconds_to_limit == pytest.approx(20, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["flat", "spike", "sawtooth", "one step up"],
+)
+def test_what_is_not_steady_growth_predicts_nothing(shape: str) -> None:
+    """A flat line, one spike, a GC sawtooth and a one-off step up predict no time to limit."""
+    values = [100 * MiB + (t % 3) * 4096 for t in range(30)]
+    if shape == "spike":
+        values[20] += 60 * MiB
+    elif shape == "sawtooth":
+        values = [100 * MiB + (t % 5) * 3 * MiB for t in range(30)]
+    elif shape == "one step up":
+        values = [v + (40 * MiB if t >= 12 else 0) for t, v in enumerate(values)]
+    points = [(float(t), float(v), 50.0 * MiB) for t, v in enumerate(values)]
+    assert predict(points, LIMIT, 0.95) == Prediction(None, None, 0.0, "container")
+
+
+def test_a_fall_starts_the_trend_again() -> None:
+    """Growth before a worker exited does not count after the fall; new growth does, later."""
+    before = [(float(t), 100 * MiB + t * 2 * MiB) for t in range(20)]
+    after = [(20.0 + t, 80 * MiB + t * 2 * MiB) for t in range(4)]
+    drop = LIMIT * 0.015
+    assert sustained_rate(before + after, drop, drop / 10) == 0.0
+    more = [(20.0 + t, 80 * MiB + t * 2 * MiB) for t in range(12)]
+    assert sustained_rate(before + more, drop, drop / 10) == pytest.approx(2 * MiB)
+
+
+def test_the_victim_is_the_rising_worker_that_grew_most() -> None:
+    """A flat worker is never chosen, however big; among rising ones the most grown, then older."""
+    least = int(LIMIT * MIN_GROWTH_SHARE)
+    flat_and_big = Peer(1, 10.0, 90 * MiB, 0, 0.0)
+    rising = Peer(2, 20.0, 30 * MiB, 20 * MiB, 0.0)
+    rising_more = Peer(3, 30.0, 40 * MiB, 20 * MiB, 0.0)
+    assert choose_victim([flat_and_big, rising, rising_more], least, MiB) == rising_more
+    assert choose_victim([flat_and_big], least, MiB) is None
+    assert choose_victim([Peer(4, 5.0, MiB, MiB, 0.0)], least, MiB) is None  # too little
+    twin = Peer(5, 25.0, 40 * MiB, 20 * MiB, 0.0)
+    assert choose_victim([rising_more, twin], least, MiB) == twin  # started earlier
+    assert choose_victim([rising_more, twin], least, MiB, exclude=5) == rising_more
+
+
+# -- the decision ---------------------------------------------------------------------------
+
+
+def test_a_leaking_worker_is_recycled_once_when_the_drain_would_reach_critical(
+    world: World,
+) -> None:
+    """Recycled at the sample where CRITICAL is within the drain, not before, and only once."""
+    world.recycler()
+    i = _leak_until(world, lambda: world.policy.state == "recycling")
+    assert world.policy.prediction.seconds_to_critical is not None
+    assert world.policy.prediction.seconds_to_critical <= 10.0
+    usage = 100 * MiB + i * 2 * MiB
+    assert (190 * MiB - usage) / (2 * MiB) <= 10.0 < (190 * MiB - usage + 2 * MiB) / (2 * MiB)
+    for _ in range(5):
+        world.feed(usage)
+    deadline = time.monotonic() + 5
+    while not world.stops and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(world.stops) == 1 and "within the 10 s a drain needs" in world.stops[0]
+    assert world.kinds().count("recycle_pending") == 1
+    assert world.kinds().count("restart_requested") == 1
+    pending = next(p for k, p in world.sent if k == "recycle_pending")
+    assert 9.0 < pending["seconds_to_limit"] <= 15.0
+    assert "gc_forced" in world.kinds()  # relief was tried first
+
+
+def test_health_says_a_recycle_is_pending_why_and_when(world: World) -> None:
+    """health() carries recycle_pending, the reason and seconds_to_limit; idle says so too."""
+    world.feed(100 * MiB)
+    idle = world.guard.health()
+    assert idle["recycle_pending"] is False and idle["recycle_reason"] is None
+    assert idle["seconds_to_limit"] is None
+    _leak_until(world, lambda: world.policy.state != "idle")
+    health = world.guard.health()
+    assert health["recycle_pending"] is True
+    assert "CRITICAL in" in health["recycle_reason"]
+    assert 0 < health["seconds_to_limit"] < 20
+    assert health["recycle"]["drain_seconds"] == 10.0
+    json.dumps(health)
+
+
+def test_relief_that_frees_enough_prevents_the_recycle(world: World) -> None:
+    """When the relief tried before a recycle gives the headroom back, nothing is recycled."""
+    world.recycler()
+
+    def freed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop":
+            world.probe.usage -= 40 * MiB
+
+    gc.callbacks.append(freed)
+    try:
+        _leak_until(world, lambda: "gc_forced" in world.kinds(), limit_samples=60)
+    finally:
+        gc.callbacks.remove(freed)
+    assert world.policy.state == "idle"
+    assert "recycle_pending" not in world.kinds()
+    assert world.stops == []
+
+
+def test_a_spike_is_never_recycled(world: World) -> None:
+    """A one-off 60 MiB spike up to HIGH and back, with relief, causes no pending recycle."""
+    world.recycler()
+    for i in range(40):
+        spike = 60 * MiB if i in (20, 21) else 0
+        world.feed(110 * MiB + spike + (i % 2) * 64 * 1024)
+    assert world.policy.state == "idle"
+    assert world.policy.prediction.seconds_to_limit is None
+    assert "recycle_pending" not in world.kinds() and world.stops == []
+
+
+def test_a_flat_worker_is_never_recycled_for_its_neighbours_leak(
+    world: World, neighbour: subprocess.Popen[bytes]
+) -> None:
+    """The container grows, this worker does not: the neighbour is the one named to go."""
+    world.recycler()
+    for i in range(60):
+        _publish(world.directory, neighbour.pid, growth=(10 + i * 2) * MiB, rising=30 * MiB)
+        world.feed(100 * MiB + i * 2 * MiB, rss=45 * MiB)
+    assert world.policy.state == "pending"
+    assert f"worker pid {neighbour.pid} grew most" in (world.policy.reason or "")
+    assert world.stops == []
+    assert world.guard.health()["recycle_pending"] is True
+
+
+def test_only_one_worker_of_the_container_recycles_at_a_time(world: World) -> None:
+    """While another worker holds the recycle lock this one waits; once it is gone, it goes."""
+    world.recycler()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from runtime_guard._coordination import Coordinator\n"
+            "c = Coordinator(sys.argv[1]); print(c.try_lock('other'), flush=True)\n"
+            "time.sleep(60)",
+            str(world.directory),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        _leak_until(world, lambda: world.policy.state == "waiting")
+        assert f"waiting for worker pid {holder.pid}" in (world.policy.reason or "")
+        world.feed(world.probe.usage + 2 * MiB, rss=200 * MiB)
+        assert world.policy.state == "waiting" and world.stops == []
+    finally:
+        holder.kill()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    world.feed(world.probe.usage + 2 * MiB, rss=202 * MiB)
+    assert world.policy.state == "recycling"
+
+
+def test_stuck_at_critical_without_growth_requests_a_restart_once_per_episode(
+    world: World,
+) -> None:
+    """No trend, CRITICAL for restart_after: restart_requested once, again only after it ends."""
+    for _ in range(3):
+        world.feed(0.99 * LIMIT, seconds=10)
+    assert "restart_requested" not in world.kinds()
+    world.feed(0.99 * LIMIT, seconds=10)  # 30 s in
+    world.feed(0.99 * LIMIT, seconds=1)
+    restarts = [p["reason"] for k, p in world.sent if k == "restart_requested"]
+    assert len(restarts) == 1 and "CRITICAL for 30 s" in restarts[0]
+    assert world.guard.health()["restart_requested"] is True
+    world.feed(0.5 * LIMIT)
+    assert world.guard.health()["restart_requested"] is False
+    world.feed(0.99 * LIMIT)
+    world.feed(0.99 * LIMIT, seconds=20)
+    assert world.kinds().count("restart_requested") == 1
+
+
+def test_stuck_at_critical_recycles_the_most_grown_worker_after_its_minimum_lifetime(
+    world: World,
+) -> None:
+    """With a recycler, the restart_after fallback still takes turns and waits out the lifetime."""
+    world.recycler()
+    world.policy.min_lifetime = 0.0
+    for _ in range(5):
+        world.feed(0.99 * LIMIT, rss=60 * MiB, seconds=10)
+    assert world.policy.state == "recycling"
+    assert "CRITICAL for" in (world.policy.reason or "")
+
+
+def test_recycle_drain_off_keeps_restart_after_as_a_plain_timer(tmp_path: Path) -> None:
+    """recycle_drain='off': no prediction acts, restart_requested after restart_after as before."""
+    guard = make_guard(FakeProbe(limit=LIMIT), recycle_drain="off", restart_after=20)
+    policy = guard.component("recycling")
+    assert isinstance(policy, RecyclePolicy) and policy.drain is None
+    clock = ManualClock(0.0)
+    policy.clock = clock
+    sent: list[str] = []
+
+    def receiver(sender: Any, reason: str = "", **_: Any) -> None:
+        sent.append(reason)
+
+    signals.restart_requested.connect(receiver)
+    try:
+        for i in range(40):
+            clock.now = float(i)
+            policy.on_sample(guard, _sample(float(i), 150 * MiB + i * 2 * MiB, 60 * MiB))
+        guard.flush_signals()
+        assert sent == []  # growing fast, but only the timer may act
+        for i in range(40, 70):
+            clock.now = float(i)
+            policy.on_sample(guard, _sample(float(i), 0.99 * LIMIT, 60 * MiB))
+        guard.flush_signals()
+        assert len(sent) == 1 and "CRITICAL for 20 s" in sent[0]
+    finally:
+        signals.restart_requested.disconnect(receiver)
+        guard.stop()
+
+
+def test_recycle_drain_is_validated_with_a_clear_error() -> None:
+    """A bad recycle_drain fails at install, naming the option and the accepted form."""
+    for bad in ("soon", -1, 0, True):
+        with pytest.raises(
+            ConfigError, match=r"recycle_drain=.* is not accepted: expected a number of seconds"
+        ):
+            runtime_guard.install(recycle_drain=bad)
+    guard = make_guard(recycle_drain="2.5")
+    assert guard.config.recycle_drain == 2.5
+    guard.stop()
+
+
+def test_the_policys_memory_stays_bounded(world: World) -> None:
+    """Samples far faster than the interval keep a bounded window, not every sample."""
+    for i in range(5000):
+        world.feed(100 * MiB + (i % 7) * 4096, seconds=0.001)
+    assert len(world.policy._points) <= 600
+
+
+def test_a_receiver_that_raises_does_not_stop_the_recycle(world: World) -> None:
+    """A failing recycle_pending receiver is logged; the worker is recycled all the same."""
+
+    def broken(sender: Any, **payload: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    signals.recycle_pending.connect(broken)
+    try:
+        world.recycler()
+        _leak_until(world, lambda: world.policy.state == "recycling")
+        world.guard.flush_signals()
+    finally:
+        signals.recycle_pending.disconnect(broken)
+    deadline = time.monotonic() + 5
+    while not world.stops and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(world.stops) == 1
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+class _Client:
+    """A client class the test tracks, as the guard tracks redis.Redis."""
+
+    def close(self) -> None:
+        pass
+
+
+_LEAKED: list[Any] = []
+
+
+def _handle_request() -> None:
+    _LEAKED.append(bytearray(256 * 1024))  # the leaking line
+    _LEAKED.append(_Client())  # the client creation site
+
+
+def _line(text: str) -> int:
+    for number, line in enumerate(Path(__file__).read_text().splitlines(), 1):
+        if text in line and "def " not in line and "_line(" not in line:
+            return number
+    raise LookupError(text)
+
+
+def test_a_recycle_report_names_the_leaking_line_the_growing_types_and_the_clients(
+    world: World,
+) -> None:
+    """A worker recycled 40 s after start is diagnosed at once and its report says what grew."""
+    runtime_guard.track(_Client, name="test.Client")
+    detector = world.guard.component("leaks")
+    assert isinstance(detector, LeakDetector)
+    world.recycler()
+    base = time.monotonic()
+    world.t = base
+    try:
+        for i in range(120):
+            for _ in range(8):
+                _handle_request()
+            world.t = base + 1.0 * (i + 1)
+            world.clock.now = world.t
+            usage = 100 * MiB + i * 2 * MiB
+            sample = _sample(world.t, usage, 40 * MiB + i * 2 * MiB, heap=100_000 + i * 50)
+            world.probe.usage = int(usage)
+            world.guard.history.append(sample)
+            detector.on_sample(world.guard, sample)
+            world.policy.on_sample(world.guard, sample)
+            if world.policy.state == "recycling":
+                break
+        assert world.policy.state == "recycling", world.policy.health(world.guard)
+        assert i < 60  # long before the ordinary detector's warm-up and windows
+    finally:
+        runtime_guard.tracking.untrack("test.Client")
+        _LEAKED.clear()
+    path = world.policy.report_path
+    assert path is not None
+    data = json.loads(Path(path).read_text())
+    assert data["kind"] == "recycle" and data["recycle"]["pid"] == os.getpid()
+    leak = data["leaks"][0]
+    assert "Diagnosed at once" in leak["note"]
+    sites = {(Path(s["filename"]).name, s["lineno"]) for s in leak["top_sites"]}
+    assert (Path(__file__).name, _line("_LEAKED.append(bytearray(")) in sites
+    assert "test_recycling._Client" in {g["type_name"] for g in leak["growing_types"]}
+    client = data["unreleased"]["types"]["test.Client"]
+    assert client["unreleased"] >= 8
+    assert client["sites"][0]["line"] == _line("_LEAKED.append(_Client())")
+    text = render_view_text(read_view(data))
+    assert text.startswith("Worker recycle report")
+    assert "Recycle" in text and "within the 10 s a drain needs" in text
