@@ -113,20 +113,27 @@ class Prediction:
 NO_PREDICTION = Prediction(None, None, 0.0, "container")
 
 
-def sustained_rate(points: Sequence[tuple[float, float]], drop: float, margin: float) -> float:
+def sustained_rate(
+    points: Sequence[tuple[float, float]],
+    drop: float,
+    margin: float,
+    min_span: float = TREND_SECONDS / 3,
+) -> float:
     """The robust growth rate per second of ``(t, value)`` points, or 0 when not sustained.
 
     Only the points after the last fall larger than ``drop`` count (a step down restarts
-    the trend). The growth is sustained when the lowest value of each third of them
-    exceeds the lowest of the third before by more than ``margin``: a spike, a sawtooth or a
-    one-off step up does not pass.
+    the trend), and only once they span ``min_span`` seconds: a worker started after one
+    exited fills its memory in a second or two, a step that a short window would take
+    for a steep leak and a long one outvotes. The growth is sustained when the lowest value
+    of each third of the points exceeds the lowest of the third before by more than
+    ``margin``: a spike, a sawtooth or a one-off step up does not pass.
     """
     start = 0
     for i in range(1, len(points)):
         if points[i - 1][1] - points[i][1] > drop:
             start = i
     recent = list(points[start:])
-    if len(recent) < _MIN_POINTS:
+    if len(recent) < _MIN_POINTS or recent[-1][0] - recent[0][0] < min_span:
         return 0.0
     third = len(recent) // 3
     floors = [min(v for _, v in recent[i * third : (i + 1) * third]) for i in range(2)]

@@ -206,6 +206,18 @@ def test_a_fall_starts_the_trend_again() -> None:
     assert sustained_rate(before + more, drop, drop / 10) == pytest.approx(2 * MiB)
 
 
+def test_a_worker_starting_after_another_exited_is_not_a_steep_leak() -> None:
+    """The step of a fresh worker's imports right after a fall is not taken for the leak rate."""
+    leak = [(float(t), 100 * MiB + t * 2 * MiB) for t in range(20)]
+    fall = [(20.0, 80 * MiB), (21.0, 105 * MiB), (22.0, 125 * MiB)]
+    after = [(23.0 + t, 125 * MiB + t * 2 * MiB) for t in range(9)]
+    drop = LIMIT * 0.015
+    points = leak + fall + after[:4]  # the fresh worker's step and a few seconds after it
+    assert sustained_rate(points, drop, drop / 10) == 0.0
+    points = leak + fall + after
+    assert sustained_rate(points, drop, drop / 10) == pytest.approx(2 * MiB, rel=0.25)
+
+
 def test_the_victim_is_the_rising_worker_that_grew_most() -> None:
     """A flat worker is never chosen, however big; among rising ones the most grown, then older."""
     least = int(LIMIT * MIN_GROWTH_SHARE)

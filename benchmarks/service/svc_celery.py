@@ -7,6 +7,7 @@ option from ``RUNTIME_GUARD_*`` variables.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,9 @@ app.conf.worker_concurrency = int(os.environ.get("SVC_WORKERS", "2"))
 app.conf.broker_connection_retry_on_startup = True
 app.conf.worker_prefetch_multiplier = 1
 app.conf.result_expires = 600
+# Forty tasks a second: a line per task received and succeeded would be most of the work.
+for name in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(name).setLevel(logging.WARNING)
 
 mode = os.environ.get("SVC_MODE", "none")
 if mode == "stock":
