@@ -121,17 +121,22 @@ def sustained_rate(
 ) -> float:
     """The robust growth rate per second of ``(t, value)`` points, or 0 when not sustained.
 
-    Only the points after the last fall larger than ``drop`` count (a step down restarts
-    the trend), and only once they span ``min_span`` seconds: a worker started after one
-    exited fills its memory in a second or two, a step that a short window would take
-    for a steep leak and a long one outvotes. The growth is sustained when the lowest value
-    of each third of the points exceeds the lowest of the third before by more than
-    ``margin``: a spike, a sawtooth or a one-off step up does not pass.
+    A fall larger than ``drop`` (a worker exited, relief freed memory) restarts the trend,
+    and the ``min_span`` seconds right after it do not count: the worker started in the
+    exited one's place fills its memory then (imports, a fresh interpreter under uvicorn's
+    spawn: seconds of steep growth that is no leak). Then the points must span
+    ``min_span`` again. The growth is sustained when the lowest value of each third of the
+    points exceeds the lowest of the third before by more than ``margin``: a spike, a
+    sawtooth or a one-off step up does not pass.
     """
     start = 0
     for i in range(1, len(points)):
         if points[i - 1][1] - points[i][1] > drop:
             start = i
+    if start:
+        settled = points[start][0] + min_span
+        while start < len(points) and points[start][0] < settled:
+            start += 1
     recent = list(points[start:])
     if len(recent) < _MIN_POINTS or recent[-1][0] - recent[0][0] < min_span:
         return 0.0
