@@ -32,8 +32,6 @@ _log = logging.getLogger("runtime_guard")
 STALE_SECONDS = 60.0
 """A worker's file not rewritten for this long belongs to a process that is gone."""
 
-_LOCK = "recycle.lock"
-_HOLDER = "recycle.json"
 _SUFFIX = ".worker"
 
 
@@ -83,19 +81,24 @@ def _alive(pid: int) -> bool:
 
 
 class Coordinator:
-    """This worker's side of the agreement: publish, look at the others, take the lock."""
+    """This worker's side of the agreement: publish, look at the others, take a lock.
+
+    Two locks, each held by one worker of the container at a time: ``recycle`` (held from
+    the decision until the worker exits) and ``diagnosis`` (held while a leak diagnosis
+    window is open: tracemalloc slows the traced worker's requests several times over, so
+    the others keep serving at full speed meanwhile).
+    """
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         """The runtime directory shared with the other workers."""
-        self._lock_fd = -1
+        self._fds: dict[str, int] = {}
         self._failed = False
         self._pid = os.getpid()
 
-    @property
-    def holding(self) -> bool:
-        """Whether this process holds the recycle lock."""
-        return self._lock_fd >= 0
+    def holding(self, name: str = "recycle") -> bool:
+        """Whether this process holds lock ``name``."""
+        return name in self._fds
 
     def _ensure(self) -> bool:
         if self._failed:
@@ -160,33 +163,33 @@ class Coordinator:
             found.append(peer)
         return found
 
-    def try_lock(self, reason: str) -> bool:
-        """Take the recycle lock without waiting; held until this process exits."""
-        if self.holding:
+    def try_lock(self, reason: str, name: str = "recycle") -> bool:
+        """Take lock ``name`` without waiting; held until released or this process exits."""
+        if name in self._fds:
             return True
         if not self._ensure():
             return True  # alone: nothing to agree with
-        path = os.path.join(self.directory, _LOCK)
+        path = os.path.join(self.directory, f"{name}.lock")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            _log.warning("runtime_guard: cannot open %s (%s); recycling without it", path, exc)
+            _log.warning("runtime_guard: cannot open %s (%s); going on without it", path, exc)
             return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return False
-        self._lock_fd = fd
+        self._fds[name] = fd
         with contextlib.suppress(OSError):
-            self._write(_HOLDER, {"pid": self._pid, "since": time.time(), "reason": reason})
+            self._write(f"{name}.json", {"pid": self._pid, "since": time.time(), "reason": reason})
         return True
 
-    def holder(self) -> dict[str, Any] | None:
-        """Who recycles now (``pid``, ``since``, ``reason``), or ``None`` when nobody does."""
+    def holder(self, name: str = "recycle") -> dict[str, Any] | None:
+        """Who holds lock ``name`` (``pid``, ``since``, ``reason``), or ``None`` when nobody."""
         if self._failed:
             return None
-        path = os.path.join(self.directory, _LOCK)
+        path = os.path.join(self.directory, f"{name}.lock")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
@@ -201,23 +204,23 @@ class Coordinator:
         finally:
             os.close(fd)
         try:
-            with open(os.path.join(self.directory, _HOLDER), encoding="utf-8") as f:
+            with open(os.path.join(self.directory, f"{name}.json"), encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, ValueError):
             return {"pid": None, "since": None, "reason": ""}
         return data if isinstance(data, dict) else None
 
-    def release(self) -> None:
-        """Give the lock up while still alive (a recycle that never happened)."""
-        fd, self._lock_fd = self._lock_fd, -1
+    def release(self, name: str = "recycle") -> None:
+        """Give lock ``name`` up while still alive."""
+        fd = self._fds.pop(name, -1)
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     def after_fork(self) -> None:
-        """In a forked child: the parent's lock and file are the parent's."""
-        fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0:
+        """In a forked child: the parent's locks and file are the parent's."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
             # Closing the child's copy leaves the parent's lock in place (flock locks belong
             # to the open file, which the parent still has open).
             with contextlib.suppress(OSError):
@@ -225,7 +228,8 @@ class Coordinator:
         self._pid = os.getpid()
 
     def close(self) -> None:
-        """Remove this worker's file and give up the lock."""
-        self.release()
+        """Remove this worker's file and give up its locks."""
+        for name in list(self._fds):
+            self.release(name)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.directory, f"{self._pid}{_SUFFIX}"))

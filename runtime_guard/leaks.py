@@ -607,6 +607,12 @@ class LeakDetector(Component):
             self._episode.early = True
         return True
 
+    @property
+    def diagnosing(self) -> bool:
+        """Whether a diagnosis window is open or about to open."""
+        episode = self._episode
+        return self._diag is not None or bool(episode and episode.diagnose)
+
     def finish_diagnosis(self, guard: Guard, sample: Sample) -> None:
         """End an open diagnosis window now (the process is about to go) and report it."""
         if self._diag is not None:

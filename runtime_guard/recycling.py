@@ -455,14 +455,17 @@ class RecyclePolicy(Component):
 
     def _maybe_diagnose(self, guard: Guard, sample: Sample, age: float) -> None:
         """Start the leak diagnosis at once when the ordinary detector would come too late."""
-        left = self.prediction.seconds_to_critical
-        limit = sample.limit
-        if self._diagnosis_asked or left is None or self.rising < limit * MIN_RISING_SHARE:
-            return
         from runtime_guard.leaks import LeakDetector
 
         detector = guard.component("leaks")
         if not isinstance(detector, LeakDetector):
+            return
+        coordinator = self._coordinator
+        if coordinator is not None and coordinator.holding("diagnosis") and not detector.diagnosing:
+            coordinator.release("diagnosis")
+        left = self.prediction.seconds_to_critical
+        limit = sample.limit
+        if self._diagnosis_asked or left is None or self.rising < limit * MIN_RISING_SHARE:
             return
         config = self._config
         ordinary = (
@@ -476,9 +479,14 @@ class RecyclePolicy(Component):
         # Wait until the duty cycle allows a second of tracing (the recycle report closes the
         # window early if it must), unless the recycle is imminent: then whatever it allows.
         least = 0.0 if left - drain <= 2 * guard.config.interval else 1.0
+        coordinator = self._coordinator
+        if coordinator is not None and not coordinator.try_lock("leak diagnosis", "diagnosis"):
+            return  # another worker is being traced: this one serves at full speed meanwhile
         points = [(t, r, h) for t, _, r, h in self._points]
         if detector.diagnose_early(sample, points, least_trace=least):
             self._diagnosis_asked = True
+        elif coordinator is not None:
+            coordinator.release("diagnosis")
 
     # -- the recycle ---------------------------------------------------------------------
 
@@ -518,7 +526,7 @@ class RecyclePolicy(Component):
         hold = max(_STUCK_LEAST, _STUCK_FACTOR * (self.drain or 0.0))
         if since is None or self.clock() - since < hold or self._coordinator is None:
             return
-        if self._coordinator.holding:
+        if self._coordinator.holding():
             _log.warning(
                 "runtime_guard: worker pid %d still runs %.0f s after its recycle began; "
                 "letting another worker of the container recycle",

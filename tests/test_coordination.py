@@ -84,10 +84,10 @@ def test_only_one_process_holds_the_lock_until_it_exits(
     holder.wait(10)
     assert me.holder() is None
     assert me.try_lock("mine") is True
-    assert me.holding
+    assert me.holding()
     assert me.holder()["pid"] == os.getpid()  # type: ignore[index]
     me.release()
-    assert not me.holding and me.holder() is None
+    assert not me.holding() and me.holder() is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -98,7 +98,7 @@ def test_a_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         me.after_fork()
-        code = 0 if not me.holding and me.try_lock("child") is False else 1
+        code = 0 if not me.holding() and me.try_lock("child") is False else 1
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
