@@ -33,6 +33,7 @@ STALE_SECONDS = 60.0
 """A worker's file not rewritten for this long belongs to a process that is gone."""
 
 _SUFFIX = ".worker"
+_VICTIM = "victim.json"
 
 
 def runtime_directory(key: str, base: str | None = None) -> str:
@@ -162,6 +163,28 @@ class Coordinator:
                 continue
             found.append(peer)
         return found
+
+    def name_victim(self, pid: int, reason: str) -> None:
+        """Tell the worker ``pid`` that it is due: the others see the trend it may not yet."""
+        if not self._ensure():
+            return
+        data = {"victim": pid, "by": self._pid, "at": time.time(), "reason": reason}
+        with contextlib.suppress(OSError):
+            self._write(_VICTIM, data)
+
+    def named(self, fresh: float) -> dict[str, Any] | None:
+        """The latest victim named (``victim``, ``by``, ``at``, ``reason``) if younger than
+        ``fresh`` seconds, else ``None``."""
+        if self._failed:
+            return None
+        try:
+            with open(os.path.join(self.directory, _VICTIM), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("at"), (int, float)):
+            return None
+        return data if time.time() - data["at"] < fresh else None
 
     def try_lock(self, reason: str, name: str = "recycle") -> bool:
         """Take lock ``name`` without waiting; held until released or this process exits."""

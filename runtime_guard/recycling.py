@@ -124,8 +124,8 @@ def sustained_rate(
     A fall larger than ``drop`` (a worker exited, relief freed memory) restarts the trend,
     and the ``min_span`` seconds right after it do not count: the worker started in the
     exited one's place fills its memory then (imports, a fresh interpreter under uvicorn's
-    spawn: seconds of steep growth that is no leak). Then the points must span
-    ``min_span`` again. The growth is sustained when the lowest value of each third of the
+    spawn: seconds of steep growth that is no leak). Then the points must span half of
+    ``min_span`` (``min_span`` when no fall restarted them). The growth is sustained when the lowest value of each third of the
     points exceeds the lowest of the third before by more than ``margin``: a spike, a
     sawtooth or a one-off step up does not pass.
     """
@@ -133,12 +133,14 @@ def sustained_rate(
     for i in range(1, len(points)):
         if points[i - 1][1] - points[i][1] > drop:
             start = i
+    span = min_span
     if start:
         settled = points[start][0] + min_span
         while start < len(points) and points[start][0] < settled:
             start += 1
+        span = min_span / 2  # the skip was the wait; enough points from then on
     recent = list(points[start:])
-    if len(recent) < _MIN_POINTS or recent[-1][0] - recent[0][0] < min_span:
+    if len(recent) < _MIN_POINTS or recent[-1][0] - recent[0][0] < span:
         return 0.0
     third = len(recent) // 3
     floors = [min(v for _, v in recent[i * third : (i + 1) * third]) for i in range(2)]
@@ -294,18 +296,23 @@ class RecyclePolicy(Component):
         p = self.prediction
         coordinator = self._ensure_coordinator(guard)
         if coordinator is not None and (
-            p.rate > 0 or critical or now - self._published_at >= _PUBLISH_EVERY
+            p.rate > 0
+            or sample.pressure >= Pressure.ELEVATED
+            or now - self._published_at >= _PUBLISH_EVERY
         ):
             coordinator.publish(self._started_wall, self.growth, self.rising)
             self._published_at = now
         self._maybe_diagnose(guard, sample, age)
         # Due: at this rate the middleware would start refusing requests within a drain.
         due = p.seconds_to_critical is not None and p.seconds_to_critical <= self.drain
+        # Named: another worker saw it first (its trend may start earlier than this one's,
+        # which a neighbour's exit restarted) and chose this worker.
+        named = self._named(guard, coordinator)
         # Stuck: CRITICAL with no steady growth (shedding stopped it, or a step filled the
         # container) for restart_after: no trend will ever say when.
         stuck = critical and self._critical_for() >= (self.restart_after or float("inf"))
-        if due or stuck:
-            self._decide(guard, sample, due, critical)
+        if due or stuck or named is not None:
+            self._decide(guard, sample, due, critical, named)
         elif not critical and (
             p.seconds_to_critical is None or p.seconds_to_critical > 2 * self.drain
         ):
@@ -363,13 +370,24 @@ class RecyclePolicy(Component):
 
     # -- the decision: only when a recycle is due -------------------------------------------
 
-    def _decide(self, guard: Guard, sample: Sample, due: bool, critical: bool) -> None:
+    def _named(self, guard: Guard, coordinator: Coordinator | None) -> str | None:
+        """The reason another worker gave for naming this one, while it is fresh."""
+        if coordinator is None:
+            return None
+        named = coordinator.named(fresh=max(3 * guard.config.interval, 3.0))
+        if named is None or named.get("victim") != os.getpid():
+            return None
+        return f"{named.get('reason')} (seen first by worker pid {named.get('by')})"
+
+    def _decide(
+        self, guard: Guard, sample: Sample, due: bool, critical: bool, named: str | None = None
+    ) -> None:
         if due and self._config.relief and not self._relieved_recently(sample):
             result = guard.relieve()
             self._relieved_at = sample.monotonic
             if result.usage_before - result.usage_after > self._margin(sample):
                 return  # relief bought the time back; judged again on the next samples
-        reason = self._reason(sample, critical) if due else ""
+        reason = self._reason(sample, critical) if due else (named or "")
         coordinator = self._coordinator
         peers = coordinator.peers() if coordinator is not None else []
         holder = coordinator.holder() if coordinator is not None else None
@@ -378,9 +396,12 @@ class RecyclePolicy(Component):
             peers = [*peers, Peer(me, self._started_wall, self.growth, self.rising, time.time())]
         limit = sample.limit
         victim = None
+        min_growth, min_rising = int(limit * MIN_GROWTH_SHARE), int(limit * MIN_RISING_SHARE)
         if due:
-            min_growth, min_rising = int(limit * MIN_GROWTH_SHARE), int(limit * MIN_RISING_SHARE)
             victim = choose_victim(peers, min_growth, min_rising)
+        if victim is None and named is not None:
+            # Chosen on the figures this worker published; still never a flat worker.
+            victim = choose_victim([p for p in peers if p.pid == me], min_growth, min_rising)
         if victim is None and critical and self._critical_for() >= (self.restart_after or 1e18):
             # Nothing grows that a recycle would give back, and shedding did not end it:
             # the worker that grew most goes anyway (the host decides, without a recycler).
@@ -409,6 +430,8 @@ class RecyclePolicy(Component):
         if victim.pid != me:
             self.state = "pending"
             self.reason = f"{reason}; worker pid {victim.pid} grew most and recycles"
+            if coordinator is not None:
+                coordinator.name_victim(victim.pid, reason)
             return
         self._recycle(guard, sample, reason, coordinator)
 

@@ -97,6 +97,8 @@ class Result:
     named: dict[str, bool] = field(default_factory=dict)
     """Per leak shape: whether a report named its line (the client site for ``clients``)."""
     errors: dict[str, int] = field(default_factory=dict)
+    served: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Per pid that answered: when it answered first and last (seconds into the load)."""
     log: str = ""
 
     @property
@@ -104,7 +106,7 @@ class Result:
         return self.ok / self.calls if self.calls else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "log"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("log", "served")}
         data["ok_share"] = self.ok_share
         return data
 
@@ -311,6 +313,10 @@ def tally(result: Result, records: list[dict[str, Any]]) -> None:
         status = record.get("status")
         if status is not None and "lat" in record:
             latencies.append(record["lat"])
+        pid = record.get("pid")
+        if isinstance(pid, int):
+            first, _ = result.served.get(pid, (record["t"], record["t"]))
+            result.served[pid] = (first, record["t"])
         if status is not None and 200 <= status < 300 and "error" not in record:
             result.ok += 1
         elif status == 503:

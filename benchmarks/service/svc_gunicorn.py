@@ -18,4 +18,14 @@ accesslog = None
 if mode == "stock":
     max_requests = int(os.environ.get("SVC_MAX_REQUESTS", "400"))
 elif mode == "guard":
-    from runtime_guard.integrations.gunicorn import child_exit, on_starting, post_fork  # noqa: F401
+    from runtime_guard.integrations import gunicorn as guard_hooks
+
+    on_starting = guard_hooks.on_starting
+    child_exit = guard_hooks.child_exit
+
+
+def post_fork(server, worker):
+    # The app reads which worker it is (SVC_LEAK_WORKERS); imported after this hook.
+    os.environ["SVC_WORKER_AGE"] = str(worker.age)
+    if mode == "guard":
+        guard_hooks.post_fork(server, worker)

@@ -11,7 +11,9 @@ Configured from the environment, as a deployed app would be:
   requests per second, 2 MB/s; a kept Redis client holds about 48 KiB, so ``clients``
   takes about 24 of them and the other shapes share the rest);
 - ``SVC_REDIS_URL``: where Redis is;
-- ``SVC_SPIKE_MB``: what the ``spike`` call allocates once and frees (default 50).
+- ``SVC_SPIKE_MB``: what the ``spike`` call allocates once and frees (default 50);
+- ``SVC_LEAK_WORKERS=odd``: only gunicorn workers of odd age leak (the first one started and
+  each one started in its place), the others stay flat.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ import time
 from typing import Any
 
 LEAKS = frozenset(filter(None, os.environ.get("SVC_LEAK", "").split(",")))
+if (
+    os.environ.get("SVC_LEAK_WORKERS") == "odd"
+    and int(os.environ.get("SVC_WORKER_AGE", "1")) % 2 == 0
+):
+    LEAKS = frozenset()
 LEAK_KB = float(os.environ.get("SVC_LEAK_KB", "50"))
 REDIS_URL = os.environ.get("SVC_REDIS_URL", "redis://127.0.0.1:6379/0")
 SPIKE_MB = int(os.environ.get("SVC_SPIKE_MB", "50"))
