@@ -502,7 +502,8 @@ class RecyclePolicy(Component):
         # Wait until the duty cycle allows a second of tracing (the recycle report closes the
         # window early if it must), unless the recycle is imminent: then whatever it allows.
         least = 0.0 if left - drain <= 2 * guard.config.interval else 1.0
-        coordinator = self._coordinator
+        if coordinator is not None and not self._others_serve(coordinator):
+            return
         if coordinator is not None and not coordinator.try_lock("leak diagnosis", "diagnosis"):
             return  # another worker is being traced: this one serves at full speed meanwhile
         points = [(t, r, h) for t, _, r, h in self._points]
@@ -510,6 +511,17 @@ class RecyclePolicy(Component):
             self._diagnosis_asked = True
         elif coordinator is not None:
             coordinator.release("diagnosis")
+
+    def _others_serve(self, coordinator: Coordinator) -> bool:
+        """Whether the other workers are all up: none recycling, none just started.
+
+        Tracing slows this worker's requests several times over; that is fine while the
+        others take the load, not while one of them is gone or still starting.
+        """
+        if coordinator.holder() is not None:
+            return False
+        now, me = time.time(), os.getpid()
+        return all(now - p.started >= SETTLE_SECONDS for p in coordinator.peers() if p.pid != me)
 
     # -- the recycle ---------------------------------------------------------------------
 
