@@ -91,6 +91,9 @@ _MAX_POINTS = 30
 _MAX_KEPT = 600
 _PUBLISH_EVERY = 10.0
 _STUCK_FACTOR = 6.0
+# Seconds after a new worker's guard started before its memory counts as settled: the
+# imports after gunicorn's post_fork, the first requests of a fresh interpreter.
+_REPLACEMENT_SETTLE = 2.0
 _STUCK_LEAST = 60.0
 
 
@@ -118,25 +121,27 @@ def sustained_rate(
     drop: float,
     margin: float,
     min_span: float = TREND_SECONDS / 3,
+    settled: float | None = None,
 ) -> float:
     """The robust growth rate per second of ``(t, value)`` points, or 0 when not sustained.
 
     A fall larger than ``drop`` (a worker exited, relief freed memory) restarts the trend,
-    and the ``min_span`` seconds right after it do not count: the worker started in the
-    exited one's place fills its memory then (imports, a fresh interpreter under uvicorn's
-    spawn: seconds of steep growth that is no leak). Then the points must span half of
-    ``min_span`` (``min_span`` when no fall restarted them). The growth is sustained when the lowest value of each third of the
-    points exceeds the lowest of the third before by more than ``margin``: a spike, a
-    sawtooth or a one-off step up does not pass.
+    and the seconds right after it do not count: the worker started in the exited one's
+    place fills its memory then (imports, a fresh interpreter under uvicorn's spawn:
+    seconds of steep growth that is no leak). They end ``min_span`` seconds after the fall,
+    or at ``settled`` when that is earlier (the caller saw the new worker up). Then the
+    points must span half of ``min_span`` (``min_span`` when no fall restarted them). The
+    growth is sustained when the lowest value of each third of the points exceeds the
+    lowest of the third before by more than ``margin``: a spike, a sawtooth or a one-off
+    step up does not pass.
     """
-    start = 0
-    for i in range(1, len(points)):
-        if points[i - 1][1] - points[i][1] > drop:
-            start = i
+    start = last_fall(points, drop)
     span = min_span
     if start:
-        settled = points[start][0] + min_span
-        while start < len(points) and points[start][0] < settled:
+        until = points[start][0] + min_span
+        if settled is not None and settled >= points[start][0]:
+            until = min(until, settled)
+        while start < len(points) and points[start][0] < until:
             start += 1
         span = min_span / 2  # the skip was the wait; enough points from then on
     recent = list(points[start:])
@@ -153,16 +158,27 @@ def sustained_rate(
     return max(theil_sen(recent), 0.0)
 
 
+def last_fall(points: Sequence[tuple[float, float]], drop: float) -> int:
+    """Index of the point right after the last fall larger than ``drop`` (0 if none)."""
+    start = 0
+    for i in range(1, len(points)):
+        if points[i - 1][1] - points[i][1] > drop:
+            start = i
+    return start
+
+
 def predict(
     points: Sequence[tuple[float, float, float]],
     limit: int,
     critical: float,
     process_limit: int | None = None,
+    settled: float | None = None,
 ) -> Prediction:
     """Predict from ``(t, usage, rss)`` points when usage reaches ``critical`` and ``limit``.
 
     ``critical`` is the CRITICAL threshold as a fraction of the limit. With
-    ``process_limit``, RSS against it too; the one reached first wins.
+    ``process_limit``, RSS against it too; the one reached first wins. ``settled``: when
+    the worker started after the last fall was up (see :func:`sustained_rate`).
     """
     if not points or limit <= 0:
         return NO_PREDICTION
@@ -172,7 +188,7 @@ def predict(
         series.append((process_limit, [(t, r) for t, _, r in points], "process"))
     for budget, values, what in series:
         drop = budget * DROP_SHARE
-        rate = sustained_rate(values, drop, drop / 10)
+        rate = sustained_rate(values, drop, drop / 10, settled=settled)
         if rate > 0:
             now = values[-1][1]
             to_limit = max(budget - now, 0.0) / rate
@@ -259,6 +275,8 @@ class RecyclePolicy(Component):
         self.report_path: str | None = None
         """Where the last recycle report was written."""
         self._critical_since: float | None = None
+        self._critical_samples = 0
+        self._last_rate: tuple[float, float] | None = None
         self._pending_sent = False
         self._relieved_at: float | None = None
         self._seen_relief: object = None
@@ -275,18 +293,17 @@ class RecyclePolicy(Component):
         self._record(sample)
         self._note_relief(guard, now)
         age = now - self._started
-        self.prediction = predict(
-            [(t, u, r) for t, u, r, _ in self._points if t >= now - TREND_SECONDS],
-            sample.limit,
-            guard.config.critical,
-            self._config.process_limit,
-        )
+        recent = [(t, u, r) for t, u, r, _ in self._points if t >= now - TREND_SECONDS]
+        self.prediction = self._predict(guard, recent, sample)
         self._track_own(sample, age)
         critical = sample.pressure >= Pressure.CRITICAL
         if not critical:
             self._critical_since = None
-        elif self._critical_since is None:
-            self._critical_since = self.clock()
+            self._critical_samples = 0
+        else:
+            self._critical_samples += 1
+            if self._critical_since is None:
+                self._critical_since = self.clock()
         if self.state == "recycling":
             self._check_stuck(guard)
             return
@@ -311,12 +328,61 @@ class RecyclePolicy(Component):
         # Stuck: CRITICAL with no steady growth (shedding stopped it, or a step filled the
         # container) for restart_after: no trend will ever say when.
         stuck = critical and self._critical_for() >= (self.restart_after or float("inf"))
-        if due or stuck or named is not None:
-            self._decide(guard, sample, due, critical, named)
+        # CRITICAL a second sample running (not a spike that relief and shedding end at
+        # once): a worker whose own memory keeps rising goes now, trend or no trend.
+        held = self._critical_samples >= 2
+        if due or stuck or held or named is not None:
+            self._decide(guard, sample, due or held, critical, named)
         elif not critical and (
             p.seconds_to_critical is None or p.seconds_to_critical > 2 * self.drain
         ):
             self._calm()
+
+    def _predict(
+        self, guard: Guard, recent: Sequence[tuple[float, float, float]], sample: Sample
+    ) -> Prediction:
+        found = predict(
+            recent,
+            sample.limit,
+            guard.config.critical,
+            self._config.process_limit,
+            settled=self._replacement_up(guard, recent, sample),
+        )
+        now = sample.monotonic
+        if found.rate > 0:
+            self._last_rate = (now, found.rate)
+            return found
+        # A fall (a worker of the container exited) leaves no trend for a while; the leak
+        # goes on at the rate it had just before, now from the lower usage.
+        last = self._last_rate
+        fall = last_fall([(t, u) for t, u, _ in recent], sample.limit * DROP_SHARE)
+        if last is None or not fall or last[0] > recent[fall][0] or now - last[0] > TREND_SECONDS:
+            return found
+        rate = last[1]
+        critical = sample.limit * guard.config.critical
+        return Prediction(
+            max(sample.limit - sample.usage, 0) / rate,
+            max(critical - sample.usage, 0) / rate,
+            rate,
+            "container",
+        )
+
+    def _replacement_up(
+        self, guard: Guard, recent: Sequence[tuple[float, float, float]], sample: Sample
+    ) -> float | None:
+        """When the worker started after the last fall was up (its guard started, plus a
+        few seconds of settling), on the samples' clock; ``None`` when unknown."""
+        fall = last_fall([(t, u) for t, u, _ in recent], sample.limit * DROP_SHARE)
+        if not fall or sample.monotonic - recent[fall][0] >= TREND_SECONDS / 3:
+            return None
+        coordinator = self._ensure_coordinator(guard)
+        if coordinator is None:
+            return None
+        fall_wall = time.time() - (sample.monotonic - recent[fall][0])
+        started = [p.started for p in coordinator.peers() if p.started >= fall_wall - 1.0]
+        if not started:
+            return None
+        return sample.monotonic - (time.time() - max(started)) + _REPLACEMENT_SETTLE
 
     def _record(self, sample: Sample) -> None:
         points = self._points

@@ -260,6 +260,35 @@ def test_a_leaking_worker_is_recycled_once_when_the_drain_would_reach_critical(
     assert "gc_forced" in world.kinds()  # relief was tried first
 
 
+def test_after_a_neighbour_exits_the_leak_rate_before_it_still_predicts(world: World) -> None:
+    """Right after a fall the trend is blind; the rate before it, from the new usage, is not."""
+    for i in range(30):
+        world.feed(100 * MiB + i * 2 * MiB, rss=40 * MiB + i * MiB)
+    world.feed(110 * MiB, rss=70 * MiB)  # a neighbour exited
+    assert world.policy.prediction.seconds_to_critical == pytest.approx(40, abs=1)
+    world.recycler()
+    for i in range(1, 40):
+        world.feed(110 * MiB + i * 2 * MiB, rss=70 * MiB + i * MiB)
+        if world.policy.state == "recycling":
+            break
+    assert world.policy.state == "recycling"
+    assert i <= 31  # within the 10 s drain of CRITICAL (190 MiB), not after it
+
+
+def test_critical_held_with_a_rising_worker_recycles_without_a_trend(world: World) -> None:
+    """Two CRITICAL samples with this worker's memory rising: recycled; one alone: nothing."""
+    world.recycler()
+    for i in range(30):
+        world.feed(120 * MiB, rss=40 * MiB + i * MiB)
+    world.feed(0.96 * LIMIT, rss=70 * MiB)  # one CRITICAL sample: shedding's business
+    world.feed(120 * MiB, rss=70 * MiB)
+    assert world.policy.state == "idle" and world.stops == []
+    world.feed(0.96 * LIMIT, rss=71 * MiB)
+    world.feed(0.96 * LIMIT, rss=72 * MiB)
+    assert world.policy.state == "recycling"
+    assert "usage is CRITICAL" in (world.policy.reason or "")
+
+
 def test_health_says_a_recycle_is_pending_why_and_when(world: World) -> None:
     """health() carries recycle_pending, the reason and seconds_to_limit; idle says so too."""
     world.feed(100 * MiB)
