@@ -595,12 +595,7 @@ class LeakDetector(Component):
         with self._lock:
             if self._episode is not None:
                 return True
-            tracing = self._always is not None or tracemalloc.is_tracing()
-            if (
-                self._config.tracemalloc != "off"
-                and not tracing
-                and self._trace_budget(sample.monotonic) < least_trace
-            ):
+            if not self.can_diagnose_early(sample.monotonic, least_trace):
                 return False
             self._begin(_early_verdict(points), sample)
             assert self._episode is not None
@@ -612,6 +607,13 @@ class LeakDetector(Component):
         """Whether a diagnosis window is open or about to open."""
         episode = self._episode
         return self._diag is not None or bool(episode and episode.diagnose)
+
+    def can_diagnose_early(self, now: float, least_trace: float) -> bool:
+        """Whether the duty cycle allows ``least_trace`` seconds of tracemalloc at ``now``
+        (always when tracemalloc is off, or already on for the host or ``always``)."""
+        if self._config.tracemalloc == "off" or self._always is not None:
+            return True
+        return tracemalloc.is_tracing() or self._trace_budget(now) >= least_trace
 
     def finish_diagnosis(self, guard: Guard, sample: Sample) -> None:
         """End an open diagnosis window now (the process is about to go) and report it."""

@@ -85,10 +85,13 @@ DROP_SHARE = 0.015
 exited, relief freed memory) starts the trend again after it."""
 
 _MIN_POINTS = 6
-_MAX_POINTS = 30
-# Samples kept for the own window at most, whatever the interval: the guard's memory stays
-# bounded even when samples come faster than the interval (tests, a host calling sample()).
-_MAX_KEPT = 600
+# Theil-Sen is quadratic in its points: 16 (120 pairs) cost about 40 us here, and a robust
+# slope of a 30 s trend needs no more.
+_MAX_POINTS = 16
+# Points kept per window: samples closer than the window / _BUCKETS merge into one, so
+# memory and the work per sample stay bounded whatever the interval (tests, a host calling
+# sample() in a loop).
+_BUCKETS = 60
 _PUBLISH_EVERY = 10.0
 _STUCK_FACTOR = 6.0
 # Seconds after a new worker's guard started before its memory counts as settled: the
@@ -117,11 +120,14 @@ NO_PREDICTION = Prediction(None, None, 0.0, "container")
 
 
 def sustained_rate(
-    points: Sequence[tuple[float, float]],
+    points: Sequence[tuple[float, ...]],
     drop: float,
     margin: float,
+    *,
     min_span: float = TREND_SECONDS / 3,
     settled: float | None = None,
+    column: int = 1,
+    fall: int | None = None,
 ) -> float:
     """The robust growth rate per second of ``(t, value)`` points, or 0 when not sustained.
 
@@ -133,9 +139,10 @@ def sustained_rate(
     points must span half of ``min_span`` (``min_span`` when no fall restarted them). The
     growth is sustained when the lowest value of each third of the points exceeds the
     lowest of the third before by more than ``margin``: a spike, a sawtooth or a one-off
-    step up does not pass.
+    step up does not pass. ``column`` says which item of each point is the value; ``fall``
+    is where the last fall is, when the caller found it already.
     """
-    start = last_fall(points, drop)
+    start = last_fall(points, drop, column) if fall is None else fall
     span = min_span
     if start:
         until = points[start][0] + min_span
@@ -144,53 +151,63 @@ def sustained_rate(
         while start < len(points) and points[start][0] < until:
             start += 1
         span = min_span / 2  # the skip was the wait; enough points from then on
-    recent = list(points[start:])
-    if len(recent) < _MIN_POINTS or recent[-1][0] - recent[0][0] < span:
+    n = len(points) - start
+    if n < _MIN_POINTS or points[-1][0] - points[start][0] < span:
         return 0.0
-    third = len(recent) // 3
-    floors = [min(v for _, v in recent[i * third : (i + 1) * third]) for i in range(2)]
-    floors.append(min(v for _, v in recent[2 * third :]))
+    third = n // 3
+    bounds = (start, start + third, start + 2 * third, len(points))
+    floors = [min(points[i][column] for i in range(a, b)) for a, b in itertools.pairwise(bounds)]
     if not all(b - a > margin for a, b in itertools.pairwise(floors)):
         return 0.0
+    recent = [(points[i][0], points[i][column]) for i in range(start, len(points))]
     if len(recent) > _MAX_POINTS:
         step = len(recent) / _MAX_POINTS
         recent = [recent[int(i * step)] for i in range(_MAX_POINTS - 1)] + [recent[-1]]
     return max(theil_sen(recent), 0.0)
 
 
-def last_fall(points: Sequence[tuple[float, float]], drop: float) -> int:
+def last_fall(points: Sequence[tuple[float, ...]], drop: float, column: int = 1) -> int:
     """Index of the point right after the last fall larger than ``drop`` (0 if none)."""
-    start = 0
-    for i in range(1, len(points)):
-        if points[i - 1][1] - points[i][1] > drop:
-            start = i
-    return start
+    for i in range(len(points) - 1, 0, -1):
+        if points[i - 1][column] - points[i][column] > drop:
+            return i
+    return 0
 
 
 def predict(
     points: Sequence[tuple[float, float, float]],
     limit: int,
     critical: float,
+    *,
     process_limit: int | None = None,
     settled: float | None = None,
+    fall: int | None = None,
 ) -> Prediction:
     """Predict from ``(t, usage, rss)`` points when usage reaches ``critical`` and ``limit``.
 
     ``critical`` is the CRITICAL threshold as a fraction of the limit. With
     ``process_limit``, RSS against it too; the one reached first wins. ``settled``: when
-    the worker started after the last fall was up (see :func:`sustained_rate`).
+    the worker started after the last fall was up (see :func:`sustained_rate`); ``fall``:
+    where the last fall of usage is, when the caller found it already.
     """
     if not points or limit <= 0:
         return NO_PREDICTION
     found = []
-    series = [(limit, [(t, u) for t, u, _ in points], "container")]
+    series = [(limit, 1, "container")]
     if process_limit:
-        series.append((process_limit, [(t, r) for t, _, r in points], "process"))
-    for budget, values, what in series:
+        series.append((process_limit, 2, "process"))
+    for budget, column, what in series:
         drop = budget * DROP_SHARE
-        rate = sustained_rate(values, drop, drop / 10, settled=settled)
+        rate = sustained_rate(
+            points,
+            drop,
+            drop / 10,
+            settled=settled,
+            column=column,
+            fall=fall if column == 1 else None,
+        )
         if rate > 0:
-            now = values[-1][1]
+            now = points[-1][column]
             to_limit = max(budget - now, 0.0) / rate
             to_critical = max(budget * critical - now, 0.0) / rate
             found.append(Prediction(to_limit, to_critical, rate, what))
@@ -254,7 +271,8 @@ class RecyclePolicy(Component):
         self._reset()
 
     def _reset(self) -> None:
-        self._points: deque[tuple[float, int, int, int]] = deque(maxlen=_MAX_KEPT)
+        self._points: deque[tuple[float, int, int, int]] = deque(maxlen=_BUCKETS + 1)
+        self._trend: deque[tuple[float, int, int]] = deque(maxlen=_BUCKETS + 1)
         self._started: float | None = None
         self._started_wall = time.time()
         self._baseline: int | None = None
@@ -293,9 +311,10 @@ class RecyclePolicy(Component):
         self._record(sample)
         self._note_relief(guard, now)
         age = now - self._started
-        recent = [(t, u, r) for t, u, r, _ in self._points if t >= now - TREND_SECONDS]
-        self.prediction = self._predict(guard, recent, sample)
-        self._track_own(sample, age)
+        if age >= SETTLE_SECONDS:
+            # The lowest RSS since the worker settled: the lowest of its floors, too.
+            self._baseline = min(self._baseline or sample.rss, sample.rss)
+        self.prediction = self._predict(guard, list(self._trend), sample)
         critical = sample.pressure >= Pressure.CRITICAL
         if not critical:
             self._critical_since = None
@@ -312,19 +331,23 @@ class RecyclePolicy(Component):
             return
         p = self.prediction
         coordinator = self._ensure_coordinator(guard)
-        if coordinator is not None and (
-            p.rate > 0
-            or sample.pressure >= Pressure.ELEVATED
-            or now - self._published_at >= _PUBLISH_EVERY
-        ):
-            coordinator.publish(self._started_wall, self.growth, self.rising)
+        close = sample.pressure >= Pressure.ELEVATED or p.rate > 0
+        if close or now - self._published_at >= _PUBLISH_EVERY:
+            # This worker's own figures are needed only when they are shown or decided on.
+            self._track_own(sample, age)
+            if coordinator is not None:
+                coordinator.publish(self._started_wall, self.growth, self.rising)
             self._published_at = now
         self._maybe_diagnose(guard, sample, age)
         # Due: at this rate the middleware would start refusing requests within a drain.
         due = p.seconds_to_critical is not None and p.seconds_to_critical <= self.drain
         # Named: another worker saw it first (its trend may start earlier than this one's,
         # which a neighbour's exit restarted) and chose this worker.
-        named = self._named(guard, coordinator)
+        named = None
+        if sample.pressure >= Pressure.HIGH or (
+            p.seconds_to_critical is not None and p.seconds_to_critical <= 3 * self.drain
+        ):
+            named = self._named(guard, coordinator)
         # Stuck: CRITICAL with no steady growth (shedding stopped it, or a step filled the
         # container) for restart_after: no trend will ever say when.
         stuck = critical and self._critical_for() >= (self.restart_after or float("inf"))
@@ -341,12 +364,14 @@ class RecyclePolicy(Component):
     def _predict(
         self, guard: Guard, recent: Sequence[tuple[float, float, float]], sample: Sample
     ) -> Prediction:
+        fall = last_fall(recent, sample.limit * DROP_SHARE)
         found = predict(
             recent,
             sample.limit,
             guard.config.critical,
-            self._config.process_limit,
-            settled=self._replacement_up(guard, recent, sample),
+            process_limit=self._config.process_limit,
+            settled=self._replacement_up(guard, recent, fall, sample) if fall else None,
+            fall=fall,
         )
         now = sample.monotonic
         if found.rate > 0:
@@ -355,7 +380,6 @@ class RecyclePolicy(Component):
         # A fall (a worker of the container exited) leaves no trend for a while; the leak
         # goes on at the rate it had just before, now from the lower usage.
         last = self._last_rate
-        fall = last_fall([(t, u) for t, u, _ in recent], sample.limit * DROP_SHARE)
         if last is None or not fall or last[0] > recent[fall][0] or now - last[0] > TREND_SECONDS:
             return found
         rate = last[1]
@@ -368,12 +392,15 @@ class RecyclePolicy(Component):
         )
 
     def _replacement_up(
-        self, guard: Guard, recent: Sequence[tuple[float, float, float]], sample: Sample
+        self,
+        guard: Guard,
+        recent: Sequence[tuple[float, float, float]],
+        fall: int,
+        sample: Sample,
     ) -> float | None:
-        """When the worker started after the last fall was up (its guard started, plus a
-        few seconds of settling), on the samples' clock; ``None`` when unknown."""
-        fall = last_fall([(t, u) for t, u, _ in recent], sample.limit * DROP_SHARE)
-        if not fall or sample.monotonic - recent[fall][0] >= TREND_SECONDS / 3:
+        """When the worker started after the fall at ``fall`` was up (its guard started,
+        plus a few seconds of settling), on the samples' clock; ``None`` when unknown."""
+        if sample.monotonic - recent[fall][0] >= TREND_SECONDS / 3:
             return None
         coordinator = self._ensure_coordinator(guard)
         if coordinator is None:
@@ -385,24 +412,40 @@ class RecyclePolicy(Component):
         return sample.monotonic - (time.time() - max(started)) + _REPLACEMENT_SETTLE
 
     def _record(self, sample: Sample) -> None:
-        points = self._points
-        points.append((sample.monotonic, sample.usage, sample.rss, sample.heap_blocks))
-        while points and points[0][0] < sample.monotonic - OWN_SECONDS:
-            points.popleft()
+        now = sample.monotonic
+        usage, rss = sample.usage, sample.rss
+        # At most _BUCKETS points per window whatever the interval: samples closer than a
+        # bucket merge into their floor, so the cost per sample stays that of 1 s sampling.
+        points, trend = self._points, self._trend
+        if points and now - points[-1][0] < OWN_SECONDS / _BUCKETS:
+            t, u, r, _ = points[-1]
+            points[-1] = (t, min(u, usage), min(r, rss), sample.heap_blocks)
+        else:
+            points.append((now, usage, rss, sample.heap_blocks))
+        if trend and now - trend[-1][0] < TREND_SECONDS / _BUCKETS:
+            t, u, r = trend[-1]
+            trend[-1] = (t, min(u, usage), min(r, rss))
+        else:
+            trend.append((now, usage, rss))
+        for window, seconds in ((points, OWN_SECONDS), (trend, TREND_SECONDS)):
+            while window and window[0][0] < now - seconds:
+                window.popleft()
 
     def _track_own(self, sample: Sample, age: float) -> None:
-        if age < SETTLE_SECONDS:
+        if age < SETTLE_SECONDS or self._baseline is None:
             return
-        recent = [r for t, _, r, _ in self._points if t >= sample.monotonic - 5.0]
-        floor = min(recent) if recent else sample.rss
-        self._baseline = floor if self._baseline is None else min(self._baseline, floor)
+        now = sample.monotonic
+        recent = itertools.takewhile(lambda p: p[0] >= now - 5.0, reversed(self._points))
+        floor = min((p[2] for p in recent), default=sample.rss)
         self.growth = max(floor - self._baseline, 0)
         span = min(OWN_SECONDS, age - SETTLE_SECONDS)
         if span < 6.0:
             self.rising = 0
             return
-        first = [r for t, _, r, _ in self._points if t <= sample.monotonic - span + span / 3]
-        self.rising = max(floor - min(first), 0) if first else 0
+        bound = now - span + span / 3
+        first = itertools.takewhile(lambda p: p[0] <= bound, self._points)
+        lowest = min((p[2] for p in first), default=None)
+        self.rising = 0 if lowest is None else max(floor - lowest, 0)
 
     def _ensure_coordinator(self, guard: Guard) -> Coordinator | None:
         if self._coordinator is None:
@@ -568,6 +611,8 @@ class RecyclePolicy(Component):
         # Wait until the duty cycle allows a second of tracing (the recycle report closes the
         # window early if it must), unless the recycle is imminent: then whatever it allows.
         least = 0.0 if left - drain <= 2 * guard.config.interval else 1.0
+        if not detector.can_diagnose_early(sample.monotonic, least):
+            return  # the duty cycle does not allow a window worth having yet
         if coordinator is not None and not self._others_serve(coordinator):
             return
         if coordinator is not None and not coordinator.try_lock("leak diagnosis", "diagnosis"):

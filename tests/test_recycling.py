@@ -353,11 +353,11 @@ def test_a_worker_named_by_a_neighbour_that_saw_the_trend_first_recycles(
     """Named victim by a worker whose trend started earlier: recycled, unless it is flat."""
     world.recycler()
     for i in range(20):  # growing, but a fall just restarted this worker's trend
-        world.feed(120 * MiB + (i % 2) * MiB, rss=40 * MiB + i * 2 * MiB)
+        world.feed(172 * MiB + (i % 2) * MiB, rss=40 * MiB + i * 2 * MiB)
     assert world.policy.prediction.seconds_to_limit is None
     victim = {"victim": os.getpid(), "by": neighbour.pid, "reason": "CRITICAL in ~9 s"}
     (world.directory / "victim.json").write_text(json.dumps({**victim, "at": time.time()}))
-    world.feed(121 * MiB, rss=80 * MiB)
+    world.feed(173 * MiB, rss=80 * MiB)
     assert world.policy.state == "recycling"
     assert f"seen first by worker pid {neighbour.pid}" in (world.policy.reason or "")
 
@@ -368,10 +368,10 @@ def test_a_flat_worker_named_by_a_neighbour_stays(
     """A named worker whose own memory is flat does not recycle on another's word."""
     world.recycler()
     for _ in range(20):
-        world.feed(120 * MiB, rss=40 * MiB)
+        world.feed(172 * MiB, rss=40 * MiB)
     victim = {"victim": os.getpid(), "by": neighbour.pid, "reason": "CRITICAL in ~9 s"}
     (world.directory / "victim.json").write_text(json.dumps({**victim, "at": time.time()}))
-    world.feed(120 * MiB, rss=40 * MiB)
+    world.feed(172 * MiB, rss=40 * MiB)
     assert world.policy.state == "pending" and world.stops == []
 
 
@@ -415,6 +415,7 @@ def test_stuck_at_critical_without_growth_requests_a_restart_once_per_episode(
     assert "restart_requested" not in world.kinds()
     world.feed(0.99 * LIMIT, seconds=10)  # 30 s in
     world.feed(0.99 * LIMIT, seconds=1)
+    world.guard.flush_signals()
     restarts = [p["reason"] for k, p in world.sent if k == "restart_requested"]
     assert len(restarts) == 1 and "CRITICAL for 30 s" in restarts[0]
     assert world.guard.health()["restart_requested"] is True
@@ -482,7 +483,7 @@ def test_the_policys_memory_stays_bounded(world: World) -> None:
     """Samples far faster than the interval keep a bounded window, not every sample."""
     for i in range(5000):
         world.feed(100 * MiB + (i % 7) * 4096, seconds=0.001)
-    assert len(world.policy._points) <= 600
+    assert len(world.policy._points) <= 61
 
 
 def test_a_receiver_that_raises_does_not_stop_the_recycle(world: World) -> None:
