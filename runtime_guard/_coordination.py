@@ -253,6 +253,15 @@ class Coordinator:
             return {"pid": None, "since": None, "reason": ""}
         return data if isinstance(data, dict) else None
 
+    def last_holder(self, name: str = "recycle") -> dict[str, Any] | None:
+        """Who took lock ``name`` last (``pid``, ``since``, ``reason``), held or not."""
+        try:
+            with open(os.path.join(self.directory, f"{name}.json"), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def release(self, name: str = "recycle") -> None:
         """Give lock ``name`` up while still alive."""
         fd = self._fds.pop(name, -1)

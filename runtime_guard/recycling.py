@@ -97,6 +97,9 @@ _STUCK_FACTOR = 6.0
 # Seconds after a new worker's guard started before its memory counts as settled: the
 # imports after gunicorn's post_fork, the first requests of a fresh interpreter.
 _REPLACEMENT_SETTLE = 2.0
+# The most a worker waits for the one recycled before it to be replaced (a replacement
+# without a guard never says it is up).
+_TURN_GAP = 30.0
 _STUCK_LEAST = 60.0
 
 
@@ -653,6 +656,14 @@ class RecyclePolicy(Component):
                 )
                 guard.send(signals.restart_requested, reason=reason)
             return
+        if coordinator is not None and not self._previous_turn_over(coordinator):
+            self.state = "waiting"
+            self.reason = f"{reason}; the worker recycled last is not replaced yet"
+            return
+        # The sample may be a second old: a neighbour that exited since gave memory back.
+        fresh = guard._probe.read()
+        if fresh.usage < sample.usage - sample.limit * DROP_SHARE:
+            return
         if coordinator is not None and not coordinator.try_lock(reason):
             self.state = "waiting"
             self.reason = f"{reason}; another worker of the container recycles first"
@@ -666,6 +677,26 @@ class RecyclePolicy(Component):
             _log.exception("runtime_guard: the recycle report failed; recycling anyway")
         recycler.recycle_now(reason)
         guard.send(signals.restart_requested, reason=reason)
+
+    def _previous_turn_over(self, coordinator: Coordinator) -> bool:
+        """Whether the worker recycled last in the container is replaced (or long gone).
+
+        Its lock is free once it exited, but its replacement may still be starting: a
+        second recycle then would leave the container without a worker that serves.
+        """
+        last = coordinator.last_holder()
+        since = last.get("since") if last else None
+        if not isinstance(since, (int, float)) or last is None or last.get("pid") == os.getpid():
+            return True
+        now = time.time()
+        if now - since >= _TURN_GAP:
+            return True
+        me = os.getpid()
+        return any(
+            p.started >= since and now - p.started >= _REPLACEMENT_SETTLE
+            for p in coordinator.peers()
+            if p.pid != me
+        )
 
     def _check_stuck(self, guard: Guard) -> None:
         since = self._recycling_since

@@ -375,8 +375,10 @@ def test_a_flat_worker_named_by_a_neighbour_stays(
     assert world.policy.state == "pending" and world.stops == []
 
 
-def test_only_one_worker_of_the_container_recycles_at_a_time(world: World) -> None:
-    """While another worker holds the recycle lock this one waits; once it is gone, it goes."""
+def test_only_one_worker_of_the_container_recycles_at_a_time(
+    world: World, neighbour: subprocess.Popen[bytes]
+) -> None:
+    """While another worker recycles this one waits; it goes once that one is replaced."""
     world.recycler()
     holder = subprocess.Popen(
         [
@@ -403,7 +405,33 @@ def test_only_one_worker_of_the_container_recycles_at_a_time(world: World) -> No
         assert holder.stdout is not None
         holder.stdout.close()
     world.feed(world.probe.usage + 2 * MiB, rss=202 * MiB)
+    assert world.policy.state == "waiting"  # gone, but not replaced yet
+    assert "not replaced yet" in (world.policy.reason or "")
+    last = json.loads((world.directory / "recycle.json").read_text())
+    assert last["pid"] == holder.pid
+    last["since"] = time.time() - 10  # it went ten seconds ago, then its replacement came
+    (world.directory / "recycle.json").write_text(json.dumps(last))
+    _publish(world.directory, neighbour.pid, growth=0, rising=0, started=time.time() - 5)
+    world.feed(world.probe.usage + 2 * MiB, rss=204 * MiB)
     assert world.policy.state == "recycling"
+
+
+def test_a_decision_on_a_sample_a_neighbours_exit_made_stale_is_dropped(world: World) -> None:
+    """Due on the sample, but the memory came back since (a neighbour exited): no recycle."""
+    world.recycler()
+    for i in range(200):
+        usage = 100 * MiB + i * 2 * MiB
+        world.t += 1.0
+        world.clock.now = world.t
+        sample = _sample(world.t, usage, 40 * MiB + i * 2 * MiB)
+        world.guard.history.append(sample)
+        world.probe.usage = int(usage - 60 * MiB)  # what the probe reads a moment later
+        world.policy.on_sample(world.guard, sample)
+        if world.policy.prediction.seconds_to_critical is not None and (
+            world.policy.prediction.seconds_to_critical < 5
+        ):
+            break
+    assert world.policy.state != "recycling" and world.stops == []
 
 
 def test_stuck_at_critical_without_growth_requests_a_restart_once_per_episode(
