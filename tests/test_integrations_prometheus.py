@@ -20,6 +20,7 @@ import runtime_guard
 from runtime_guard import shedding
 from runtime_guard.integrations import prometheus
 from runtime_guard.integrations.wsgi import GuardMiddleware
+from runtime_guard.recycling import Prediction, RecyclePolicy
 from runtime_guard.testing import FakeProbe, make_guard
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -45,6 +46,27 @@ def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def value(found: dict[str, Any], name: str) -> float:
     [(_, number)] = found[name]
     return float(number)
+
+
+def test_collector_exports_a_pending_recycle_and_the_time_to_the_limit() -> None:
+    """recycle_pending and seconds_to_limit follow the recycling policy; +Inf with no trend."""
+    guard = make_guard(FakeProbe(limit=1000 * 2**20))
+    try:
+        registry = CollectorRegistry()
+        registry.register(prometheus.GuardCollector(guard))
+        guard.sample()
+        found = scrape(generate_latest(registry).decode())
+        assert value(found, "runtime_guard_recycle_pending") == 0
+        assert value(found, "runtime_guard_seconds_to_limit") == float("inf")
+        policy = guard.component("recycling")
+        assert isinstance(policy, RecyclePolicy)
+        policy.state, policy.reason = "pending", "usage grows"
+        policy.prediction = Prediction(42.0, 30.0, 1.0, "container")
+        found = scrape(generate_latest(registry).decode())
+        assert value(found, "runtime_guard_recycle_pending") == 1
+        assert value(found, "runtime_guard_seconds_to_limit") == 42.0
+    finally:
+        guard.stop()
 
 
 def test_collector_exports_the_guards_figures() -> None:
