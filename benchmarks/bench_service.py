@@ -57,6 +57,10 @@ SCENARIOS = [
     sc.Scenario("gunicorn-spike", "gunicorn", "", spike_at=40.0, stock=_STOCK_GUNICORN),
     sc.Scenario("uvicorn-cache-clients", "uvicorn", "cache,clients", stock=_STOCK_UVICORN),
     sc.Scenario("uvicorn-objects", "uvicorn", "objects", stock=_STOCK_UVICORN),
+    # Workers that each keep a 20 MB model: the headroom --limit-max-requests needs is gone.
+    sc.Scenario(
+        "uvicorn-big-workers", "uvicorn", "cache,clients", stock=_STOCK_UVICORN, model_mb=20
+    ),
     sc.Scenario("uvicorn-clean", "uvicorn", "", stock=_STOCK_UVICORN),
     sc.Scenario("uvicorn-spike", "uvicorn", "", spike_at=40.0, stock=_STOCK_UVICORN),
     sc.Scenario("celery-cache-clients", "celery", "cache,clients", stock=_STOCK_CELERY),
@@ -85,6 +89,7 @@ def print_table(scenario: sc.Scenario, results: list[sc.Result]) -> None:
         f"{scenario.leak or 'none'}"
         + (f" {scenario.leak_kb:g} KB/call" if scenario.leak else "")
         + (f", one 50 MiB spike at {scenario.spike_at:g} s" if scenario.spike_at else "")
+        + (f", {scenario.model_mb} MB model per worker" if scenario.model_mb else "")
         + f", {scenario.rate:g} calls/s for {results[0].calls / scenario.rate:.0f} s, "
         f"limit {scenario.limit_mib} MiB"
     )

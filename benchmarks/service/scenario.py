@@ -72,6 +72,8 @@ class Scenario:
     """Seconds into the load at which one call allocates 50 MiB once."""
     stock: Mapping[str, str] = field(default_factory=dict)
     """Environment of the stock mitigation (its settings)."""
+    model_mb: int = 0
+    """Megabytes each worker loads at start and keeps (``SVC_MODEL_MB``)."""
 
     @property
     def leaks(self) -> list[str]:
@@ -160,6 +162,7 @@ def _environment(
         SVC_BIND=f"127.0.0.1:{port}",
         SVC_WORKERS=str(scenario.workers),
         SVC_WORKER_CLASS="gthread" if scenario.server == "gthread" else "sync",
+        SVC_MODEL_MB=str(scenario.model_mb),
     )
     if mode == "stock":
         env.update({f"SVC_{k.upper()}": v for k, v in scenario.stock.items()})

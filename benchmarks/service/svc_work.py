@@ -13,7 +13,9 @@ Configured from the environment, as a deployed app would be:
 - ``SVC_REDIS_URL``: where Redis is;
 - ``SVC_SPIKE_MB``: what the ``spike`` call allocates once and frees (default 50);
 - ``SVC_LEAK_WORKERS=odd``: only gunicorn workers of odd age leak (the first one started and
-  each one started in its place), the others stay flat.
+  each one started in its place), the others stay flat;
+- ``SVC_MODEL_MB``: megabytes each worker loads at start and keeps (a model, a big
+  lookup table): bigger workers, less headroom (default 0).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ if (
 LEAK_KB = float(os.environ.get("SVC_LEAK_KB", "50"))
 REDIS_URL = os.environ.get("SVC_REDIS_URL", "redis://127.0.0.1:6379/0")
 SPIKE_MB = int(os.environ.get("SVC_SPIKE_MB", "50"))
+MODEL_MB = int(os.environ.get("SVC_MODEL_MB", "0"))
+
+# Loaded at start, used by every call, never freed: not a leak, just a big worker.
+_model = [os.urandom(1 << 20) for _ in range(MODEL_MB)]
 
 _counter = itertools.count()
 _responses: dict[int, bytes] = {}  # the response cache nobody evicts
@@ -92,6 +98,8 @@ def handle(path: str) -> dict[str, Any]:
     # Work every app does: a little hashing and JSON, temporary objects freed at once.
     digest = hashlib.sha256(f"{path}-{n}".encode()).hexdigest()
     body = json.dumps({"request": n, "digest": digest, "items": list(range(50))}).encode()
+    if _model:
+        digest = hashlib.sha256(_model[n % len(_model)][:64]).hexdigest()
     if "cache" in LEAKS:
         cache_response(n, body)
     if "clients" in LEAKS and n % 2:
