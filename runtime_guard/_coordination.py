@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Coordinator", "Peer", "runtime_directory"]
+__all__ = ["Coordinator", "Peer", "process_alive", "runtime_directory"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -35,6 +35,8 @@ STALE_SECONDS = 60.0
 _SUFFIX = ".worker"
 _RECORD = 256
 _VICTIM = "victim.json"
+_DRAINS = "drains.json"
+_DRAINS_KEPT = 8
 
 
 def runtime_directory(key: str, base: str | None = None) -> str:
@@ -77,14 +79,20 @@ class Peer:
             return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: exists, and is not a zombie waiting for its parent."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) state ...": the command may hold spaces and parentheses.
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 class Coordinator:
@@ -177,7 +185,7 @@ class Coordinator:
                 continue
             if peer is None:
                 continue
-            if not _alive(peer.pid) or now - peer.updated > STALE_SECONDS:
+            if not process_alive(peer.pid) or now - peer.updated > STALE_SECONDS:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                 continue
@@ -261,6 +269,25 @@ class Coordinator:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def record_drain(self, since: float, seconds: float) -> None:
+        """Remember that the recycle begun at ``since`` gave its memory back ``seconds`` later."""
+        drains = self.drains()
+        drains[f"{since:.3f}"] = round(seconds, 3)
+        recent = dict(sorted(drains.items())[-_DRAINS_KEPT:])
+        with contextlib.suppress(OSError):
+            self._write(_DRAINS, recent)
+
+    def drains(self) -> dict[str, float]:
+        """The drains measured in the container, by when their recycle began."""
+        try:
+            with open(os.path.join(self.directory, _DRAINS), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
     def release(self, name: str = "recycle") -> None:
         """Give lock ``name`` up while still alive."""

@@ -128,6 +128,17 @@ def _seconds_or_off(value: Any) -> float | None:
         ) from None
 
 
+def _drain(value: Any) -> float | str | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _seconds_or_off(value)
+    except ValueError:
+        raise ValueError(
+            f"expected 'auto', a number of seconds greater than 0, e.g. 10, or 'off', got {value!r}"
+        ) from None
+
+
 def _non_negative_seconds(value: Any) -> float:
     number = _float(value)
     if not number >= 0 or math.isinf(number):
@@ -193,12 +204,12 @@ class Config:
     )
     # worker recycling (runtime_guard.recycling; runtime_guard.integrations: gunicorn,
     # uvicorn, celery)
-    recycle_drain: float | None = _opt(
-        10.0,
-        _seconds_or_off,
+    recycle_drain: float | str | None = _opt(
+        "auto",
+        _drain,
         "Seconds a graceful recycle needs until the worker's memory is back; a worker is "
-        "recycled when usage is predicted to reach the limit within them (off: only "
-        "restart_after).",
+        "recycled when usage would reach CRITICAL within them (auto: twice the longest "
+        "measured in the container, 10 until one is; off: only restart_after).",
     )
     recycle_min_lifetime: float = _opt(
         60.0,

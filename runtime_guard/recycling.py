@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
 from runtime_guard._component import Component
-from runtime_guard._coordination import Coordinator, Peer, runtime_directory
+from runtime_guard._coordination import Coordinator, Peer, process_alive, runtime_directory
 from runtime_guard._reports import write_report
 from runtime_guard._sizes import format_size
 from runtime_guard._trend import theil_sen
@@ -84,6 +84,13 @@ DROP_SHARE = 0.015
 """A fall of usage between two samples by more than this share of the limit (a worker
 exited, relief freed memory) starts the trend again after it."""
 
+DEFAULT_DRAIN = 10.0
+"""The drain budget (seconds) before any drain was measured, with ``recycle_drain="auto"``."""
+
+LEAST_DRAIN = 3.0
+"""The least drain budget ``auto`` sets, however fast the drains measured were: it covers
+a sample interval of delay and a slower drain than the fastest seen."""
+
 _MIN_POINTS = 6
 # Theil-Sen is quadratic in its points: 16 (120 pairs) cost about 40 us here, and a robust
 # slope of a 30 s trend needs no more.
@@ -97,6 +104,11 @@ _STUCK_FACTOR = 6.0
 # Seconds after a new worker's guard started before its memory counts as settled: the
 # imports after gunicorn's post_fork, the first requests of a fresh interpreter.
 _REPLACEMENT_SETTLE = 2.0
+# A fall this long after a recycle began is not its drain (some other worker's exit).
+_DRAIN_SEEN_WITHIN = 120.0
+# Drain budgets auto never exceeds, and how often the measured drains are read again.
+_MOST_DRAIN = 60.0
+_DRAINS_EVERY = 30.0
 # The most a worker waits for the one recycled before it to be replaced (a replacement
 # without a guard never says it is up).
 _TURN_GAP = 30.0
@@ -258,9 +270,18 @@ class RecyclePolicy(Component):
         directory: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.drain = config.recycle_drain
+        self.auto_drain = config.recycle_drain == "auto"
+        """Whether the drain budget follows the drains measured in the container."""
+        drain = config.recycle_drain
+        self.drain: float | None = (
+            DEFAULT_DRAIN if self.auto_drain else drain if isinstance(drain, float) else None
+        )
         """Seconds a recycle needs until the worker's memory is back (``None``: predictive
-        recycling off; only ``restart_after`` acts, as a plain timer)."""
+        recycling off; only ``restart_after`` acts, as a plain timer). With ``auto``, twice
+        the longest drain measured in the container (at least :data:`LEAST_DRAIN`),
+        :data:`DEFAULT_DRAIN` until one is."""
+        self.measured_drain: float | None = None
+        """The longest drain measured in the container lately (``auto``), in seconds."""
         self.restart_after = config.restart_after
         """Seconds usage may stay CRITICAL with no growing worker before the one that grew
         most is recycled anyway (``None``: never)."""
@@ -301,6 +322,8 @@ class RecyclePolicy(Component):
         self._pending_sent = False
         self._relieved_at: float | None = None
         self._seen_relief: object = None
+        self._drains: dict[str, float] = {}
+        self._drains_read = float("-inf")
         self._recycling_since: float | None = None
         self._published_at = float("-inf")
         self._diagnosis_asked = False
@@ -364,10 +387,38 @@ class RecyclePolicy(Component):
         ):
             self._calm()
 
+    def _measure_drain(self, guard: Guard, fell_now: bool, now: float) -> None:
+        """``auto``: learn how long recycles take here, from the falls they cause.
+
+        A fall of usage right after a recycle began is its worker's memory coming back: the
+        time from the decision to that sample is a drain, measured by whichever worker saw
+        it and shared with the others.
+        """
+        coordinator = self._coordinator
+        if not self.auto_drain or coordinator is None:
+            return
+        if fell_now:
+            last = coordinator.last_holder()
+            since = last.get("since") if last else None
+            pid = last.get("pid") if last else None
+            gone = isinstance(pid, int) and pid != os.getpid() and not process_alive(pid)
+            if gone and isinstance(since, (int, float)):
+                seconds = time.time() - since
+                if 0 <= seconds <= _DRAIN_SEEN_WITHIN and f"{since:.3f}" not in self._drains:
+                    coordinator.record_drain(since, seconds)
+                    self._drains_read = float("-inf")
+        if now - self._drains_read >= _DRAINS_EVERY:
+            self._drains_read = now
+            self._drains = coordinator.drains()
+            if self._drains:
+                self.measured_drain = max(self._drains.values())
+                self.drain = min(max(LEAST_DRAIN, 2 * self.measured_drain), _MOST_DRAIN)
+
     def _predict(
         self, guard: Guard, recent: Sequence[tuple[float, float, float]], sample: Sample
     ) -> Prediction:
         fall = last_fall(recent, sample.limit * DROP_SHARE)
+        self._measure_drain(guard, bool(fall) and fall == len(recent) - 1, sample.monotonic)
         found = predict(
             recent,
             sample.limit,
@@ -732,6 +783,7 @@ class RecyclePolicy(Component):
             "usage_rate_bytes_per_second": round(self.prediction.rate, 1),
             "limit_reached_by": self.prediction.what,
             "drain_seconds": self.drain,
+            "drain_measured_seconds": self.measured_drain,
             "growth_bytes": self.growth,
             "rising_bytes": self.rising,
             "uptime_seconds": round(time.time() - self._started_wall, 3),

@@ -496,15 +496,48 @@ def test_recycle_drain_off_keeps_restart_after_as_a_plain_timer(tmp_path: Path) 
 
 
 def test_recycle_drain_is_validated_with_a_clear_error() -> None:
-    """A bad recycle_drain fails at install, naming the option and the accepted form."""
+    """A bad recycle_drain fails at install, naming the option and the accepted forms."""
     for bad in ("soon", -1, 0, True):
         with pytest.raises(
-            ConfigError, match=r"recycle_drain=.* is not accepted: expected a number of seconds"
+            ConfigError, match=r"recycle_drain=.* is not accepted: expected 'auto', a number"
         ):
             runtime_guard.install(recycle_drain=bad)
-    guard = make_guard(recycle_drain="2.5")
-    assert guard.config.recycle_drain == 2.5
-    guard.stop()
+    for given, drain in (("2.5", 2.5), ("auto", 10.0), (None, 10.0)):
+        options = {} if given is None else {"recycle_drain": given}
+        guard = make_guard(**options)
+        policy = guard.component("recycling")
+        assert isinstance(policy, RecyclePolicy) and policy.drain == drain
+        guard.stop()
+
+
+def test_auto_drain_learns_from_the_recycles_in_the_container(
+    world: World, neighbour: subprocess.Popen[bytes]
+) -> None:
+    """The fall a recycle causes measures its drain; the budget becomes twice the longest."""
+    assert world.policy.auto_drain and world.policy.drain == 10.0
+    for i in range(20):
+        world.feed(150 * MiB + i * MiB)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    holder = {"pid": int(gone.stdout), "since": time.time() - 2.0, "reason": "test"}
+    (world.directory / "recycle.json").write_text(json.dumps(holder))
+    world.feed(110 * MiB)  # its memory came back: a drain of about 2 s
+    world.feed(111 * MiB, seconds=31)  # the budget is read again at most every 30 s
+    assert world.policy.measured_drain == pytest.approx(2.0, abs=0.5)
+    assert world.policy.drain == pytest.approx(4.0, abs=1.0)
+    assert world.policy.details()["drain_measured_seconds"] == world.policy.measured_drain
+    # A fall while the last recycled worker still runs (relief, say) measures nothing.
+    holder = {"pid": neighbour.pid, "since": time.time() - 50.0, "reason": "test"}
+    (world.directory / "recycle.json").write_text(json.dumps(holder))
+    for i in range(5):
+        world.feed(150 * MiB + i * MiB)
+    world.feed(110 * MiB)
+    world.feed(111 * MiB, seconds=31)
+    assert world.policy.measured_drain == pytest.approx(2.0, abs=0.5)
 
 
 def test_the_policys_memory_stays_bounded(world: World) -> None:
