@@ -132,23 +132,12 @@ def test_a_spike_and_a_clean_app_are_never_recycled(
 
 
 @pytest.mark.slow
-def test_uvicorn_workers_recycle_before_the_oom_killer(
-    container: containers.Container, redis_server: Any, tmp_path: Path
+@pytest.mark.parametrize("server", ["uvicorn", "celery"])
+def test_uvicorn_and_celery_workers_recycle_before_the_oom_killer(
+    server: str, container: containers.Container, redis_server: Any, tmp_path: Path
 ) -> None:
-    """uvicorn --workers 2: recycled through uvicorn's graceful path before any OOM kill."""
-    scenario = sc.Scenario("uvicorn", "uvicorn", "cache,clients", 60.0, seconds=70.0)
-    result = _run(scenario, "guard", container, redis_server, tmp_path)
-    _served_well(result)
-    assert result.recycles >= 1 and result.recycle_reports >= 1
-    assert result.named["cache"] and result.named["clients"]
-
-
-@pytest.mark.slow
-def test_celery_pool_processes_recycle_before_the_oom_killer(
-    container: containers.Container, redis_server: Any, tmp_path: Path
-) -> None:
-    """Celery prefork: a pool process is replaced after its task before any OOM kill."""
-    scenario = sc.Scenario("celery", "celery", "cache,clients", 60.0, seconds=70.0)
+    """uvicorn --workers 2 and Celery prefork recycle through their own graceful paths."""
+    scenario = sc.Scenario(server, server, "cache,clients", 60.0, seconds=70.0)
     result = _run(scenario, "guard", container, redis_server, tmp_path)
     _served_well(result)
     assert result.recycles >= 1 and result.recycle_reports >= 1
