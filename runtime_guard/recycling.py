@@ -1,30 +1,34 @@
-"""Recycling before the OOM killer: the time left until the limit against what a drain needs.
+"""Recycling before the OOM killer: the time left until CRITICAL against what a drain needs.
 
-Relief comes first and shedding covers a spike; a leak in the app outgrows both. This
-policy predicts, on every sample, when usage will reach the limit: the robust slope
-(Theil-Sen) of usage over the last :data:`TREND_SECONDS`, counted only while the growth is
-sustained (the floor of each third of the window above the one before), so a spike, a
-sawtooth or a one-off step predicts nothing. When the time left is within the drain budget
-(``recycle_drain``: what a graceful recycle needs until the worker's memory is back), or
-usage is already CRITICAL, it relieves once more and, if that did not help, recycles one
-worker:
+Relief comes first and shedding covers a spike; a leak in the app outgrows both. On every
+sample this policy predicts when usage will reach the CRITICAL threshold (where the
+middleware starts refusing requests) and the limit: the robust slope (Theil-Sen) of usage
+over the last :data:`TREND_SECONDS`, counted only while the growth is sustained (the floor
+of each third of the window above the one before), so a spike, a sawtooth or a one-off
+step predicts nothing. A fall (a worker exited) restarts the trend after the replacement
+is up; meanwhile the rate from before the fall goes on from the new usage.
+
+A recycle is due when CRITICAL is within the drain budget (``recycle_drain``: what a
+graceful recycle needs until the worker's memory is back; ``auto`` learns it from the
+recycles in the container), or when usage stays CRITICAL for a second sample. Relief is
+tried first; then one worker goes:
 
 - the one whose own memory grew most since it started, among those whose memory is still
   rising (a worker whose own memory is flat is never recycled for a neighbour's leak);
 - one per container at a time: the workers that share the limit agree through files in a
-  runtime directory keyed by the cgroup (:mod:`runtime_guard._coordination`);
-- after writing a report of why, with what grew since the worker started, the holder and
-  the unreleased clients; when usage grows fast relative to the headroom, the leak
-  diagnosis starts at once (within the tracemalloc duty cycle), so even a worker recycled
-  a minute after it started names its leaking line.
+  runtime directory keyed by the cgroup (:mod:`runtime_guard._coordination`); the one that
+  sees it first names the victim, the victim holds a lock until it exits, and the next
+  waits until the replacement is up;
+- after writing a report (:mod:`runtime_guard.recycle_report`); when usage grows fast
+  relative to the headroom the leak diagnosis starts at once (within the tracemalloc duty
+  cycle, one worker at a time), so even a worker recycled a minute after it started names
+  its leaking line.
 
-The 503s of the middleware at CRITICAL stay as the last resort: they cover the seconds at
-the edge while a recycle drains. ``restart_after`` is what happens when no worker's own
-memory grows (the memory is elsewhere): after that long at CRITICAL the worker that grew
-most is recycled anyway, at most one at a time and not before ``recycle_min_lifetime``.
-
-Without a server integration (nothing to recycle with) the same decision is sent as
-``restart_requested`` for the host to act on, once per episode.
+The middleware's 503s at CRITICAL stay as the last resort for the seconds at the edge.
+``restart_after`` is for memory no worker's growth explains: after that long at CRITICAL
+the worker that grew most is recycled anyway, one at a time and not before
+``recycle_min_lifetime``. Without a server integration (nothing to recycle with) the
+decision is sent as ``restart_requested`` for the host to act on, once per episode.
 """
 
 from __future__ import annotations
@@ -502,7 +506,9 @@ class RecyclePolicy(Component):
         self.rising = 0 if lowest is None else max(floor - lowest, 0)
 
     def _ensure_coordinator(self, guard: Guard) -> Coordinator | None:
-        if self._coordinator is None:
+        """The agreement with the other workers, once a server integration recycles this
+        one; a guard without one (a script, a test) decides alone and writes nothing."""
+        if self._coordinator is None and guard.component("recycler") is not None:
             key = coordination_key(guard)
             self._coordinator = Coordinator(self._directory or runtime_directory(key))
         return self._coordinator

@@ -514,6 +514,7 @@ def test_auto_drain_learns_from_the_recycles_in_the_container(
     world: World, neighbour: subprocess.Popen[bytes]
 ) -> None:
     """The fall a recycle causes measures its drain; the budget becomes twice the longest."""
+    world.recycler()
     assert world.policy.auto_drain and world.policy.drain == 10.0
     for i in range(20):
         world.feed(150 * MiB + i * MiB)
