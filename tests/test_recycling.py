@@ -36,6 +36,7 @@ from runtime_guard.recycling import (
     predict,
     sustained_rate,
 )
+from runtime_guard.report_html import render_view
 from runtime_guard.report_text import render_view_text
 from runtime_guard.sample import Sample
 from runtime_guard.testing import FakeProbe, ManualClock, make_guard
@@ -636,3 +637,5 @@ def test_a_recycle_report_names_the_leaking_line_the_growing_types_and_the_clien
     text = render_view_text(read_view(data))
     assert text.startswith("Worker recycle report")
     assert "Recycle" in text and "within the 10 s a drain needs" in text
+    page = render_view(read_view(data))
+    assert '<section id="recycle">' in page and "test.Client" in page
