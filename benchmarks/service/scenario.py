@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
+
+from runtime_guard._coordination import runtime_directory
 
 HERE = Path(__file__).resolve().parent
 MiB = 1024 * 1024
@@ -46,6 +49,7 @@ class Cgroup(Protocol):
     """What a run needs of its container (``tests/containers.Container``)."""
 
     limit: int
+    path: str
 
     def popen(self, args: Any, **kwargs: Any) -> subprocess.Popen[bytes]: ...
 
@@ -264,6 +268,8 @@ def serving(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        # The guard's runtime directory for this cgroup: the cgroup goes, so does it.
+        shutil.rmtree(runtime_directory(f"cgroup:{cgroup.path}"), ignore_errors=True)
 
 
 def drive(
