@@ -77,7 +77,10 @@ def summary_line(data: dict[str, Any]) -> str:
                 f"{site.get('function')}"
             )
         chain = leak.get("referrer_chain")
-        if chain:
+        # A chain to a builtin (a set, a dict) is as often the interpreter's own as the
+        # app's: the log line names only a holder of a class the code defines; the report
+        # keeps every chain.
+        if chain and "." in str(leak.get("chain_type") or ""):
             parts.append(f"held by {' -> '.join(map(str, chain[:4]))}")
         if not sites and not chain:
             parts.append(f"diagnosis {leak.get('diagnosis')}")
