@@ -639,3 +639,24 @@ def test_a_recycle_report_names_the_leaking_line_the_growing_types_and_the_clien
     assert "Recycle" in text and "within the 10 s a drain needs" in text
     page = render_view(read_view(data))
     assert '<section id="recycle">' in page and "test.Client" in page
+
+
+def test_the_log_line_names_the_site_the_holder_of_an_app_class_and_the_clients() -> None:
+    """The summary line says why, where memory grew, who holds it and which clients leak."""
+    from runtime_guard.recycle_report import summary_line
+
+    site = {"filename": "app/views.py", "lineno": 42, "function": "handle"}
+    leak = {"top_sites": [site], "referrer_chain": ["app.views._cache (dict)", "app.Entry"]}
+    clients = {"redis.Redis": {"unreleased": 12, "sites": [{"site": "app/db.py:7 in connect"}]}}
+    data = {
+        "recycle": {"pid": 7, "reason": "CRITICAL in ~9 s"},
+        "leaks": [{**leak, "chain_type": "app.Entry"}],
+        "unreleased": {"types": clients},
+    }
+    line = summary_line(data)
+    assert line.startswith("recycling worker pid 7: CRITICAL in ~9 s")
+    assert "top growth site app/views.py:42 in handle" in line
+    assert "held by app.views._cache (dict) -> app.Entry" in line
+    assert "12 unreleased redis.Redis created at app/db.py:7 in connect" in line
+    data["leaks"] = [{**leak, "chain_type": "set"}]
+    assert "held by" not in summary_line(data)
