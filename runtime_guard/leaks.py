@@ -218,6 +218,7 @@ class _Episode:
     signalled_at: float | None = None
     negatives: int = 0
     early: bool = False
+    most_seconds: float | None = None
 
 
 @dataclass
@@ -442,6 +443,9 @@ class LeakDetector(Component):
         census = type_census()
         heap_walk = time.perf_counter() - begun
         length = config.leak_diagnosis_window
+        episode = self._episode
+        if episode is not None and episode.most_seconds is not None:
+            length = min(length, max(episode.most_seconds, _MIN_TRACE_SECONDS))
         session: TracemallocSession | None = None
         skipped = ""
         if config.tracemalloc == "off":
@@ -583,6 +587,7 @@ class LeakDetector(Component):
         sample: Sample,
         points: Sequence[tuple[float, float, float]],
         least_trace: float = 0.0,
+        most_seconds: float | None = None,
     ) -> bool:
         """Suspect a leak now and diagnose it from the next sample, before the warm-up.
 
@@ -590,7 +595,8 @@ class LeakDetector(Component):
         policy asks). ``points`` are recent ``(t, rss, heap blocks)`` readings, for the
         rate. The diagnosis keeps to the tracemalloc duty cycle: while it allows less than
         ``least_trace`` seconds this returns ``False`` and nothing starts (ask again later).
-        True once a suspicion exists, whoever started it.
+        ``most_seconds`` shortens the window (it must end before the process goes). True
+        once a suspicion exists, whoever started it.
         """
         with self._lock:
             if self._episode is not None:
@@ -600,6 +606,7 @@ class LeakDetector(Component):
             self._begin(_early_verdict(points), sample)
             assert self._episode is not None
             self._episode.early = True
+            self._episode.most_seconds = most_seconds
         return True
 
     @property

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from runtime_guard.sample import Sample
 
 __all__ = [
+    "DEFAULT_DRAIN",
+    "LEAST_DRAIN",
     "MIN_GROWTH_SHARE",
     "TREND_SECONDS",
     "Prediction",
@@ -91,7 +93,7 @@ exited, relief freed memory) starts the trend again after it."""
 DEFAULT_DRAIN = 10.0
 """The drain budget (seconds) before any drain was measured, with ``recycle_drain="auto"``."""
 
-LEAST_DRAIN = 3.0
+LEAST_DRAIN = 5.0
 """The least drain budget ``auto`` sets, however fast the drains measured were: it covers
 a sample interval of delay and a slower drain than the fastest seen."""
 
@@ -116,6 +118,9 @@ _DRAINS_EVERY = 30.0
 # The most a worker waits for the one recycled before it to be replaced (a replacement
 # without a guard never says it is up).
 _TURN_GAP = 30.0
+# Seconds a diagnosis window ends before the recycle is due: its heap walks (a second or
+# so on a big heap) and a late sample fit in them.
+_DIAGNOSIS_MARGIN = 3.0
 _STUCK_LEAST = 60.0
 
 
@@ -668,17 +673,20 @@ class RecyclePolicy(Component):
         drain = self.drain or 0.0
         if left - drain > 2 * ordinary:
             return
-        # Wait until the duty cycle allows a second of tracing (the recycle report closes the
-        # window early if it must), unless the recycle is imminent: then whatever it allows.
-        least = 0.0 if left - drain <= 2 * guard.config.interval else 1.0
-        if not detector.can_diagnose_early(sample.monotonic, least):
-            return  # the duty cycle does not allow a window worth having yet
+        # The window and the heap walks that end it run on the sampler thread, which must be
+        # free again when the recycle comes due: a window ends a few seconds before that,
+        # and too close to it none starts.
+        room = left - drain - _DIAGNOSIS_MARGIN
+        if room < 1.0:
+            return
+        if not detector.can_diagnose_early(sample.monotonic, 1.0):
+            return  # the duty cycle does not allow a second of tracing yet
         if coordinator is not None and not self._others_serve(coordinator):
             return
         if coordinator is not None and not coordinator.try_lock("leak diagnosis", "diagnosis"):
             return  # another worker is being traced: this one serves at full speed meanwhile
         points = [(t, r, h) for t, _, r, h in self._points]
-        if detector.diagnose_early(sample, points, least_trace=least):
+        if detector.diagnose_early(sample, points, least_trace=1.0, most_seconds=room):
             self._diagnosis_asked = True
         elif coordinator is not None:
             coordinator.release("diagnosis")

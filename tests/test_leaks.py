@@ -695,3 +695,27 @@ def test_leak_floors_are_capped_at_leak_windows(feed: Any) -> None:
     f = feed(leak_windows=6)
     f.run(_WINDOW * 40, heap=_flat(100_000), rss=_flat(200 * MB))
     assert len(f.detector._floors) == 6
+
+
+def test_an_early_diagnosis_is_kept_within_the_time_it_is_given() -> None:
+    """diagnose_early(most_seconds=2) traces about 2 s, not leak_diagnosis_window's 20."""
+    guard = make_guard(FakeProbe(), relief=False)
+    detector = guard.component("leaks")
+    assert isinstance(detector, LeakDetector)
+    base = time.monotonic() + 100.0  # a hundred seconds up: the duty cycle allows 5 s
+    sample = dataclasses.replace(guard.sample(), monotonic=base)
+    points = [(base - 10 + i, 50e6 + i * 1e6, 100_000.0 + i * 100) for i in range(10)]
+    keep = []
+    try:
+        assert detector.diagnose_early(sample, points, least_trace=1.0, most_seconds=2.0)
+        for i in range(1, 30):
+            keep.append(bytearray(64 * 1024))
+            detector.on_sample(guard, dataclasses.replace(sample, monotonic=base + i))
+            report = detector.current_report()
+            if report is not None and report.diagnosis != "pending":
+                break
+        assert report is not None and report.diagnosis.startswith("done")
+        assert report.diagnosis_window_seconds <= 3.0
+        assert "Diagnosed at once" in report.note
+    finally:
+        guard.stop()
