@@ -108,6 +108,7 @@ class Coordinator:
         self.directory = directory
         """The runtime directory shared with the other workers."""
         self._fds: dict[str, int] = {}
+        self._seen_holders: dict[str, int] = {}
         self._own_fd = -1
         self._failed = False
         self._pid = os.getpid()
@@ -269,6 +270,18 @@ class Coordinator:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def holder_changed(self, name: str = "recycle") -> dict[str, Any] | None:
+        """Who took lock ``name`` last, when that changed since the previous call (one
+        ``stat`` when it did not); ``None`` otherwise."""
+        try:
+            stamp = os.stat(os.path.join(self.directory, f"{name}.json")).st_mtime_ns
+        except OSError:
+            return None
+        if self._seen_holders.get(name) == stamp:
+            return None
+        self._seen_holders[name] = stamp
+        return self.last_holder(name)
 
     def record_drain(self, since: float, seconds: float) -> None:
         """Remember that the recycle begun at ``since`` gave its memory back ``seconds`` later."""

@@ -331,7 +331,7 @@ class RecyclePolicy(Component):
         self._pending_sent = False
         self._relieved_at: float | None = None
         self._seen_relief: object = None
-        self._drains: dict[str, float] = {}
+        self._watched: tuple[int, float] | None = None
         self._drains_read = float("-inf")
         self._recycling_since: float | None = None
         self._published_at = float("-inf")
@@ -396,38 +396,43 @@ class RecyclePolicy(Component):
         ):
             self._calm()
 
-    def _measure_drain(self, guard: Guard, fell_now: bool, now: float) -> None:
-        """``auto``: learn how long recycles take here, from the falls they cause.
+    def _measure_drain(self, now: float) -> None:
+        """``auto``: learn how long recycles take here, from when their workers end.
 
-        A fall of usage right after a recycle began is its worker's memory coming back: the
-        time from the decision to that sample is a drain, measured by whichever worker saw
-        it and shared with the others.
+        The worker that recycles writes when it decided; any other worker sees on its next
+        samples when that process is gone (its memory back with it), and the time between
+        is a drain, recorded for all. One ``stat`` per sample while nothing recycles.
         """
         coordinator = self._coordinator
         if not self.auto_drain or coordinator is None:
             return
-        if fell_now:
-            last = coordinator.last_holder()
-            since = last.get("since") if last else None
-            pid = last.get("pid") if last else None
-            gone = isinstance(pid, int) and pid != os.getpid() and not process_alive(pid)
-            if gone and isinstance(since, (int, float)):
-                seconds = time.time() - since
-                if 0 <= seconds <= _DRAIN_SEEN_WITHIN and f"{since:.3f}" not in self._drains:
-                    coordinator.record_drain(since, seconds)
-                    self._drains_read = float("-inf")
+        changed = coordinator.holder_changed()
+        if changed is not None:
+            pid, since = changed.get("pid"), changed.get("since")
+            # Only a recycle seen while its worker still runs can be timed: one already
+            # gone (the worker this one replaced) ended at a moment nobody saw.
+            mine = pid == os.getpid()
+            if isinstance(pid, int) and not mine and isinstance(since, (int, float)):
+                self._watched = (pid, float(since)) if process_alive(pid) else None
+        watched = self._watched
+        if watched is not None and not process_alive(watched[0]):
+            self._watched = None
+            seconds = time.time() - watched[1]
+            if 0 <= seconds <= _DRAIN_SEEN_WITHIN:
+                coordinator.record_drain(watched[1], seconds)
+                self._drains_read = float("-inf")
         if now - self._drains_read >= _DRAINS_EVERY:
             self._drains_read = now
-            self._drains = coordinator.drains()
-            if self._drains:
-                self.measured_drain = max(self._drains.values())
+            drains = coordinator.drains()
+            if drains:
+                self.measured_drain = max(drains.values())
                 self.drain = min(max(LEAST_DRAIN, 2 * self.measured_drain), _MOST_DRAIN)
 
     def _predict(
         self, guard: Guard, recent: Sequence[tuple[float, float, float]], sample: Sample
     ) -> Prediction:
         fall = last_fall(recent, sample.limit * DROP_SHARE)
-        self._measure_drain(guard, bool(fall) and fall == len(recent) - 1, sample.monotonic)
+        self._measure_drain(sample.monotonic)
         found = predict(
             recent,
             sample.limit,
@@ -648,7 +653,7 @@ class RecyclePolicy(Component):
             )
         else:
             text = f"usage is CRITICAL ({where}, {sample.usage_fraction:.0%})"
-        return f"{text}; this worker grew {format_size(self.growth)} since it started"
+        return text
 
     def _maybe_diagnose(self, guard: Guard, sample: Sample, age: float) -> None:
         """Start the leak diagnosis at once when the ordinary detector would come too late."""
@@ -733,6 +738,7 @@ class RecyclePolicy(Component):
             self.state = "waiting"
             self.reason = f"{reason}; another worker of the container recycles first"
             return
+        reason = f"{reason}; this worker grew {format_size(self.growth)} since it started"
         self.state, self.reason = "recycling", reason
         self._recycling_since = self.clock()
         self.restart_sent = True

@@ -102,10 +102,11 @@ class World:
         return [kind for kind, _ in self.sent]
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def _world(tmp_path: Path, drain: str) -> Iterator[World]:
     probe = FakeProbe(limit=LIMIT)
-    guard = make_guard(probe, report_dir=str(tmp_path / "reports"), restart_after=30)
+    guard = make_guard(
+        probe, report_dir=str(tmp_path / "reports"), restart_after=30, recycle_drain=drain
+    )
     default = guard.component("recycling")
     assert default is not None
     guard._components.remove(default)
@@ -125,6 +126,18 @@ def world(tmp_path: Path) -> Iterator[World]:
     for name, receiver in receivers:
         getattr(signals, name).disconnect(receiver)
     guard.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A policy with a fixed 10 s drain budget: what the decisions are judged against."""
+    yield from _world(tmp_path, "10")
+
+
+@pytest.fixture
+def auto_world(tmp_path: Path) -> Iterator[World]:
+    """A policy with the default drain budget, learnt from the container's recycles."""
+    yield from _world(tmp_path, "auto")
 
 
 @pytest.fixture
@@ -512,35 +525,39 @@ def test_recycle_drain_is_validated_with_a_clear_error() -> None:
         guard.stop()
 
 
-def test_auto_drain_learns_from_the_recycles_in_the_container(
-    world: World, neighbour: subprocess.Popen[bytes]
-) -> None:
-    """The fall a recycle causes measures its drain; the budget becomes twice the longest."""
+def test_auto_drain_learns_from_the_recycles_in_the_container(auto_world: World) -> None:
+    """A recycle seen while its worker runs is timed to its end; the budget is twice that."""
+    world = auto_world
     world.recycler()
     assert world.policy.auto_drain and world.policy.drain == 10.0
-    for i in range(20):
-        world.feed(150 * MiB + i * MiB)
+    # The worker this one replaced: gone before this one looked, so not timed.
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    holder = {"pid": int(gone.stdout), "since": time.time() - 2.0, "reason": "test"}
-    (world.directory / "recycle.json").write_text(json.dumps(holder))
-    world.feed(110 * MiB)  # its memory came back: a drain of about 2 s
-    world.feed(111 * MiB, seconds=31)  # the budget is read again at most every 30 s
-    assert world.policy.measured_drain == pytest.approx(2.0, abs=0.5)
+    _holder(world, int(gone.stdout), time.time() - 60)
+    world.feed(150 * MiB)
+    world.feed(150 * MiB, seconds=31)
+    assert world.policy.measured_drain is None and world.policy.drain == 10.0
+    # A neighbour decides now, this worker sees it running, then sees it end 2 s later.
+    going = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    _holder(world, going.pid, time.time())
+    world.feed(150 * MiB)
+    going.wait(10)
+    world.feed(150 * MiB)
+    world.feed(150 * MiB, seconds=31)  # the budget is read again at most every 30 s
+    assert world.policy.measured_drain == pytest.approx(2.0, abs=1.0)
     assert world.policy.drain == max(LEAST_DRAIN, 2 * world.policy.measured_drain)
     assert world.policy.details()["drain_measured_seconds"] == world.policy.measured_drain
-    # A fall while the last recycled worker still runs (relief, say) measures nothing.
-    holder = {"pid": neighbour.pid, "since": time.time() - 50.0, "reason": "test"}
-    (world.directory / "recycle.json").write_text(json.dumps(holder))
-    for i in range(5):
-        world.feed(150 * MiB + i * MiB)
-    world.feed(110 * MiB)
-    world.feed(111 * MiB, seconds=31)
-    assert world.policy.measured_drain == pytest.approx(2.0, abs=0.5)
+
+
+def _holder(world: World, pid: int, since: float) -> None:
+    world.directory.mkdir(parents=True, exist_ok=True)
+    path = world.directory / "recycle.json"
+    path.write_text(json.dumps({"pid": pid, "since": since, "reason": "test"}))
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))  # a new stamp even within a tick
 
 
 def test_the_policys_memory_stays_bounded(world: World) -> None:
