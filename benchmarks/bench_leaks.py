@@ -29,7 +29,7 @@ from typing import Any
 
 import runtime_guard
 from runtime_guard import LeakReport, signals
-from runtime_guard._setup import attach_components
+from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.diagnosis import TracemallocSession, census_diff, diff_snapshots, type_census
 from runtime_guard.guard import Guard

@@ -2,7 +2,9 @@
 
 Run: ``python benchmarks/bench_sampling.py [--seconds N]``. Prints figures only; the
 targets (a sample no dearer than psutil's RSS read, under 0.01 % of a core at 1 s) are
-judged by reading them.
+judged by reading them. The figures that are not bytes (threads, asyncio tasks, file
+descriptors, loop lag) are read by ``RuntimeProbe``: its own cost is printed too, and a
+sample with a watched event loop, 20 pending tasks and three pools with checkouts out.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import psutil
 
 import runtime_guard
 from runtime_guard import Guard
-from runtime_guard._setup import attach_components
+from runtime_guard._install import attach_components
 from runtime_guard.config import Config
+from runtime_guard.probes import RuntimeProbe
 
 
 def median_ns(fn: Callable[[], object], rounds: int = 31, per_round: int = 2000) -> float:
@@ -76,6 +79,48 @@ def idle_share(interval: float, seconds: float) -> float:
     return (cpu1 - cpu0) / (wall1 - wall0)
 
 
+def busy_sample_ns(guard: Guard) -> float:
+    """A sample while a loop runs with 20 pending tasks and three pools have checkouts out
+    (sqlite3 through SQLAlchemy, and two redis-py pools on a real redis-server)."""
+    import asyncio
+    import os
+    import sys
+    import tempfile
+
+    import redis
+    import sqlalchemy
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import servers  # tests/servers.py: the real servers the tests use
+
+    result: list[float] = []
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        waiting = [asyncio.create_task(stop.wait()) for _ in range(20)]
+        await asyncio.sleep(0.3)  # the loop is watched from its first ticks
+        result.append(median_ns(guard.sample, rounds=11, per_round=300))
+        stop.set()
+        await asyncio.gather(*waiting)
+
+    server = servers.start_redis()
+    with tempfile.TemporaryDirectory() as directory:
+        engine = sqlalchemy.create_engine(
+            f"sqlite:///{directory}/bench.db", poolclass=sqlalchemy.pool.QueuePool
+        )
+        held = [engine.pool.connect() for _ in range(3)]
+        pools = [redis.ConnectionPool.from_url(f"{server.url[:-2]}/{db}") for db in (1, 2)]
+        taken = [pool.get_connection() for pool in pools for _ in range(3)]
+        asyncio.run(run())
+        for connection in held:
+            connection.close()
+        for index, connection in enumerate(taken):
+            pools[index // 3].release(connection)
+        engine.dispose()
+    server.stop()
+    return result[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=30.0, help="run time at interval 1 s")
@@ -86,6 +131,7 @@ def main() -> None:
     full = Guard(Config.from_options({}, environ={}))
     attach_components(full)
     psutil_ns = median_ns(lambda: process.memory_info().rss)
+    runtime_ns = median_ns(RuntimeProbe().read)
     bare_ns = median_ns(bare.sample)
     full_ns = median_ns(full.sample, rounds=11, per_round=500)
     psutil_cold, full_cold = cold_us(lambda: process.memory_info().rss), cold_us(full.sample)
@@ -98,6 +144,10 @@ def main() -> None:
     )
     print(
         f"  Guard.sample(), all components   {full_ns / 1000:8.2f} us   {full_ns / psutil_ns:.2f}x"
+    )
+    print(
+        f"    of which RuntimeProbe.read()   {runtime_ns / 1000:8.2f} us   "
+        f"{runtime_ns / psutil_ns:.2f}x  (threads, tasks, fds, loop lag)"
     )
     print("one call after 0.2 s asleep (caches cold, as in the sampler; median of 15)")
     print(f"  psutil.Process().memory_info()   {psutil_cold:8.2f} us   1.00x (baseline)")
@@ -113,6 +163,15 @@ def main() -> None:
             f"over {seconds:.0f} s ({samples} samples); a thread that only wakes: "
             f"{idle * 100:.5f} %"
         )
+    # Last: it imports SQLAlchemy and redis-py, whose classes the guard then tracks.
+    busy = Guard(Config.from_options({}, environ={}))
+    attach_components(busy)
+    busy_ns = busy_sample_ns(busy)
+    busy.stop()
+    print("one sample of a busy process (a watched loop, 20 tasks, 3 pools with checkouts out)")
+    print(
+        f"  Guard.sample(), all components   {busy_ns / 1000:8.2f} us   {busy_ns / psutil_ns:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import runtime_guard
 from runtime_guard import signals
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
 from runtime_guard.testing import FakeProbe, make_guard
 
 PACKAGE = os.path.dirname(runtime_guard.__file__)

@@ -21,7 +21,7 @@ import timeit
 from collections.abc import Callable
 
 from runtime_guard import tracking
-from runtime_guard._clients import watcher
+from runtime_guard.tracking.clients import watcher
 
 ROUNDS = 7
 NUMBER = 20_000

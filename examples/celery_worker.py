@@ -5,9 +5,12 @@ to switch the leaks on)::
 
     celery --workdir examples -A celery_worker worker --loglevel=info
 
-Each pool process installs its own guard; ``celery_worker.report`` is shed from HIGH
-pressure on (retried later instead of run), and a process whose pressure stays critical is
-recycled after its current task.
+Any pool works (``--pool solo``, ``threads``, ``gevent``, ``eventlet``). With prefork each
+pool process installs its own guard, and a process whose pressure stays critical is
+recycled after its current task; with the other pools the worker process has the guard and
+a recycle is a warm shutdown of the worker (exit status 75) for its supervisor to restart
+(``EXAMPLE_RECYCLE=0`` switches recycling off). ``celery_worker.report`` is shed from HIGH
+pressure on: deferred for 30 seconds, up to 10 times, without using up its own retries.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from runtime_guard.integrations.celery import install
 app = Celery("celery_worker", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.worker_concurrency = int(os.environ.get("EXAMPLE_CONCURRENCY", "2"))
 app.conf.broker_connection_retry_on_startup = True
-install(app, shed={"celery_worker.report": "high"})
+install(
+    app,
+    shed={"celery_worker.report": "high"},
+    retry_after=30,
+    max_deferrals=10,
+    recycle=os.environ.get("EXAMPLE_RECYCLE", "1") != "0",
+)
 
 
 @app.task

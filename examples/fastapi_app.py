@@ -16,10 +16,12 @@ from fastapi import FastAPI
 from leaky import GUARDED, handle
 
 from runtime_guard.integrations.asgi import GuardMiddleware, lifespan
+from runtime_guard.integrations.uvicorn import use_error_log
 
 app = FastAPI(lifespan=lifespan() if GUARDED else None)
 if GUARDED:
     app.add_middleware(GuardMiddleware, exempt=("/admin",), metrics_path="/metrics")
+    use_error_log()  # the guard's lines in uvicorn's log too, not only the root logger's
 
 
 @app.get("/")

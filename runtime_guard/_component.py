@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from runtime_guard.pressure import Pressure
+
 if TYPE_CHECKING:
     from runtime_guard.guard import Guard
-    from runtime_guard.pressure import Pressure
     from runtime_guard.sample import Sample
 
 __all__ = ["Component"]
@@ -22,6 +23,10 @@ class Component:
 
     name = "component"
     """Short name used in logs and in ``Guard.health()``."""
+
+    pressure_floor = Pressure.OK
+    """The least level the guard is at while this component says so (a lagging event loop,
+    say); read before each sample, so set it in :meth:`on_sample` for the next one."""
 
     def on_sample(self, guard: Guard, sample: Sample) -> None:
         """Called after every sample. Keep it cheap: it runs once per interval."""

@@ -1,11 +1,14 @@
 """The workers of one container agree on who recycles: a file lock and a file per worker.
 
 Workers that share a memory limit (one cgroup) read the same usage, so they all see the
-same prediction at the same moment. Each publishes its own growth in a small file in a
-runtime directory keyed by the cgroup's path; the one that grew most recycles, and only
-while it holds an exclusive ``flock`` on the directory's lock file. The kernel releases
-that lock when the process exits, however it exits, so the lock is held exactly until the
-worker's memory is back, and a worker that crashed mid-recycle never blocks the others.
+same prediction at the same moment. Each publishes its own growth in a small file in the
+``recycling`` directory of the container's shared directory
+(:func:`runtime_guard._container.container_dir`, where the workers' figures are published
+too); the one that grew most recycles, and only while it holds an exclusive ``flock`` on
+that directory's lock file. The kernel releases that lock when the process exits, however
+it exits, so the lock is held exactly until the worker's memory is back, and a worker that
+crashed mid-recycle never blocks the others. ``flock`` works the same on a tmpfs, an
+overlay or a disk file system, so the shared directory may be in any of them.
 
 A file lock rather than the server's master (gunicorn's hooks, uvicorn's supervisor,
 billiard's pool): it works the same for every server, and for several servers sharing one
@@ -16,21 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Coordinator", "Peer", "process_alive", "runtime_directory"]
+from runtime_guard._container import container_dir, process_alive
+
+__all__ = ["SUBDIRECTORY", "Coordinator", "Peer", "recycling_directory"]
 
 _log = logging.getLogger("runtime_guard")
 
 STALE_SECONDS = 60.0
 """A worker's file not rewritten for this long belongs to a process that is gone."""
+
+SUBDIRECTORY = "recycling"
+"""The directory, in the container's shared one, that holds the files of this module."""
 
 _SUFFIX = ".worker"
 _RECORD = 256
@@ -39,16 +45,14 @@ _DRAINS = "drains.json"
 _DRAINS_KEPT = 8
 
 
-def runtime_directory(key: str, base: str | None = None) -> str:
-    """The directory shared by the workers whose memory is limited together (``key``).
+def recycling_directory(setting: str | None = None) -> str | None:
+    """Where the workers of this container coordinate their recycles, or ``None`` when the
+    container's shared directory is off or unusable (each worker then decides alone).
 
-    Under ``/dev/shm`` where it is writable (a tmpfs in every container: writes cost no
-    disk; renames on an overlay /tmp measured 1.7 ms here), else the temporary directory.
+    ``setting`` is passed to :func:`~runtime_guard._container.container_dir`.
     """
-    digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]
-    if base is None:
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else tempfile.gettempdir()
-    return os.path.join(base, f"runtime-guard-{os.getuid()}", digest)
+    base = container_dir(setting)
+    return None if base is None else os.path.join(base, SUBDIRECTORY)
 
 
 @dataclass(frozen=True)
@@ -77,22 +81,6 @@ class Peer:
             )
         except (KeyError, TypeError, ValueError):
             return None
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs: exists, and is not a zombie waiting for its parent."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # "pid (comm) state ...": the command may hold spaces and parentheses.
-            return f.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 class Coordinator:

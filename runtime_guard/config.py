@@ -9,16 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime_guard._sizes import SIZE_FORM, parse_size
+from runtime_guard._errors import ConfigError
+from runtime_guard._units import SIZE_FORM, parse_size
+from runtime_guard.pressure import level_name
 
 __all__ = ["ENV_PREFIX", "Config", "ConfigError", "env_name"]
 
 ENV_PREFIX = "RUNTIME_GUARD_"
 """Every option ``name`` is also read from the variable ``RUNTIME_GUARD_<NAME>``."""
-
-
-class ConfigError(ValueError):
-    """A bad option: the message names the option (or variable), the value and the form."""
 
 
 def env_name(option: str) -> str:
@@ -139,6 +137,15 @@ def _drain(value: Any) -> float | str | None:
         ) from None
 
 
+def _level_or_off(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none")):
+        return None
+    try:
+        return level_name(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or 'off'") from None
+
+
 def _non_negative_seconds(value: Any) -> float:
     number = _float(value)
     if not number >= 0 or math.isinf(number):
@@ -190,7 +197,7 @@ class Config:
     relief: bool = _opt(True, _bool, "Run relief (full GC, malloc_trim) automatically.")
     relief_at: str = _opt(
         "elevated",
-        _choice("elevated", "high", "critical"),
+        level_name,
         "Lowest pressure level at which automatic relief runs.",
     )
     relief_cooldown: float = _opt(
@@ -251,6 +258,44 @@ class Config:
     )
     tracemalloc_frames: int = _opt(
         8, _count(1), "Frames kept per allocation when the guard starts tracemalloc."
+    )
+    # resources that run out before memory (runtime_guard.pools, .resources, .stuck, .looplag)
+    track_resources: bool = _opt(
+        True,
+        _bool,
+        "Watch pool checkouts (SQLAlchemy, psycopg_pool, redis) and record where threads and "
+        "asyncio tasks are started.",
+    )
+    checkout_warn_after: float = _opt(
+        30.0, _positive_float, "Seconds a pool checkout may be held before it is reported."
+    )
+    pool_exhausted_after: float = _opt(
+        5.0,
+        _positive_float,
+        "Seconds a pool may have waiters and no free connection before it is reported.",
+    )
+    resource_window: float = _opt(
+        30.0,
+        _positive_float,
+        "Seconds per window for threads, tasks and file descriptors; each window's minimum "
+        "is a floor, and four rising floors in a row are growth.",
+    )
+    resource_min_growth: int = _opt(
+        10,
+        _count(1),
+        "Least rise of the floor of threads, tasks or file descriptors over those windows "
+        "that is reported.",
+    )
+    loop_lag_threshold: float = _opt(
+        0.5,
+        _positive_float,
+        "Seconds an asyncio event loop may run a callback late before it is reported.",
+    )
+    loop_lag_pressure: str | None = _opt(
+        None,
+        _level_or_off,
+        "Pressure level the guard is at least at while the loop lag stays above "
+        "loop_lag_threshold (off: lag is not a pressure input).",
     )
 
     @classmethod

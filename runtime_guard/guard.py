@@ -1,29 +1,43 @@
-"""The process-wide guard: the sampler thread, pressure levels, health, install/uninstall."""
+"""The guard: one sampler thread, pressure levels, the components it drives, and health.
+
+A :class:`Guard` reads memory through a probe on every interval, folds the reading into a
+pressure level, records the sample, runs its components' hooks and queues the signals.
+It imports none of its components: they are attached from outside (the process-wide one by
+:func:`runtime_guard.install`) and talk to it through its public methods: :meth:`read`,
+:attr:`clock`, :attr:`config`, :meth:`send`.
+"""
 
 from __future__ import annotations
 
-import atexit
 import gc
 import logging
-import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runtime_guard import signals
+from blinker import NamedSignal
+
+from runtime_guard import relief, signals
 from runtime_guard._component import Component
 from runtime_guard._dispatch import Dispatcher
 from runtime_guard._gcstats import GcStats
 from runtime_guard.config import Config
 from runtime_guard.history import History
 from runtime_guard.pressure import Pressure, PressureTracker
-from runtime_guard.probes import MemoryProbe, Reading
+from runtime_guard.probes import MemoryProbe, Reading, RuntimeProbe
 from runtime_guard.sample import Sample
 
-__all__ = ["Guard", "get_guard", "install", "uninstall"]
+if TYPE_CHECKING:
+    from runtime_guard.leaks.report import LeakReport
+    from runtime_guard.relief import ReliefResult
+
+__all__ = ["Clock", "Guard", "Probe"]
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.monotonic``); tests pass a hand-driven one."""
 
 _log = logging.getLogger("runtime_guard")
 
@@ -52,26 +66,37 @@ class Probe(Protocol):
 class Guard:
     """Watches this process's memory and acts through its components and signals.
 
-    Use :func:`install` for the process-wide guard; constructing one directly (with
-    ``start=False``) gives a guard whose samples are taken only by calling :meth:`sample`,
-    which is what deterministic tests and the pytest plugin do.
+    Use :func:`install` for the process-wide guard. A guard constructed directly takes
+    samples only when :meth:`sample` is called, until :meth:`start` starts its sampler:
+    what deterministic tests and the pytest plugin use.
     """
 
-    def __init__(self, config: Config | None = None, *, probe: Probe | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        probe: Probe | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config if config is not None else Config.from_options({})
         """The validated options."""
+        self.clock: Clock = clock or time.monotonic
+        """The monotonic clock of samples and of every component's delays and windows."""
         self._probe: Probe = probe or MemoryProbe(
             memory_limit=self.config.memory_limit, process_limit=self.config.process_limit
         )
         self._tracker = PressureTracker(
             self.config.elevated, self.config.high, self.config.critical, self.config.hysteresis
         )
+        self._level = Pressure.OK
         self.history = History(self.config.history_size)
         """Recent samples, oldest first; bounded by ``history_size``."""
         # Held files close when the guard is collected, not at stop(): a host thread may
         # still call sample() on a guard another thread just uninstalled.
         # At exit the OS closes them; closing earlier would pull them from under the sampler.
         weakref.finalize(self, self._probe.close).atexit = False
+        self._runtime = RuntimeProbe()
+        weakref.finalize(self, self._runtime.close).atexit = False
         self._gc = GcStats()
         self._gc.install()
         self._dispatcher = Dispatcher(self)
@@ -83,17 +108,30 @@ class Guard:
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started = time.monotonic()
+        self._started = self.clock()
         self._discovered = self._started
         self._sample_failures = 0
         self._sample_error = ""
         self._closed = False
+        self._round_at = self._started
 
     # -- components -------------------------------------------------------------------
 
     def add_component(self, component: Component) -> None:
-        """Attach a part that the sampler drives (internal: used by the guard's own modules)."""
+        """Attach a part that the sampler drives (see :class:`~runtime_guard.Component`).
+
+        A component of the same name attached earlier is closed and replaced.
+        """
+        old = self.component(component.name)
+        if old is not None:
+            self.remove_component(old)
         self._components.append(component)
+
+    def remove_component(self, component: Component) -> None:
+        """Close ``component`` and detach it; nothing happens if it is not attached."""
+        if component in self._components:
+            self._components.remove(component)
+            self._call(component, "close")
 
     def component(self, name: str) -> Component | None:
         """Return the attached component called ``name``, if any."""
@@ -122,20 +160,32 @@ class Guard:
     @property
     def pressure(self) -> Pressure:
         """The current pressure level."""
-        return self._tracker.level
+        return self._level
 
     @property
     def limit(self) -> int:
         """The memory limit in bytes that usage is measured against."""
         return self._probe.limit
 
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each figure is read from (``rss``, ``usage``, ``limit``), for health."""
+        return dict(self._probe.sources)
+
+    def read(self) -> Reading:
+        """One memory reading now, without recording a sample or running any component."""
+        return self._probe.read()
+
     def sample(self) -> Sample:
         """Take one reading now, record it, run the components and queue the signals."""
         reading = self._probe.read()
-        now = time.monotonic()
+        runtime = self._runtime.read()
+        now = self.clock()
         with self._lock:
-            old = self._tracker.level
-            new = self._tracker.update(reading.fraction)
+            old = self._level
+            # A component may hold the level up for a reason other than memory (a lagging
+            # event loop); it says so through its pressure_floor after the previous sample.
+            new = self._level = max(self._tracker.update(reading.fraction), self._floor())
             sample = Sample(
                 monotonic=now,
                 wall=time.time(),
@@ -147,14 +197,16 @@ class Guard:
                 gc_counts=gc.get_count(),
                 gc_collections=self._gc.collections,
                 gc_pause=self._gc.pause,
-                threads=threading.active_count(),
+                threads=runtime.threads,
                 pressure=new,
+                tasks=runtime.tasks,
+                fds=runtime.fds,
+                loop_lag=runtime.loop_lag,
             )
             self.history.append(sample)
         for component in list(self._components):
             self._call(component, "on_sample", sample)
         if new != old:
-            _log.info("runtime_guard: pressure %s -> %s (%s)", old.name, new.name, sample)
             for component in list(self._components):
                 self._call(component, "on_pressure", old, new, sample)
         self._dispatcher.send(signals.sample_taken, sample=sample)
@@ -162,26 +214,38 @@ class Guard:
             self._dispatcher.send(signals.pressure_changed, old=old, new=new, sample=sample)
         return sample
 
+    def _floor(self) -> Pressure:
+        floor = Pressure.OK
+        for component in self._components:
+            floor = max(floor, component.pressure_floor)
+        return floor
+
     # -- actions that components provide ---------------------------------------------
 
-    def check_leaks(self) -> Any:
-        """Judge the recent history for a growth leak now; a ``LeakReport`` or ``None``."""
+    def check_leaks(self) -> LeakReport | None:
+        """Judge the recent history for a growth leak now; a ``LeakReport`` or ``None``
+        (also ``None`` when leak detection is off)."""
         component = self.component("leaks")
-        return None if component is None else self._call(component, "check")
+        report = None if component is None else self._call(component, "check")
+        return report
 
-    def relieve(self) -> Any:
+    def relieve(self) -> ReliefResult:
         """Run relief now (full GC, then ``malloc_trim`` on glibc); returns a ``ReliefResult``."""
-        from runtime_guard.relief import relieve
-
-        return relieve(self)
+        return relief.relieve(self)
 
     def set_emergency(self, on: bool) -> None:
-        """Shed (or restore) every sheddable feature at once, as an operator's switch."""
-        from runtime_guard.shedding import set_emergency
+        """Shed (or restore) every sheddable feature at once, as an operator's switch.
 
-        set_emergency(self, on)
+        Without a shedding component (a bare ``Guard``) there is nothing to shed: logged.
+        """
+        component = self.component("shedding")
+        switch = getattr(component, "set_emergency", None)
+        if switch is None:
+            _log.warning("runtime_guard: set_emergency(%s): no shedding component attached", on)
+            return
+        switch(self, on)
 
-    def send(self, signal: Any, **payload: Any) -> None:
+    def send(self, signal: NamedSignal, **payload: Any) -> None:
         """Queue ``signal`` for delivery with this guard as sender (never raises)."""
         self._dispatcher.send(signal, **payload)
 
@@ -192,11 +256,12 @@ class Guard:
 
     def _run(self) -> None:
         interval = self.config.interval
-        next_at = time.monotonic()
+        clock = self.clock
+        next_at = clock()
         while not self._stop_event.is_set():
             try:
-                if time.monotonic() - self._discovered >= _REDISCOVER_SECONDS:
-                    self._discovered = time.monotonic()
+                if self.clock() - self._discovered >= _REDISCOVER_SECONDS:
+                    self._discovered = self.clock()
                     self._probe.discover()
                 self._gc.ensure_installed()
                 self.sample()
@@ -207,7 +272,8 @@ class Guard:
                 if self._sample_failures == 1:
                     _log.exception("runtime_guard: sample failed; retrying every interval")
             next_at += interval
-            now = time.monotonic()
+            now = clock()
+            self._round_at = now
             delay = next_at - now
             # Fell behind (suspended, slow host, clock jumped ahead): skip, never catch up
             # in a burst. More than one interval ahead means the clock went back: waiting
@@ -217,6 +283,20 @@ class Guard:
                 delay = interval
             self._stop_event.wait(delay)
 
+    def sampler_status(self) -> tuple[str, float]:
+        """``(state, seconds since the sampler last ended a round)`` for liveness checks.
+
+        ``state`` is ``"running"``, ``"stopped"`` (never started, or stopped) or ``"dead"``
+        (its thread ended by itself). A round that fails to read memory still counts: the
+        sampler is alive, only blind. Reads two attributes; takes no lock.
+        """
+        thread = self._thread
+        if thread is None or self._stop_event.is_set():
+            state = "stopped"
+        else:
+            state = "running" if thread.is_alive() else "dead"
+        return state, self.clock() - self._round_at
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -225,6 +305,7 @@ class Guard:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop_event.clear()
+        self._round_at = self.clock()
         self._thread = threading.Thread(target=self._run, name="runtime-guard", daemon=True)
         self._thread.start()
 
@@ -244,12 +325,21 @@ class Guard:
         self._components.clear()
         self._gc.uninstall()
 
-    def _after_fork_in_child(self) -> None:
+    def stop_threads(self, timeout: float = 2.0) -> None:
+        """Stop the sampler and signal threads only, leaving components as they are; for
+        the end of the process, when undoing patches would be wasted work."""
+        self._stop_event.set()
+        self._dispatcher.stop(timeout)
+
+    def after_fork_in_child(self) -> None:
+        """Reset in a forked child: no history, no threads of the parent, files reopened;
+        the sampler restarts if it ran. The process-wide guard gets this call by itself."""
         was_running = self._thread is not None
         self._init_runtime_state()
         self._dispatcher.after_fork()
         self.history.clear()
-        self._tracker.level = Pressure.OK
+        self._tracker.level = self._level = Pressure.OK
+        self._runtime.reopen()
         self._probe.reopen()
         for component in list(self._components):
             self._call(component, "after_fork")
@@ -269,7 +359,7 @@ class Guard:
                 latest = self.sample()
             except Exception as exc:
                 return {"status": "unknown", "error": f"no memory reading: {exc}"}
-        level = self._tracker.level
+        level = self._level
         data: dict[str, Any] = {
             "status": "ok",
             "pressure": level.name.lower(),
@@ -278,8 +368,8 @@ class Guard:
             "usage_fraction": round(latest.usage_fraction, 4),
             "rss_bytes": latest.rss,
             "process_limit_bytes": self.config.process_limit,
-            "sources": dict(self._probe.sources),
-            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "sources": self.sources,
+            "uptime_seconds": round(self.clock() - self._started, 3),
             "samples": len(self.history),
             "heap_blocks": latest.heap_blocks,
             "threads": latest.threads,
@@ -309,72 +399,3 @@ class Guard:
     def __repr__(self) -> str:
         state = "running" if self._thread is not None else "stopped"
         return f"<Guard {state} pressure={self.pressure.name} limit={self.limit}>"
-
-
-_guard: Guard | None = None
-_install_lock = threading.Lock()
-
-
-def install(**options: Any) -> Guard:
-    """Install the process-wide guard and start its sampler; returns the existing one if any.
-
-    Options are validated first (keywords over ``RUNTIME_GUARD_*`` variables); a bad one
-    raises :class:`~runtime_guard.ConfigError`. Calling again with other options keeps the
-    running guard and logs that the new options were ignored.
-    """
-    global _guard
-    config = Config.from_options(options)
-    with _install_lock:
-        if _guard is not None:
-            if options and config != _guard.config:
-                _log.warning(
-                    "runtime_guard: already installed; options %s ignored (uninstall() first)",
-                    sorted(options),
-                )
-            return _guard
-        guard = Guard(config)
-        from runtime_guard._setup import attach_components
-
-        try:
-            attach_components(guard)
-            guard.start()
-        except BaseException:
-            guard.stop()
-            raise
-        _guard = guard
-        return guard
-
-
-def uninstall() -> None:
-    """Stop the process-wide guard and undo everything it did; safe to call when none is."""
-    global _guard
-    with _install_lock:
-        guard, _guard = _guard, None
-    if guard is not None:
-        guard.stop()
-
-
-def get_guard() -> Guard | None:
-    """Return the process-wide guard, or ``None`` before :func:`install`."""
-    return _guard
-
-
-def _after_fork_in_child() -> None:
-    global _install_lock
-    _install_lock = threading.Lock()
-    if _guard is not None:
-        _guard._after_fork_in_child()
-
-
-def _at_exit() -> None:
-    # Stopping before interpreter finalisation means the sampler never runs while modules
-    # are being torn down.
-    guard = _guard
-    if guard is not None:
-        guard._stop_event.set()
-        guard._dispatcher.stop(0.5)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_at_exit)

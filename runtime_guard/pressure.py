@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["Pressure", "PressureTracker"]
+from runtime_guard._errors import ConfigError
+
+__all__ = ["LEVELS", "Pressure", "PressureTracker", "level", "level_name", "parse_level"]
 
 
 class Pressure(IntEnum):
@@ -27,6 +29,42 @@ class Pressure(IntEnum):
         raise ValueError(
             f"expected a pressure level: 'elevated', 'high' or 'critical', got {value!r}"
         )
+
+
+LEVELS: tuple[str, ...] = tuple(level.name.lower() for level in Pressure)
+"""The level names in order, as options, reports and health spell them."""
+
+_ACTION_LEVELS = "'elevated', 'high' or 'critical'"
+
+
+def level(value: object, *, allow_ok: bool = False) -> Pressure:
+    """The one parser of a level: a :class:`Pressure`, its name in any case or its number.
+
+    ``"ok"`` is refused unless ``allow_ok``, since acting at OK would act all the time.
+    Raises ``ValueError`` saying the accepted form; :func:`parse_level` adds the option.
+    """
+    accepted = f"'ok', {_ACTION_LEVELS}" if allow_ok else _ACTION_LEVELS
+    try:
+        parsed = Pressure.parse(value)
+    except ValueError:
+        raise ValueError(f"expected a pressure level, {accepted}") from None
+    if parsed == Pressure.OK and not allow_ok:
+        raise ValueError(f"expected {accepted} (at 'ok' it would act all the time)")
+    return parsed
+
+
+def level_name(value: object) -> str:
+    """:func:`level` as the lower-case name options store (``"high"``)."""
+    return level(value).name.lower()
+
+
+def parse_level(value: object, option: str, *, allow_ok: bool = False) -> Pressure:
+    """:func:`level` for an option called ``option``: raises
+    :class:`~runtime_guard.ConfigError` naming the option, the value and the accepted form."""
+    try:
+        return level(value, allow_ok=allow_ok)
+    except ValueError as exc:
+        raise ConfigError(f"{option}={value!r} is not accepted: {exc}") from None
 
 
 class PressureTracker:

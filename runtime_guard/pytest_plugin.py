@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from runtime_guard._sizes import SIZE_FORM, parse_size
+# Imported with the plugin, before any test module: the objects frozen then are the
+# interpreter's own (see FROZEN_AT_START).
+from runtime_guard import _interpreter
+from runtime_guard._units import SIZE_FORM, parse_size
 from runtime_guard.config import env_name
 
 if TYPE_CHECKING:
@@ -26,9 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["leak_check"]
 
 _MARKERS = (
-    "no_leaks(rounds=5, warmup=2, tolerance='16KB', track=(), check=('heap', 'objects', "
-    "'fds')): rerun the test body warm-up + rounds times and fail when a figure grew in "
-    "every measured round beyond the tolerance (runtime_guard)",
+    "no_leaks(rounds=4, warmup=2, tolerance='100B', track=(), check=('heap', 'objects', "
+    "'fds', 'threads', 'tasks')): rerun the test body (warm-up calls, then rounds of calls) "
+    "and fail when a figure grew in every measured round (runtime_guard)",
     "no_unreleased(*types): fail when a tracked client (of these types, or of any tracked "
     "type) created during the test is neither released nor collected by its end "
     "(runtime_guard)",
@@ -66,19 +69,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="leak_check_rounds",
         metavar="N",
         help=f"default measured rounds of a leak check (also {env_name('leak_check_rounds')} "
-        "or ini leak_check_rounds; default 5)",
+        "or ini leak_check_rounds; default 4)",
     )
     group.addoption(
         "--leak-check-tolerance",
         default=None,
         dest="leak_check_tolerance",
         metavar="SIZE",
-        help="default growth per round a leak check forgives, e.g. 16KB (also "
-        f"{env_name('leak_check_tolerance')} or ini leak_check_tolerance; default 16KB)",
+        help="default growth per call a leak check forgives, e.g. 1KB (also "
+        f"{env_name('leak_check_tolerance')} or ini leak_check_tolerance; default 100B)",
     )
     parser.addini("leak_check", "check every test for leaks (runtime_guard)", type="bool")
     parser.addini("leak_check_rounds", "default measured rounds of a leak check", default="")
-    parser.addini("leak_check_tolerance", "default per-round tolerance of a leak check", default="")
+    parser.addini("leak_check_tolerance", "default per-call tolerance of a leak check", default="")
 
 
 def _setting(config: pytest.Config, name: str) -> tuple[Any, str] | None:
@@ -144,6 +147,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SETTINGS] = _resolve(config)
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    unread = _interpreter.HEAP_BLOCKS_UNREAD
+    if unread is None:
+        return []
+    return [
+        "runtime_guard: leak checks count small objects from tracemalloc's traces, every "
+        f"round traced (slower): {unread}"
+    ]
+
+
 def _defaults(settings: _Settings) -> LeakCheckOptions:
     from runtime_guard._leakcheck import LeakCheckOptions
 
@@ -184,21 +197,31 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     settings = pyfuncitem.config.stash[_SETTINGS]
     options = _marker_options(pyfuncitem, settings)
     original = pyfuncitem.obj
-    # A bare coroutine function (no async plugin took it) is pytest's to refuse, not ours.
-    if options is None or inspect.iscoroutinefunction(original):
+    if options is None:
         return (yield)
     from runtime_guard._leakcheck import LeakCheck
 
     check = LeakCheck(options, label=pyfuncitem.nodeid)
+    if inspect.iscoroutinefunction(original):
+        # A coroutine function is run by an async plugin's own hook (anyio's, for one),
+        # which awaits whatever it finds here: the rounds run inside its event loop.
+        async def repeated_async(*args: Any, **kwargs: Any) -> None:
+            check.roots.append(("fixture", kwargs))
+            with contextlib.closing(check.runs()) as runs:
+                for _ in runs:
+                    await original(*args, **kwargs)
 
-    def repeated(*args: Any, **kwargs: Any) -> None:
-        # The test's own frame is gone when the diagnosis runs; its fixtures are here.
-        check.roots.append(("fixture", kwargs))
-        with contextlib.closing(check.runs()) as runs:
-            for _ in runs:
-                original(*args, **kwargs)
+        pyfuncitem.obj = repeated_async
+    else:
 
-    pyfuncitem.obj = repeated
+        def repeated(*args: Any, **kwargs: Any) -> None:
+            # The test's own frame is gone when the diagnosis runs; its fixtures are here.
+            check.roots.append(("fixture", kwargs))
+            with contextlib.closing(check.runs()) as runs:
+                for _ in runs:
+                    original(*args, **kwargs)
+
+        pyfuncitem.obj = repeated
     try:
         outcome = yield
     finally:
@@ -206,17 +229,23 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
         pyfuncitem.obj = original
     if check.result.leaked:
         _fail(check.result.message(settings.verbose))
+    if not check.finished:
+        # Passing unchecked would read as "no leak": a plugin ran the test its own way.
+        _fail(
+            f"{pyfuncitem.nodeid}: the leak check did not run: the test function was not "
+            "called through pytest's call hook (a plugin ran it its own way)"
+        )
     return outcome
 
 
 @pytest.fixture
 def leak_check(request: pytest.FixtureRequest) -> LeakChecker:
-    """Check a callable or a block for leaks: ``leak_check(fn, *args, rounds=5, ...)``.
+    """Check a callable or a block for leaks: ``leak_check(fn, *args, rounds=4, ...)``.
 
     For a coroutine function, ``leak_check`` runs it on its own event loop in a sync test
     and must be awaited in an async one. As a context manager it hands out the rounds::
 
-        with leak_check(rounds=5) as rounds:
+        with leak_check(rounds=4) as rounds:
             for _ in rounds:
                 handler()
     """

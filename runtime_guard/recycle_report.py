@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard._registry import live_objects
 from runtime_guard.leaks import LeakDetector
-from runtime_guard.timeline import snapshot
+from runtime_guard.reports.timeline import snapshot
+from runtime_guard.tracking.registry import TrackingRegistry, default_registry
 
 if TYPE_CHECKING:
     from runtime_guard.guard import Guard
@@ -53,7 +53,11 @@ def build_recycle_report(
             if item.get("detected_at") != mine.get("detected_at")
         ]
         data["leaks"] = [mine, *others]
-    unreleased = {name: entry for name, entry in live_objects().items() if entry.get("unreleased")}
+    registry = getattr(guard.component("tracking"), "registry", None)
+    if not isinstance(registry, TrackingRegistry):
+        registry = default_registry
+    live = registry.live_objects()
+    unreleased = {name: entry for name, entry in live.items() if entry.get("unreleased")}
     if unreleased:
         data["unreleased"] = {
             "reason": "clients this worker created and never released",

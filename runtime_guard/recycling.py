@@ -15,8 +15,8 @@ tried first; then one worker goes:
 
 - the one whose own memory grew most since it started, among those whose memory is still
   rising (a worker whose own memory is flat is never recycled for a neighbour's leak);
-- one per container at a time: the workers that share the limit agree through files in a
-  runtime directory keyed by the cgroup (:mod:`runtime_guard._coordination`); the one that
+- one per container at a time: the workers that share the limit agree through files in
+  the container's shared directory (:mod:`runtime_guard._coordination`); the one that
   sees it first names the victim, the victim holds a lock until it exits, and the next
   waits until the replacement is up;
 - after writing a report (:mod:`runtime_guard.recycle_report`); when usage grows fast
@@ -44,11 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
 from runtime_guard._component import Component
-from runtime_guard._coordination import Coordinator, Peer, process_alive, runtime_directory
-from runtime_guard._reports import write_report
-from runtime_guard._sizes import format_size
+from runtime_guard._container import process_alive
+from runtime_guard._coordination import Coordinator, Peer, recycling_directory
 from runtime_guard._trend import theil_sen
+from runtime_guard._units import format_size
 from runtime_guard.pressure import Pressure
+from runtime_guard.reports.files import write_report
 
 if TYPE_CHECKING:
     from runtime_guard.config import Config
@@ -256,18 +257,6 @@ def choose_victim(
     return max(candidates, key=lambda p: (p.growth, -p.started, -p.pid))
 
 
-def coordination_key(guard: Guard) -> str:
-    """What the workers limited together share: the limiting cgroup, else the parent process.
-
-    Without a cgroup limit each process's usage is its own RSS, and the workers of one
-    server are its master's children.
-    """
-    path = getattr(guard._probe, "cgroup_path", None)
-    if isinstance(path, str) and path:
-        return f"cgroup:{path}"
-    return f"parent:{os.getppid()}"
-
-
 class RecyclePolicy(Component):
     """Predicts the time to the limit and recycles one worker early enough (see the module)."""
 
@@ -301,6 +290,7 @@ class RecyclePolicy(Component):
         self._config = config
         self._directory = directory
         self._coordinator: Coordinator | None = None
+        self._alone = False
         self._reset()
 
     def _reset(self) -> None:
@@ -518,9 +508,13 @@ class RecyclePolicy(Component):
     def _ensure_coordinator(self, guard: Guard) -> Coordinator | None:
         """The agreement with the other workers, once a server integration recycles this
         one; a guard without one (a script, a test) decides alone and writes nothing."""
-        if self._coordinator is None and guard.component("recycler") is not None:
-            key = coordination_key(guard)
-            self._coordinator = Coordinator(self._directory or runtime_directory(key))
+        if self._coordinator is None and not self._alone and guard.component("recycler"):
+            directory = self._directory or recycling_directory()
+            if directory is None:
+                # The container's shared directory is off or unusable (logged there).
+                self._alone = True
+                return None
+            self._coordinator = Coordinator(directory)
         return self._coordinator
 
     def _calm(self) -> None:
@@ -540,11 +534,8 @@ class RecyclePolicy(Component):
             return
         self.restart_sent = True
         self.reason = _critical_reason(stayed, sample)
-        _log.warning(
-            "runtime_guard: restart requested: %s (%d receivers connected)",
-            self.reason,
-            len(list(signals.restart_requested.receivers_for(guard))),
-        )
+        # The event log records it (an ERROR record); the guard itself never exits:
+        # recycling belongs to a server integration or the host.
         guard.send(signals.restart_requested, reason=self.reason)
 
     # -- the decision: only when a recycle is due -------------------------------------------
@@ -592,7 +583,6 @@ class RecyclePolicy(Component):
         reason = reason or self._reason(sample, critical)
         if not self._pending_sent:
             self._pending_sent = True
-            _log.warning("runtime_guard: recycle pending: %s", reason)
             guard.send(
                 signals.recycle_pending,
                 reason=reason,
@@ -719,11 +709,6 @@ class RecyclePolicy(Component):
             if not self.restart_sent:
                 self.restart_sent = True
                 self.state, self.reason = "requested", reason
-                _log.warning(
-                    "runtime_guard: restart requested: %s (%d receivers connected)",
-                    reason,
-                    len(list(signals.restart_requested.receivers_for(guard))),
-                )
                 guard.send(signals.restart_requested, reason=reason)
             return
         if coordinator is not None and not self._previous_turn_over(coordinator):
@@ -731,7 +716,7 @@ class RecyclePolicy(Component):
             self.reason = f"{reason}; the worker recycled last is not replaced yet"
             return
         # The sample may be a second old: a neighbour that exited since gave memory back.
-        fresh = guard._probe.read()
+        fresh = guard.read()
         if fresh.usage < sample.usage - sample.limit * DROP_SHARE:
             return
         if coordinator is not None and not coordinator.try_lock(reason):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import signals
 from runtime_guard._component import Component
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
 from runtime_guard.pressure import Pressure
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
         return None
     function.argtypes = [ctypes.c_size_t]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def _trim_function() -> Callable[[int], int] | None:
@@ -137,7 +137,7 @@ def trim() -> bool:
 
 
 def _read(guard: Guard) -> tuple[int, int]:
-    reading = guard._probe.read()
+    reading = guard.read()
     return reading.usage, reading.rss
 
 
@@ -172,7 +172,6 @@ def relieve(guard: Guard, reason: str = "manual") -> ReliefResult:
         gc_seconds=after_gc - start,
         trim_seconds=end - after_gc if trimmed else 0.0,
     )
-    _log.info("runtime_guard: %s", result)
     guard.send(signals.gc_forced, result=result)
     return result
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_guard._sizes import format_size
+from runtime_guard._units import format_size
 from runtime_guard.pressure import Pressure
 
 __all__ = ["Sample"]
@@ -40,6 +40,13 @@ class Sample:
     """Live Python threads."""
     pressure: Pressure
     """The level after this sample."""
+    tasks: int = 0
+    """asyncio tasks not yet collected (pending, or finished and still referenced)."""
+    fds: int = -1
+    """Open file descriptors; ``-1`` where they cannot be counted."""
+    loop_lag: float | None = None
+    """Worst asyncio event-loop lag in seconds since the previous sample; ``None`` when no
+    loop is watched."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -53,4 +60,7 @@ class Sample:
             f"{self.pressure.name} usage {format_size(self.usage)} of {format_size(self.limit)} "
             f"({self.usage_fraction:.1%}), rss {format_size(self.rss)}, "
             f"{self.heap_blocks:,} heap blocks, {self.threads} threads"
+            + (f", {self.tasks} tasks" if self.tasks else "")
+            + (f", {self.fds} fds" if self.fds >= 0 else "")
+            + (f", loop lag {self.loop_lag * 1000:.0f} ms" if self.loop_lag is not None else "")
         )

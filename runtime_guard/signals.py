@@ -13,18 +13,23 @@ from typing import Any
 from blinker import NamedSignal, Namespace
 
 __all__ = [
+    "checkout_held",
     "emit",
     "feature_restored",
     "feature_shed",
     "gc_forced",
     "leak_suspected",
+    "loop_blocked",
     "namespace",
     "overlap_skipped",
+    "pool_exhausted",
     "pressure_changed",
     "recycle_pending",
+    "resources_growing",
     "restart_requested",
     "sample_taken",
     "unreleased_objects",
+    "work_stuck",
 ]
 
 _log = logging.getLogger("runtime_guard")
@@ -71,6 +76,43 @@ overlap_skipped = namespace.signal(
     "overlap_skipped",
     doc="A ``no_overlap`` call was skipped because the previous one still ran. "
     "Payload: ``task: str``.",
+)
+
+# -- resources that run out before memory does (runtime_guard.pools, .resources, .stuck,
+# .looplag); each is sent once per episode, the guard as sender.
+checkout_held = namespace.signal(
+    "checkout_held",
+    doc="A connection has been checked out of a pool for longer than "
+    "``checkout_warn_after``; sent once per checkout. Payload: ``pool: str`` (the pool's "
+    "name), ``seconds: float`` (held so far), ``site: Site`` (where it was checked out, "
+    "with its short stack).",
+)
+pool_exhausted = namespace.signal(
+    "pool_exhausted",
+    doc="A pool had requests waiting and no free connection for longer than "
+    "``pool_exhausted_after``; sent once per episode. Payload: ``pool: str``, "
+    "``in_use: int``, ``waiting: int`` (``-1`` when the pool cannot tell), ``holders: "
+    "list[Checkout]`` (the longest-held checkouts, longest first, each with its site).",
+)
+work_stuck = namespace.signal(
+    "work_stuck",
+    doc="A ``no_overlap`` run, a limiter holder or a Celery task has run past its "
+    "deadline; sent once per run. Payload: ``task: str``, ``seconds: float`` (running so "
+    'far), ``stack: list[str]`` (where it is now, one "file:line in function" a '
+    "frame, innermost last).",
+)
+resources_growing = namespace.signal(
+    "resources_growing",
+    doc="Threads, asyncio tasks or file descriptors pile up: their floor rose window after "
+    "window. Payload: ``report: ResourceReport`` (the kind, the count, the rate, the "
+    "creation sites and the oldest ones).",
+)
+loop_blocked = namespace.signal(
+    "loop_blocked",
+    doc="An asyncio event loop ran a callback late by more than ``loop_lag_threshold``; "
+    "sent once per episode. Payload: ``lag: float`` (seconds late), ``callback: str | "
+    "None`` (what blocked it, when known), ``stack: list[str]`` (where the loop's thread "
+    "was while blocked, innermost last; empty when not caught in the act).",
 )
 
 # Bounded so a receiver raising ever-new exception types cannot grow the guard's memory.

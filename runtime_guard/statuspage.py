@@ -1,31 +1,6 @@
-"""The live status page: the guard's in-memory timeline as HTML that reloads itself.
+"""Moved to :mod:`runtime_guard.reports.statuspage`; this module keeps 0.1's imports working."""
 
-The WSGI and ASGI middleware serve it at ``status_path`` when that option is given (off by
-default). The page shows source paths, type names and reports: serve it only to operators
-(an internal port, an authenticating proxy, or a path nobody outside can reach).
-"""
+from runtime_guard.reports.statuspage import *  # noqa: F403
+from runtime_guard.reports.statuspage import __all__ as _moved
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from runtime_guard._reportview import read_view
-from runtime_guard.report_html import render_view
-from runtime_guard.timeline import snapshot
-
-if TYPE_CHECKING:
-    from runtime_guard.guard import Guard
-
-__all__ = ["DEFAULT_REFRESH", "render_status_page"]
-
-DEFAULT_REFRESH = 2.0
-"""Seconds between the page's own reloads."""
-
-
-def render_status_page(guard: Guard, refresh: float = DEFAULT_REFRESH) -> str:
-    """Return the live page for ``guard``: timeline, health, latest reports, events.
-
-    Built from memory only (no file, no network); costs a copy of the history, thinned to
-    :data:`runtime_guard.timeline.MAX_POINTS` points.
-    """
-    return render_view(read_view(snapshot(guard), live=True), refresh)
+__all__ = list(_moved)

@@ -1,14 +1,18 @@
-"""Helpers for tests of code that uses the guard: a probe you steer, a guard built on it."""
+"""Helpers for tests of code that uses the guard: a probe you steer, a clock you move, a
+guard built on both, and :func:`reset` to start each test from a clean process state."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from runtime_guard import _install, limiters, looplag, shedding, stuck
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
+from runtime_guard.pools import checkouts as pools
 from runtime_guard.probes import Reading
+from runtime_guard.tracking import registry as tracking
 
-__all__ = ["FakeProbe", "ManualClock", "make_guard"]
+__all__ = ["FakeProbe", "ManualClock", "make_guard", "reset"]
 
 
 class FakeProbe:
@@ -62,14 +66,38 @@ class ManualClock:
         return self.now
 
 
-def make_guard(probe: FakeProbe | None = None, **options: Any) -> Guard:
+def make_guard(
+    probe: FakeProbe | None = None, clock: ManualClock | None = None, **options: Any
+) -> Guard:
     """Return an unstarted guard on ``probe`` with the standard components attached.
 
-    Samples are taken only when the test calls ``guard.sample()``; call ``guard.stop()``
+    Samples are taken only when the test calls ``guard.sample()``; ``clock`` (a
+    :class:`ManualClock`) drives every delay and window when given. Call ``guard.stop()``
     when done. Environment variables are ignored, so the test sees only ``options``.
     """
-    from runtime_guard._setup import attach_components
-
-    guard = Guard(Config.from_options(options, environ={}), probe=probe or FakeProbe())
-    attach_components(guard)
+    guard = Guard(Config.from_options(options, environ={}), probe=probe or FakeProbe(), clock=clock)
+    try:
+        _install.attach_components(guard)
+    except BaseException:
+        guard.stop()  # the components attached before the failing one undo their hooks
+        raise
     return guard
+
+
+def reset() -> None:
+    """Put the process back as it was before any guard: uninstall the process-wide guard,
+    restore every shed feature and forget the declared features, caches and limiters;
+    untrack every tracked class (each is restored exactly) and forget the records, the
+    ``marker()`` and the warnings already logged; forget the pools seen and the runs with
+    a deadline in progress and the event-loop lag measured.
+
+    Call it in a fixture, after each test that declares features, tracks classes or
+    installs a guard.
+    """
+    _install.uninstall()
+    shedding.default_registry.clear()
+    limiters.default_registry.clear()
+    tracking.default_registry.reset()
+    pools.default_registry.clear()
+    stuck.default_registry.clear()
+    looplag.default_monitor.forget()

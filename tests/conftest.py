@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import pytest
 import servers  # tests/servers.py: pytest puts this directory on sys.path
 
-import runtime_guard
+from runtime_guard.testing import reset
 
 
 @pytest.fixture(autouse=True)
 def _no_guard_left_behind() -> Iterator[None]:
     yield
-    runtime_guard.uninstall()
+    reset()
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from typing import Any
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth
 from runtime_guard.leaks import LeakReport
 from runtime_guard.pressure import Pressure
+from runtime_guard.reports.timeline import sample_point
 from runtime_guard.sample import Sample
-from runtime_guard.timeline import sample_point
 
 MB = 1024 * 1024
 LIMIT = 512 * MB

@@ -18,11 +18,12 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import reportdata
+import test_container  # tests/: a guarded worker process of a test's own container
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runtime_guard
-from runtime_guard import _demo_app
+from runtime_guard.cli import demo_app as _demo_app
 from runtime_guard.cli import main
 from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.testing import FakeProbe, make_guard
@@ -228,15 +229,47 @@ def _serve(guard: runtime_guard.Guard | None) -> Iterator[str]:
         server.server_close()
 
 
-def test_status_of_running_server(capsys: pytest.CaptureFixture[str]) -> None:
-    """``status URL`` reads /health of a real server, prints it and exits 0 when ok."""
+def test_status_of_running_server(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``status URL`` reads /health?detail=1 of a real server, prints it with the workers of
+    its container and exits 0 when ok."""
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(tmp_path))
     runtime_guard.install(interval=0.1)
     for base in _serve(None):
         assert main(["status", base]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(base + "/health\n")
+    assert out.startswith(base + "/health?detail=1\n")
     assert "status    ok" in out
     assert "usage     " in out
+    assert "workers   1 live in this container" in out
+    assert f"  {os.getpid():<8}* ok" in out
+
+
+def test_status_without_url_reads_the_containers_workers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a shell of the container, ``status`` lists every live worker from the figures they
+    publish, with no route; the exit status is the worst worker's."""
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(tmp_path))
+    workers = [test_container._start_worker(tmp_path) for _ in range(2)]
+    try:
+        assert main(["status"]) == 0
+        out = capsys.readouterr().out
+        assert "workers   2 live in this container" in out
+        for proc in workers:
+            assert f"  {proc.pid:<8}  ok" in out
+        assert main(["status", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)["workers"]
+        assert sorted(w["pid"] for w in listed) == sorted(p.pid for p in workers)
+    finally:
+        for proc in workers:
+            test_container._end(proc)
+    assert main(["status"]) == 3
+    assert "no live worker" in capsys.readouterr().out
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", "off")
+    assert main(["status"]) == 3
+    assert "no container directory" in capsys.readouterr().err
 
 
 def test_status_critical_server_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import runtime_guard
 from runtime_guard.config import Config, ConfigError, env_name
 
 
@@ -121,3 +122,32 @@ def test_any_environment_value_is_accepted_or_a_config_error_naming_the_variable
         Config.from_options({}, environ={variable: value})
     except ConfigError as exc:
         assert variable in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "accepted"),
+    [
+        ("checkout_warn_after", 0, "greater than 0"),
+        ("pool_exhausted_after", "soon", "a number"),
+        ("resource_window", -1, "greater than 0"),
+        ("resource_min_growth", 0, "at least 1"),
+        ("loop_lag_threshold", "nan", "a number"),
+        ("loop_lag_pressure", "loud", "'high' or 'critical', or 'off'"),
+        ("track_resources", "maybe", "true or false"),
+    ],
+)
+def test_resource_options_fail_at_install_naming_the_option(
+    option: str, value: object, accepted: str
+) -> None:
+    """A bad resource option fails at install() with its name and the accepted form."""
+    with pytest.raises(ConfigError, match=option) as info:
+        runtime_guard.install(**{option: value})
+    assert accepted in str(info.value)
+    assert runtime_guard.get_guard() is None
+
+
+def test_loop_lag_pressure_takes_a_level_or_off_from_the_environment() -> None:
+    """RUNTIME_GUARD_LOOP_LAG_PRESSURE=high and =off are read as the level and as None."""
+    on = Config.from_options({}, environ={"RUNTIME_GUARD_LOOP_LAG_PRESSURE": "HIGH"})
+    off = Config.from_options({}, environ={"RUNTIME_GUARD_LOOP_LAG_PRESSURE": "off"})
+    assert (on.loop_lag_pressure, off.loop_lag_pressure) == ("high", None)

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime_guard._coordination import STALE_SECONDS, Coordinator, runtime_directory
+from runtime_guard._container import CONTAINER_DIR_ENV
+from runtime_guard._coordination import (
+    STALE_SECONDS,
+    SUBDIRECTORY,
+    Coordinator,
+    recycling_directory,
+)
 
 # A second worker: takes the lock, says so, and holds it until killed.
 HOLDER = textwrap.dedent(
@@ -41,12 +47,14 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     proc.stdout.close()
 
 
-def test_the_directory_is_keyed_by_what_the_workers_share(tmp_path: Path) -> None:
-    """Workers of one cgroup meet in one directory; another cgroup's workers elsewhere."""
-    first = runtime_directory("cgroup:/sys/fs/cgroup/a", str(tmp_path))
-    assert first == runtime_directory("cgroup:/sys/fs/cgroup/a", str(tmp_path))
-    assert first != runtime_directory("cgroup:/sys/fs/cgroup/b", str(tmp_path))
-    assert first.startswith(str(tmp_path))
+def test_recycles_are_coordinated_in_the_containers_shared_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock and figures live under the container's shared directory; none when it is off."""
+    monkeypatch.setenv(CONTAINER_DIR_ENV, str(tmp_path))
+    assert recycling_directory() == str(tmp_path / SUBDIRECTORY)
+    monkeypatch.setenv(CONTAINER_DIR_ENV, "off")
+    assert recycling_directory() is None
 
 
 def test_published_figures_are_read_back_and_the_dead_are_dropped(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 import io
 import time
 
-from runtime_guard import _demo
+from runtime_guard.cli import demo as _demo
 from runtime_guard.config import Config
 
 

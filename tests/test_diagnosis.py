@@ -27,7 +27,9 @@ from runtime_guard.diagnosis import (
     diff_snapshots,
     find_instance,
     format_chain,
+    functions,
     referrer_chain,
+    referrers,
     type_census,
 )
 
@@ -232,7 +234,7 @@ def test_referrer_search_visits_at_most_max_frontier_objects_per_level(
     """An object held by thousands of containers is searched through at most _MAX_FRONTIER
     of them per level, so one popular object cannot blow up the search's memory or time."""
     target = Session(7)
-    holders = [[target] for _ in range(diagnosis._MAX_FRONTIER + 1500)]
+    holders = [[target] for _ in range(referrers._MAX_FRONTIER + 1500)]
     asked: list[int] = []
 
     class CountingGc:
@@ -243,10 +245,10 @@ def test_referrer_search_visits_at_most_max_frontier_objects_per_level(
             asked.append(len(objects))
             return gc.get_referrers(*objects)
 
-    monkeypatch.setattr(diagnosis, "gc", CountingGc())
+    monkeypatch.setattr(referrers, "gc", CountingGc())
     diagnosis.referrer_chain(target, max_depth=3, time_budget=5.0)
     assert len(asked) >= 2
-    assert max(asked) <= diagnosis._MAX_FRONTIER
+    assert max(asked) <= referrers._MAX_FRONTIER
     del holders
 
 
@@ -390,8 +392,8 @@ def test_function_at_names_lines_of_an_imported_module_without_parsing(
 ) -> None:
     """A line inside a function of an imported module is named from its code objects alone."""
     _, path = import_file(_PROBE_SOURCE)
-    monkeypatch.setattr(diagnosis, "_parsed_function_at", _no_parsing)
-    assert diagnosis._function_at(str(path), _marker_line(path, marker)) == expected
+    monkeypatch.setattr(functions, "parsed_function_at", _no_parsing)
+    assert functions.function_at(str(path), _marker_line(path, marker)) == expected
 
 
 @pytest.mark.parametrize("marker", ["module-line", "decorator-line"])
@@ -400,7 +402,7 @@ def test_function_at_calls_module_level_code_module(
 ) -> None:
     """Module-level code, a decorator line included (it runs at import), is ``<module>``."""
     _, path = import_file(_PROBE_SOURCE)
-    assert diagnosis._function_at(str(path), _marker_line(path, marker)) == "<module>"
+    assert functions.function_at(str(path), _marker_line(path, marker)) == "<module>"
 
 
 def test_function_at_names_a_lambda_in_a_default_argument_as_python_does(
@@ -411,8 +413,8 @@ def test_function_at_names_a_lambda_in_a_default_argument_as_python_does(
     module, path = import_file(source)
     key = module.Sorter.sort.__defaults__[0]
     assert key.__qualname__ == "Sorter.<lambda>"
-    assert diagnosis._function_at(str(path), 2) == "Sorter.<lambda>"
-    assert diagnosis._parsed_function_at(str(path), 2) == "Sorter.sort.<locals>.<lambda>"
+    assert functions.function_at(str(path), 2) == "Sorter.<lambda>"
+    assert functions.parsed_function_at(str(path), 2) == "Sorter.sort.<locals>.<lambda>"
 
 
 @pytest.mark.parametrize("module", [json.decoder, collections], ids=lambda m: m.__name__)
@@ -421,8 +423,8 @@ def test_function_at_agrees_with_the_parse_on_every_line(module: types.ModuleTyp
     filename = module.__file__
     assert filename is not None
     numbers = range(1, len(linecache.getlines(filename)) + 2)
-    parsed = {n: diagnosis._parsed_function_at(filename, n) for n in numbers}
-    assert {n: diagnosis._function_at(filename, n) for n in numbers} == parsed
+    parsed = {n: functions.parsed_function_at(filename, n) for n in numbers}
+    assert {n: functions.function_at(filename, n) for n in numbers} == parsed
     assert len(set(parsed.values())) > 5
 
 
@@ -432,8 +434,8 @@ def test_function_at_agrees_with_the_parse_on_every_line_of_the_probe(
     """Every line of the probe module, nested and decorated code included, is named as parsed."""
     _, path = import_file(_PROBE_SOURCE)
     numbers = range(1, len(_PROBE_SOURCE.splitlines()) + 2)
-    parsed = {n: diagnosis._parsed_function_at(str(path), n) for n in numbers}
-    assert {n: diagnosis._function_at(str(path), n) for n in numbers} == parsed
+    parsed = {n: functions.parsed_function_at(str(path), n) for n in numbers}
+    assert {n: functions.function_at(str(path), n) for n in numbers} == parsed
 
 
 def test_function_at_names_every_function_line_of_json_decoder_without_parsing(
@@ -443,10 +445,10 @@ def test_function_at_names_every_function_line_of_json_decoder_without_parsing(
     filename = json.decoder.__file__
     assert filename is not None
     numbers = range(1, len(linecache.getlines(filename)) + 1)
-    parsed = {n: diagnosis._parsed_function_at(filename, n) for n in numbers}
+    parsed = {n: functions.parsed_function_at(filename, n) for n in numbers}
     in_functions = {n: name for n, name in parsed.items() if name != "<module>"}
-    monkeypatch.setattr(diagnosis, "_parsed_function_at", _no_parsing)
-    assert {n: diagnosis._function_at(filename, n) for n in in_functions} == in_functions
+    monkeypatch.setattr(functions, "parsed_function_at", _no_parsing)
+    assert {n: functions.function_at(filename, n) for n in in_functions} == in_functions
     assert "JSONDecoder.raw_decode" in in_functions.values()
 
 
@@ -455,11 +457,11 @@ def test_function_at_parses_a_file_no_module_was_loaded_from(tmp_path: Path) -> 
     path = tmp_path / f"_rg_never_imported_{uuid.uuid4().hex}.py"
     path.write_text(_PROBE_SOURCE)
     assert all(getattr(m, "__file__", None) != str(path) for m in list(sys.modules.values()))
-    assert diagnosis._function_at(str(path), _marker_line(path, "inner-line")) == (
+    assert functions.function_at(str(path), _marker_line(path, "inner-line")) == (
         "outer.<locals>.inner"
     )
-    assert diagnosis._function_at(str(path), _marker_line(path, "method-line")) == "Shape.area"
-    assert diagnosis._function_at(str(path), _marker_line(path, "module-line")) == "<module>"
+    assert functions.function_at(str(path), _marker_line(path, "method-line")) == "Shape.area"
+    assert functions.function_at(str(path), _marker_line(path, "module-line")) == "<module>"
 
 
 def test_function_at_parses_a_module_whose_objects_defy_the_walk(
@@ -479,7 +481,7 @@ def test_function_at_parses_a_module_whose_objects_defy_the_walk(
         """
     )
     _, path = import_file(source)
-    assert diagnosis._function_at(str(path), _marker_line(path, "odd-line")) == "Odd.method"
+    assert functions.function_at(str(path), _marker_line(path, "odd-line")) == "Odd.method"
 
 
 def test_function_at_never_runs_a_lazily_loaded_module(tmp_path: Path) -> None:
@@ -495,8 +497,8 @@ def test_function_at_never_runs_a_lazily_loaded_module(tmp_path: Path) -> None:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-        assert diagnosis._function_at(__file__, _line_of("# leak-line")) == "_leak_buffers"
-        assert diagnosis._function_at(str(path), 4) == "f"
+        assert functions.function_at(__file__, _line_of("# leak-line")) == "_leak_buffers"
+        assert functions.function_at(str(path), 4) == "f"
         assert not ran.exists()
     finally:
         sys.modules.pop(name, None)

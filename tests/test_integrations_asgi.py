@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 import runtime_guard
 from runtime_guard import shedding
-from runtime_guard.integrations.asgi import GuardMiddleware, lifespan
+from runtime_guard.integrations.asgi import GuardMiddleware, _encode_headers, lifespan
 from runtime_guard.testing import FakeProbe, make_guard
 
 
@@ -30,15 +30,6 @@ async def hello(scope: Any, receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"hello " + scope["path"].encode()})
-
-
-@pytest.fixture(autouse=True)
-def _forget_features() -> Iterator[None]:
-    """Features are process-wide: take this file's out again so other tests never see them."""
-    yield
-    with shedding._lock:
-        shedding._features.pop("websockets", None)
-        shedding._shed.discard("websockets")
 
 
 @pytest.fixture
@@ -104,7 +95,7 @@ async def test_status_page_and_detail_need_loopback_or_the_token(
         assert (await remote.get("/status?token=k3z")).status_code == 403
 
 
-async def _websocket(app: Any) -> list[dict[str, Any]]:
+async def _websocket(app: Any, subprotocols: list[str] | None = None) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
     messages = [{"type": "websocket.connect"}]
 
@@ -112,15 +103,20 @@ async def _websocket(app: Any) -> list[dict[str, Any]]:
         return messages.pop(0)
 
     async def send(message: dict[str, Any]) -> None:
+        _assert_websocket_message(message)
         sent.append(message)
 
-    await app({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "subprotocols": subprotocols or []}
+    await app(scope, receive, send)
     return sent
+
+
+REFUSED = {"type": "websocket.close", "code": 1013, "reason": "overloaded"}
 
 
 @pytest.mark.asyncio
 async def test_websockets_pass_until_the_feature_is_shed(fake: Any) -> None:
-    """New websockets are accepted normally and closed with 1013 while ``websockets`` is shed."""
+    """New websockets are accepted normally, and accepted then closed with 1013 while shed."""
     probe, guard = fake
     shedding.feature("websockets", shed_at="high")
     app = GuardMiddleware(hello, guard=guard)
@@ -130,10 +126,173 @@ async def test_websockets_pass_until_the_feature_is_shed(fake: Any) -> None:
     probe.set_fraction(0.9)
     guard.sample()
     assert not shedding.enabled("websockets")
-    assert await _websocket(app) == [{"type": "websocket.close", "code": 1013}]
+    assert await _websocket(app) == [{"type": "websocket.accept"}, REFUSED]
+    chosen = {"type": "websocket.accept", "subprotocol": "chat"}
+    assert await _websocket(app, ["chat", "v2"]) == [chosen, REFUSED]
     probe.set_fraction(0.2)
     guard.sample()
     assert await _websocket(app) == [{"type": "websocket.accept"}]
+
+
+def _assert_websocket_message(message: dict[str, Any]) -> None:
+    """One message an ASGI app may send on a websocket, with each key of the type the spec says."""
+    if message["type"] == "websocket.accept":
+        assert set(message) <= {"type", "subprotocol", "headers"}
+        assert isinstance(message.get("subprotocol", ""), str)
+    else:
+        assert message["type"] == "websocket.close"
+        assert set(message) <= {"type", "code", "reason"}
+        assert type(message["code"]) is int and isinstance(message["reason"], str)
+
+
+def _assert_http_response(messages: list[dict[str, Any]]) -> tuple[int, dict[bytes, bytes], bytes]:
+    """A complete ASGI HTTP response as the spec has it: status an int, header names
+    lower-case ``bytes`` and values ``bytes``, body ``bytes`` as long as any Content-Length says,
+    ``more_body`` false on the last body message only. Returns status, headers, body."""
+    start, *bodies = messages
+    assert start["type"] == "http.response.start"
+    assert set(start) <= {"type", "status", "headers", "trailers"}
+    assert type(start["status"]) is int and 100 <= start["status"] <= 599
+    for pair in start["headers"]:
+        name, value = pair
+        assert type(name) is bytes and type(value) is bytes, pair
+        assert name == name.lower(), pair
+    assert bodies, "no http.response.body"
+    for index, message in enumerate(bodies):
+        assert message["type"] == "http.response.body"
+        assert set(message) <= {"type", "body", "more_body"}
+        assert type(message["body"]) is bytes
+        assert message.get("more_body", False) is (index < len(bodies) - 1)
+    headers = dict(start["headers"])
+    body = b"".join(m["body"] for m in bodies)
+    if b"content-length" in headers:
+        assert int(headers[b"content-length"]) == len(body)
+    return start["status"], headers, body
+
+
+async def _http(
+    app: Any, path: str, headers: tuple[tuple[bytes, bytes], ...] = (), root_path: str = ""
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": root_path,
+        "headers": list(headers),
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return _assert_http_response(sent)
+
+
+PROXIED = ((b"x-forwarded-for", b"203.0.113.9"),)
+OPENMETRICS = ((b"accept", b"application/openmetrics-text; version=1.0.0"),)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("fraction", "path", "headers", "expected"),
+    [
+        (0.97, "/work", (), (503, b"application/json")),
+        (0.88, "/work", (), (503, b"application/json")),
+        (0.2, "/health", (), (200, b"application/json")),
+        (0.2, "/health", PROXIED, (200, b"application/json")),
+        (0.97, "/health", (), (503, b"application/json")),
+        (0.97, "/health", PROXIED, (503, b"application/json")),
+        (0.97, "/metrics", (), (200, b"text/plain; version=0.0.4; charset=utf-8")),
+        (0.2, "/metrics", OPENMETRICS, (200, b"application/openmetrics-text")),
+        (0.97, "/status", (), (200, b"text/html; charset=utf-8")),
+        (0.97, "/status", PROXIED, (403, b"text/plain")),
+        (0.97, "/status?token=wrong", PROXIED, (403, b"text/plain")),
+    ],
+)
+async def test_every_response_follows_the_asgi_spec(
+    fake: Any,
+    fraction: float,
+    path: str,
+    headers: tuple[tuple[bytes, bytes], ...],
+    expected: tuple[int, bytes],
+) -> None:
+    """Each route, and the 503 at each level it is sent at, is a well-formed ASGI response."""
+    probe, guard = fake
+    app = GuardMiddleware(
+        hello,
+        guard=guard,
+        shed_at="high",
+        retry_after=4,
+        status_path="/status",
+        metrics_path="/metrics",
+        detail=True,
+    )
+    probe.set_fraction(fraction)
+    guard.sample()
+    status, sent_headers, body = await _http(app, path, headers)
+    assert (status, sent_headers[b"content-type"].partition(b";")[0]) == (
+        expected[0],
+        expected[1].partition(b";")[0],
+    )
+    assert sent_headers[b"cache-control"] == b"no-store"
+    assert b"content-length" in sent_headers
+    if path == "/work":
+        assert sent_headers[b"retry-after"] == b"4"
+        assert sent_headers[b"x-runtime-guard-pressure"] == guard.pressure.name.lower().encode()
+        assert json.loads(body) == {"error": "overloaded", "retry_after": 4}
+    if path == "/health":
+        assert ("sources" in json.loads(body)) is (headers != PROXIED)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("path", "answered_by"),
+    [
+        ("/api/health", "guard"),
+        ("/api", "refusal"),
+        ("/api/admin/x", "app"),
+        ("/api/work", "refusal"),
+        ("/apiary/health", "refusal"),
+    ],
+)
+async def test_routes_and_exemptions_are_the_apps_own_paths_under_a_root_path(
+    fake: Any, path: str, answered_by: str
+) -> None:
+    """With the app mounted at a root path, routes and exempt prefixes match below it only."""
+    probe, guard = fake
+    app = GuardMiddleware(hello, guard=guard, exempt=("/admin",))
+    probe.set_fraction(0.97)
+    guard.sample()
+    status, _, body = await _http(app, path, root_path="/api")
+    if body.startswith(b"hello"):
+        seen = "app"
+    elif json.loads(body).get("error") == "overloaded":
+        seen = "refusal"
+    else:
+        seen = "guard"
+    assert (seen, status) == (answered_by, 200 if seen == "app" else 503)
+
+
+def test_a_header_that_would_break_the_response_is_refused_where_it_is_built() -> None:
+    """Header names come out lower-case bytes; a line break or a name that is no token raises."""
+    assert _encode_headers([("Content-Type", "text/plain")]) == ((b"content-type", b"text/plain"),)
+    for bad in [("X-A", "1\r\nSet-Cookie: x"), ("X A", "1"), ("", "1"), ("X-A:", "1")]:
+        with pytest.raises(ValueError, match="not a valid response header"):
+            _encode_headers([bad])
+    with pytest.raises(UnicodeEncodeError):
+        _encode_headers([("X-A", "\u2603")])
 
 
 def _free_port() -> int:

@@ -131,3 +131,14 @@ def test_status_page_and_detail_need_loopback_or_the_token() -> None:
         assert remote.get("/_guard", HTTP_AUTHORIZATION="Bearer tok").status_code == 200
         assert remote.get("/_guard?token=tok").status_code == 200
         assert Client().get("/_guard").status_code == 403
+
+
+def test_the_probe_routes_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/livez and /readyz (here moved by ``ready_path``) are answered from the settings."""
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(tmp_path))
+    with override_settings(RUNTIME_GUARD={"interval": 60, "ready_path": "/ready"}):
+        client = Client()
+        assert client.get("/livez").json()["status"] == "ok"
+        ready = client.get("/ready")
+        assert ready.status_code == 200
+        assert [w["pid"] for w in ready.json()["workers"]] == [os.getpid()]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,6 @@ from runtime_guard.recycling import Prediction, RecyclePolicy
 from runtime_guard.testing import FakeProbe, make_guard
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture(autouse=True)
-def _forget_features() -> Iterator[None]:
-    """Features are process-wide: take this file's out again so other tests never see them."""
-    yield
-    with shedding._lock:
-        shedding._features.pop("metrics-test-feature", None)
-        shedding._shed.discard("metrics-test-feature")
 
 
 def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -172,3 +164,125 @@ def test_gunicorn_multiprocess_mode_reports_every_worker(tmp_path: Path) -> None
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# A pre-fork server in miniature: the parent installs the guard and its metrics, forks three
+# workers the way gunicorn does (a worker leaves by SystemExit up the parent's stack, so
+# exit hooks run), each writes its own figures, then leaves as HOW says; the parent reports
+# what a scrape on it exports, and which live-gauge files were left before that scrape.
+# The workers wait to leave until all have written.
+PREFORK = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading, time
+    import psutil
+    import runtime_guard
+    from runtime_guard import signals
+    from runtime_guard.integrations import prometheus
+    from runtime_guard.integrations._recycle import attach_recycler
+
+    how = sys.argv[1]
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    guard = runtime_guard.install(interval=0.05)
+    prometheus.install_metrics()
+
+    def written(pid):
+        return os.path.exists(os.path.join(directory, f"gauge_liveall_{pid}.db"))
+
+    def wait_for(check):
+        deadline = time.monotonic() + 20
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return check()
+
+    go = os.path.join(os.path.dirname(directory), "go")
+
+    def work():
+        assert wait_for(lambda: os.path.exists(go))  # every worker has written its figures
+        if how == "kill":  # the OOM killer: no exit code runs
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "recycle":  # the guard recycles it; its stop ends the serving loop
+            stopped = threading.Event()
+            attach_recycler(guard, lambda reason: stopped.set(), "test", min_lifetime=0, jitter=0)
+            guard.send(signals.restart_requested, reason="asked by the test")
+            assert stopped.wait(20)
+        sys.exit(0)
+
+    workers = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            work()
+        workers.append(pid)
+    assert wait_for(lambda: all(written(pid) for pid in workers))
+    open(go, "w").close()
+    if how == "kill":
+        zombie = psutil.STATUS_ZOMBIE
+        assert wait_for(lambda: all(psutil.Process(p).status() == zombie for p in workers))
+    else:
+        for pid in workers:
+            os.waitpid(pid, 0)
+    left = sorted(n for n in os.listdir(directory) if n.startswith("gauge_live"))
+    scraped = prometheus.render()[1].decode()  # killed workers are zombies, not reaped yet
+    swept = sorted(n for n in os.listdir(directory) if n.startswith("gauge_live"))
+    print(json.dumps({"parent": os.getpid(), "left": left, "swept": swept, "scrape": scraped}))
+    """
+)
+
+
+def _prefork(tmp_path: Path, how: str) -> dict[str, Any]:
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    script = tmp_path / "prefork.py"
+    script.write_text(PREFORK)
+    done = subprocess.run(
+        [sys.executable, str(script), how],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    result: dict[str, Any] = json.loads(done.stdout.decode().splitlines()[-1])
+    found = scrape(result["scrape"])
+    result["exported"] = {labels["pid"] for labels, _ in found["runtime_guard_memory_rss_bytes"]}
+    result["after"] = sorted(p.name for p in directory.iterdir() if p.name.startswith("gauge_"))
+    assert result["after"] == []  # the parent's own, at its exit
+    return result
+
+
+@pytest.mark.parametrize("how", ["exit", "recycle"])
+def test_exited_workers_leave_the_multiprocess_scrape(tmp_path: Path, how: str) -> None:
+    """Forked workers that exit (or that the guard recycles) take their gauges with them."""
+    result = _prefork(tmp_path, how)
+    parent = str(result["parent"])
+    assert result["left"] == [f"gauge_liveall_{parent}.db"]  # gone before any scrape
+    assert result["exported"] == {parent}
+
+
+def test_a_scrape_drops_workers_killed_without_exit_code(tmp_path: Path) -> None:
+    """Workers killed by SIGKILL (as the OOM killer does) leave the next scrape on a survivor."""
+    result = _prefork(tmp_path, "kill")
+    parent = str(result["parent"])
+    assert len(result["left"]) == 4  # nothing of theirs ran: their files stayed
+    assert result["exported"] == {parent}
+    assert result["swept"] == [f"gauge_liveall_{parent}.db"]
+
+
+def test_mark_dead_removes_only_that_workers_live_gauges(tmp_path: Path) -> None:
+    """mark_dead(pid) removes that pid's live-gauge files; counters and other pids stay."""
+    for name in ("gauge_liveall_11.db", "gauge_livesum_11.db", "gauge_liveall_12.db"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "counter_11.db").write_bytes(b"")
+    assert prometheus.mark_dead(11, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_11.db", "gauge_liveall_12.db"]
+    assert not prometheus.mark_dead(11)  # no multiprocess directory: nothing to do
+
+
+def test_sweep_keeps_running_processes(tmp_path: Path) -> None:
+    """The scrape-time sweep marks dead only pids that no longer run."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for pid in (os.getpid(), gone.pid):
+        (tmp_path / f"gauge_liveall_{pid}.db").write_bytes(b"")
+    assert prometheus.sweep_dead(str(tmp_path)) == [gone.pid]
+    assert [p.name for p in tmp_path.iterdir()] == [f"gauge_liveall_{os.getpid()}.db"]

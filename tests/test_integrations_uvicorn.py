@@ -41,14 +41,17 @@ APP = textwrap.dedent(
 )
 
 
-def _serve_app(tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], Path, int]:
-    """uvicorn serving APP, recycling as soon as asked: the process, its log, its port."""
-    (tmp_path / "app.py").write_text(APP)
+def _serve_app(
+    tmp_path: Path, *options: str, app: str = APP, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """uvicorn serving ``app``, recycling as soon as asked: the process, its log, its port."""
+    (tmp_path / "app.py").write_text(app)
     port = servers.free_port()
     env = {
         **os.environ,
         "RUNTIME_GUARD_RECYCLE_MIN_LIFETIME": "0",
         "RUNTIME_GUARD_RECYCLE_JITTER": "0",
+        **(env or {}),
     }
     log = tmp_path / "uvicorn.log"
     command = [sys.executable, "-m", "uvicorn", "app:app", *options, "--port", str(port)]
@@ -251,3 +254,52 @@ def test_a_connection_accepted_just_before_a_recycle_is_answered(tmp_path: Path)
             proc.terminate()
             proc.wait(30)
     assert "recycling uvicorn worker pid" in log.read_text()
+
+
+def test_a_recycled_uvicorn_worker_leaves_the_multiprocess_metrics(tmp_path: Path) -> None:
+    """Under uvicorn --workers 2 with PROMETHEUS_MULTIPROC_DIR, a recycled worker's gauges and
+    live files are gone once it has exited, and scrapes show the fresh worker instead."""
+    import psutil
+    from prometheus_client.parser import text_string_to_metric_families
+
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    app = APP.replace("lifespan=lifespan(interval=0.2)))", "lifespan=lifespan(interval=0.2)),")
+    app += '    metrics_path="/metrics")\n'
+    proc, log, port = _serve_app(
+        tmp_path, "--workers", "2", app=app, env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def exported() -> set[str]:
+        try:
+            text = httpx.get(base + "/metrics", timeout=5).text
+        except httpx.TransportError:
+            return set()
+        return {
+            sample.labels["pid"]
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "runtime_guard_memory_rss_bytes" and sample.value > 0
+        }
+
+    try:
+        deadline = time.monotonic() + 30
+        while len(exported()) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert len(exported()) == 2
+        recycled = httpx.get(base + "/restart", timeout=30).text
+        deadline = time.monotonic() + 30
+        while psutil.pid_exists(int(recycled)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # No scrape since it exited: its own shutdown took its live gauges away.
+        assert f"gauge_liveall_{recycled}.db" not in {p.name for p in directory.iterdir()}
+        deadline = time.monotonic() + 30
+        while len(exported()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = exported()
+        assert len(pids) == 2 and recycled not in pids
+    finally:
+        proc.terminate()
+        proc.wait(30)

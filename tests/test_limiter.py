@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from runtime_guard import Limiter, LimiterTimeout, Pressure, limiter
-
-limiter_module = importlib.import_module("runtime_guard.limiter")
-
-
-@pytest.fixture(autouse=True)
-def _clean_registry() -> Iterator[None]:
-    yield
-    with limiter_module._registry_lock:
-        limiter_module._registry.clear()
-    limiter_module.apply_pressure(Pressure.OK, False)
+from runtime_guard.limiters import default_registry
 
 
 class CapacityLog:
@@ -293,7 +282,7 @@ def test_capacity_for_each_level_and_declaration_rules() -> None:
         limiter("levels", 5)
     with pytest.raises(ValueError, match="limit"):
         limiter("bad", 0)
-    with pytest.raises(ValueError, match="not 'ok'"):
+    with pytest.raises(ValueError, match="at='ok' is not accepted"):
         limiter("bad", 3, at={"ok": 1})
     with pytest.raises(ValueError, match=">= 0"):
         limiter("bad", 3, at={"high": -1})
@@ -302,15 +291,14 @@ def test_capacity_for_each_level_and_declaration_rules() -> None:
 
 def test_a_limiter_declared_under_pressure_starts_narrow() -> None:
     """A limiter declared while pressure is HIGH gets its HIGH capacity at once."""
-    limiter_module.apply_pressure(Pressure.HIGH, False)
+    default_registry.apply_pressure(Pressure.HIGH, False)
     assert limiter("late", 8, at={"high": 2}).capacity == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_fork_child_does_not_inherit_other_threads_slots() -> None:
     """In a forked child, slots held by the parent's other threads are free again."""
-    lim = Limiter("fork", 1, {})
-    limiter_module._registry["fork"] = lim
+    lim = limiter("fork", 1, {})
     held, done = threading.Event(), threading.Event()
 
     def holder() -> None:

@@ -205,3 +205,31 @@ def test_psutil_raising_with_no_statm_makes_health_unknown_and_logs_once(
         finally:
             guard.stop()
     assert len([r for r in caplog.records if "sample failed" in r.getMessage()]) == 1
+
+
+def test_runtime_probe_counts_the_childs_own_descriptors_after_fork() -> None:
+    """After fork() and reopen(), descriptors the child closes are no longer counted; the
+    parent's directory, held open, would keep counting the parent's."""
+    import warnings
+
+    from runtime_guard.probes import RuntimeProbe
+
+    probe = RuntimeProbe()
+    extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+    with warnings.catch_warnings():  # Python 3.12 warns of fork() with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            probe.reopen()
+            before = probe.fds()
+            for fd in extra:
+                os.close(fd)
+            code = 0 if probe.fds() == before - 3 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    for fd in extra:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import importlib
 import re
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import runtime_guard
-from runtime_guard.config import Config
 from runtime_guard.testing import make_guard
 from runtime_guard.tracking import untrack
 
@@ -60,7 +60,7 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
         "import sys, runtime_guard.pytest_plugin\n"
         "loaded = sorted(m for m in sys.modules if m == 'asyncio' or m.startswith('runtime_g'))\n"
         "print(' '.join(loaded))\n"
-        "import runtime_guard.shedding, runtime_guard.limiter\n"
+        "import runtime_guard.shedding, runtime_guard.limiters\n"
         "print(callable(runtime_guard.limiter), runtime_guard.install.__module__)\n"
     )
     result = subprocess.run(
@@ -69,14 +69,16 @@ def test_importing_the_package_or_its_plugin_loads_no_module_it_does_not_need() 
     loaded, resolved = result.stdout.splitlines()
     assert set(loaded.split()) <= {
         "runtime_guard",
-        "runtime_guard._sizes",
+        "runtime_guard._interpreter",
+        "runtime_guard._units",
         "runtime_guard._version",
         "runtime_guard.config",
-        "runtime_guard.limiter",
+        "runtime_guard._errors",
+        "runtime_guard._lazy",
         "runtime_guard.pressure",
         "runtime_guard.pytest_plugin",
     }, loaded
-    assert resolved == "True runtime_guard.guard"
+    assert resolved == "True runtime_guard._install"
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -111,33 +113,19 @@ def test_report_classes_are_dataclasses_with_to_dict() -> None:
         assert cls.__str__ is not object.__str__
 
 
-def test_readme_options_table_lists_every_option() -> None:
-    """Every Config option appears in an options table (README or docs), and nothing else does."""
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    tables = [
-        part.split("<!-- /options-table -->")[0]
-        for page in pages
-        for part in page.read_text().split("<!-- options-table -->")[1:]
-    ]
-    documented = {
-        name for table in tables for name in re.findall(r"`([a-z_]+)`", table.split("\n|", 2)[-1])
-    }
-    options = {f.name for f in dataclasses.fields(Config)}
-    assert options - documented == set()
-    first_column = {
-        name
-        for table in tables
-        for line in table.splitlines()
-        if line.startswith("| `")
-        for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])
-    }
-    assert first_column - options == set()
-
-
 def test_readme_has_the_two_commands() -> None:
-    """The README shows a test command that installs the package and runs pytest."""
+    """The README shows the demo command and a test command that installs and runs pytest."""
     readme = (ROOT / "README.md").read_text()
+    assert "pip install -e . && runtime-guard demo" in readme
     assert "pip install -e '.[test]' && python -m pytest" in readme
+
+
+def test_readme_warns_of_the_other_runtime_guard() -> None:
+    """The README names the distribution to install and warns of the PyPI name it is not."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "pip install runtime-guard-server" in readme
+    assert "Do not `pip install runtime-guard`" in readme
+    assert "pip uninstall runtime-guard" in readme
 
 
 # -- the project's own public API under its own no_leaks marker -----------------------------
@@ -237,11 +225,46 @@ def test_version_is_the_installed_distributions_and_the_commands() -> None:
     assert out.strip() == f"runtime-guard {runtime_guard.__version__}"
 
 
+def test_the_supported_pythons_are_named_alike_everywhere() -> None:
+    """The installed package's classifiers and python_requires, tox's envs, the Pythons CI
+    runs and CONTRIBUTING.md's paragraph name the same Pythons."""
+    from importlib.metadata import metadata
+
+    meta = metadata("runtime-guard-server")
+    classified = sorted(
+        int(match.group(1))
+        for classifier in meta.get_all("Classifier") or []
+        if (match := re.fullmatch(r"Programming Language :: Python :: 3\.(\d+)", classifier))
+    )
+    assert classified, "no Python version classifiers"
+    assert meta["Requires-Python"] == f">=3.{classified[0]}"
+    tox = configparser.ConfigParser()
+    tox.read(ROOT / "tox.ini")
+    envs = re.findall(r"\bpy3(\d+)\b", tox["tox"]["envlist"])
+    assert sorted(map(int, envs)) == classified
+    ci = ROOT / ".ci" / "run"
+    if ci.exists():  # the sdist carries no CI
+        script = ci.read_text()
+        line = re.search(r"^tox -e (\S+)$", script, re.M)
+        assert line is not None, "no tox line in .ci/run"
+        others = sorted(int(env.removeprefix("py3")) for env in line.group(1).split(","))
+        # The oldest runs directly, the others through tox, each found by CI's pattern.
+        assert [classified[0], *others] == classified
+        pattern = re.search(r"grep -E '([^']+)'", script)
+        assert pattern is not None
+        assert all(re.match(pattern.group(1), f"3.{minor}.0") for minor in classified)
+    contributing = ROOT / "CONTRIBUTING.md"
+    if contributing.exists():
+        *first, last = (f"3.{minor}" for minor in classified)
+        named = f"on Python {', '.join(first)} and {last}" if first else f"on Python {last}"
+        assert named in " ".join(contributing.read_text().split())
+
+
 def test_written_reports_carry_the_version(tmp_path: Path) -> None:
     """Every report file names the version that wrote it."""
     import json
 
-    from runtime_guard._reports import write_report
+    from runtime_guard.reports.files import write_report
 
     path = write_report(str(tmp_path), "relief", {"reason": "manual"})
     assert path is not None

@@ -23,7 +23,6 @@ import pytest
 import runtime_guard
 from runtime_guard import Pressure, signals
 from runtime_guard._coordination import Peer
-from runtime_guard._reportview import read_view
 from runtime_guard.config import ConfigError
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._recycle import attach_recycler
@@ -39,6 +38,7 @@ from runtime_guard.recycling import (
 )
 from runtime_guard.report_html import render_view
 from runtime_guard.report_text import render_view_text
+from runtime_guard.reports.view import read_view
 from runtime_guard.sample import Sample
 from runtime_guard.testing import FakeProbe, ManualClock, make_guard
 

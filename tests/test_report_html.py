@@ -14,9 +14,9 @@ from _chromium import CHROMIUM, open_page
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime_guard._reportview import ReportError
-from runtime_guard.report_html import render_html
-from runtime_guard.report_text import render_text
+from runtime_guard.reports.html import render_html
+from runtime_guard.reports.text import render_text
+from runtime_guard.reports.view import ReportError
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 

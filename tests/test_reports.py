@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import runtime_guard
-from runtime_guard import _reports
-from runtime_guard._reports import MAX_REPORT_BYTES, MAX_REPORT_FILES, write_report
+from runtime_guard.reports import files as _reports
+from runtime_guard.reports.files import MAX_REPORT_BYTES, MAX_REPORT_FILES, write_report
 
 NAME = re.compile(
     r"runtime-guard-(leak|unreleased|relief|pressure|episode)-\d{8}T\d{6}-\d+-\d+\.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import importlib
 import json
 import logging
 import threading
@@ -33,23 +32,8 @@ from runtime_guard.probes import RssReader
 from runtime_guard.shedding import SheddingComponent
 from runtime_guard.testing import FakeProbe, ManualClock, make_guard
 
-# ``runtime_guard.limiter`` is the function (re-exported); the module is reached this way.
-limiter_module = importlib.import_module("runtime_guard.limiter")
-
 MiB = 1024 * 1024
 Events = list[tuple[str, dict[str, Any]]]
-
-
-@pytest.fixture(autouse=True)
-def _clean_registries() -> Iterator[None]:
-    yield
-    with shedding._lock:
-        shedding._features.clear()
-        shedding._caches.clear()
-        shedding._shed.clear()
-    with limiter_module._registry_lock:
-        limiter_module._registry.clear()
-    limiter_module.apply_pressure(Pressure.OK, False)
 
 
 @pytest.fixture
@@ -376,7 +360,7 @@ def test_real_pressure_sheds_clears_narrows_and_restores(events: Events) -> None
             {"process_limit": budget, "memory_limit": "1TiB", "relief": False}, environ={}
         )
     )
-    from runtime_guard._setup import attach_components
+    from runtime_guard._install import attach_components
 
     attach_components(guard)
     try:
@@ -459,7 +443,7 @@ def test_64_threads_and_1000_tasks_while_pressure_moves_through_every_level(
     probe = FakeProbe()
     guard = make_guard(probe, interval=0.005, relief=False)
     feature("hardening-extras", shed_at="high")
-    lim = limiter_module.limiter("hardening-jobs", 8, {"elevated": 4, "high": 2, "critical": 1})
+    lim = runtime_guard.limiter("hardening-jobs", 8, {"elevated": 4, "high": 2, "critical": 1})
     log_lock = threading.Lock()
     capacities = [lim.capacity]
     inside = [0]

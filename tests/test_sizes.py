@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime_guard._sizes import SIZE_FORM, format_size, parse_size
+from runtime_guard._units import SIZE_FORM, format_size, parse_size
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
@@ -10,13 +11,14 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+import test_container  # tests/: a guarded worker process of a test's own container
 from _chromium import CHROMIUM, open_page
 
 import runtime_guard
 from runtime_guard import Pressure
 from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.probes import RssReader
-from runtime_guard.statuspage import render_status_page
+from runtime_guard.reports.statuspage import render_status_page
 from runtime_guard.testing import FakeProbe, make_guard
 
 MB = 1024 * 1024
@@ -130,3 +132,21 @@ def test_page_without_samples_still_renders() -> None:
     finally:
         guard.stop()
     assert "Live memory status" in page
+
+
+def test_page_lists_the_workers_of_the_container(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the timeline the page lists every live worker of the container, this one marked."""
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(tmp_path))
+    guard = runtime_guard.install(interval=3600)
+    guard.sample()
+    other = test_container._start_worker(tmp_path)
+    try:
+        page = render_status_page(guard)
+    finally:
+        test_container._end(other)
+    section = page.split('<section id="container">')[1].split("</section>")[0]
+    assert "Workers of this container (2)" in section
+    assert f"<td>{os.getpid()} (this page)</td>" in section
+    assert f"<td>{other.pid}</td>" in section

@@ -12,8 +12,15 @@ import reportdata
 import runtime_guard
 from runtime_guard import Pressure, signals
 from runtime_guard.cli import main
+from runtime_guard.reports.timeline import (
+    MAX_EVENTS,
+    MAX_LEAKS,
+    MAX_POINTS,
+    MAX_TYPES,
+    Timeline,
+    snapshot,
+)
 from runtime_guard.testing import FakeProbe, make_guard
-from runtime_guard.timeline import MAX_EVENTS, MAX_LEAKS, MAX_POINTS, MAX_TYPES, Timeline, snapshot
 
 
 def _walk(probe: FakeProbe, guard: runtime_guard.Guard, fractions: list[float]) -> None:

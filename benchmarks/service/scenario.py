@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +25,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-
-from runtime_guard._coordination import runtime_directory
 
 HERE = Path(__file__).resolve().parent
 MiB = 1024 * 1024
@@ -172,6 +169,9 @@ def _environment(
         env.update({f"SVC_{k.upper()}": v for k, v in scenario.stock.items()})
     if mode == "guard":
         env["RUNTIME_GUARD_REPORT_DIR"] = str(reports)
+        # The workers' shared directory of this run alone: a run never sees the figures,
+        # locks or measured drains a run before it left in the same cgroup.
+        env["RUNTIME_GUARD_CONTAINER_DIR"] = str(reports.parent / "container")
     env.update(extra)
     return env
 
@@ -268,8 +268,6 @@ def serving(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        # The guard's runtime directory for this cgroup: the cgroup goes, so does it.
-        shutil.rmtree(runtime_directory(f"cgroup:{cgroup.path}"), ignore_errors=True)
 
 
 def drive(

@@ -4,7 +4,7 @@ The pytest plugin (``runtime_guard.pytest_plugin``) only wires markers, options 
 fixture to :class:`LeakCheck`; everything that measures and judges lives in this package.
 """
 
-from runtime_guard._leakcheck.check import Figure, LeakCheck, LeakResult
+from runtime_guard._leakcheck.check import Figure, LeakCheck, LeakLine, LeakResult
 from runtime_guard._leakcheck.clients import Unreleased
 from runtime_guard._leakcheck.fixture import LeakBlock, LeakChecker
 from runtime_guard._leakcheck.options import CHECKS, LeakCheckOptions
@@ -17,6 +17,7 @@ __all__ = [
     "LeakCheck",
     "LeakCheckOptions",
     "LeakChecker",
+    "LeakLine",
     "LeakResult",
     "Unreleased",
     "settle",

@@ -37,7 +37,8 @@ class ClientWatch:
 
     @classmethod
     def start(cls, track: Sequence[str | type]) -> ClientWatch:
-        from runtime_guard import _clients, tracking
+        from runtime_guard import tracking
+        from runtime_guard.tracking import clients as _clients
 
         known = [spec.name for spec in _clients.CLIENTS]
         watch = cls(None)
@@ -71,11 +72,26 @@ class ClientWatch:
         """Tracked clients created since the mark, alive and never released."""
         return len(self._live())
 
+    def first_site(self) -> tuple[tuple[str, int] | None, str]:
+        """The creation line of the most common unreleased client, when it is the user's,
+        and the client's type."""
+        from runtime_guard._leakcheck.frames import Kind, kind
+
+        lines: Counter[tuple[tuple[str, int], str]] = Counter()
+        for item in self._live():
+            filename, lineno, _ = item.site.where
+            if kind(filename) is Kind.USER:
+                lines[((filename, lineno), item.type)] += 1
+        return lines.most_common(1)[0][0] if lines else (None, "")
+
     def unreleased(self) -> list[Unreleased]:
         """The same, grouped by type and creation site, most first."""
+        from runtime_guard._leakcheck.scan import shown
+
         groups: Counter[tuple[str, str]] = Counter()
         for item in self._live():
-            groups[(item.type, str(item.site))] += 1
+            filename, lineno, function = item.site.where
+            groups[(item.type, f"{shown(filename)}:{lineno} in {function}")] += 1
         return [Unreleased(kind, site, count) for (kind, site), count in groups.most_common()]
 
     def close(self) -> None:

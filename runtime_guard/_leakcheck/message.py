@@ -1,15 +1,14 @@
-"""The failure message of a leak check: short enough for a terminal, everything with ``-v``."""
+"""The failure message of a leak check: the leaking line first, everything with ``-v``."""
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from runtime_guard import diagnosis
-from runtime_guard._leakcheck.scan import shown
-from runtime_guard._sizes import format_size
+from runtime_guard._leakcheck.frames import Kind, kind
+from runtime_guard._leakcheck.scan import frame_text, shown
+from runtime_guard._units import format_size
+from runtime_guard.diagnosis import functions
 
 if TYPE_CHECKING:
     from runtime_guard._leakcheck.check import Figure, LeakResult
@@ -19,94 +18,65 @@ __all__ = ["render"]
 _SHORT_LIMIT = 3
 
 _FIGURE_WORDS = {
-    "heap": "Python heap",
-    "objects": "live objects",
+    "heap": "large allocations (over 512 B)",
+    "objects": "small objects (pymalloc blocks)",
+    "traced": "Python allocations (tracemalloc traces)",
     "fds": "open file descriptors",
+    "threads": "live threads",
+    "tasks": "pending asyncio tasks",
     "clients": "unreleased tracked clients",
 }
 
 
-def _growth(figure: Figure, blocks: Sequence[int]) -> str:
-    rounds = len(figure.deltas)
+def _growth(figure: Figure) -> str:
     if figure.name == "heap":
-        block_deltas = [b - a for a, b in itertools.pairwise(blocks)]
-        per_block = sum(block_deltas) / len(block_deltas) if block_deltas else 0.0
-        return (
-            f"+{format_size(figure.per_round)}/round ({per_block:+,.0f} blocks/round) "
-            f"over {rounds} rounds"
-        )
-    unit = {"objects": "objects", "fds": "fds", "clients": "clients"}[figure.name]
-    return f"{figure.per_round:+,.0f} {unit}/round over {rounds} rounds"
-
-
-def _round_text(figure: Figure) -> str:
-    if figure.name != "heap":
-        return ", ".join(f"{delta:+,}" for delta in figure.deltas)
-    # Untraced rounds are judged on an upper bound of the growth, traced ones exactly.
-    return ", ".join(
-        f"{delta:+,} B" if traced else f"at most {delta:+,} B"
-        for delta, traced in zip(figure.deltas, figure.traced, strict=True)
+        return f"+{format_size(figure.per_call)}/call"
+    return (
+        f"{figure.per_call:+,.2g}/call" if figure.per_call < 1 else f"+{figure.per_call:,.0f}/call"
     )
 
 
-def _per_round(value: float, rounds: int) -> float:
-    return value / rounds if rounds else value
-
-
-def _by_line(sites: Sequence[diagnosis.AllocationSite]) -> list[diagnosis.AllocationSite]:
-    """Sites merged by line: several tracebacks through one line are one line to read."""
-    merged: dict[tuple[str, int], diagnosis.AllocationSite] = {}
-    for site in sites:
-        key = (site.filename, site.lineno)
-        if key in merged:
-            merged[key].size_diff += site.size_diff
-            merged[key].count_diff += site.count_diff
-        else:
-            merged[key] = dataclasses.replace(site)
-    return sorted(merged.values(), key=lambda site: -site.size_diff)
+def _words(result: LeakResult, figure: Figure) -> str:
+    if figure.name == "objects" and result.traced_blocks:
+        return _FIGURE_WORDS["traced"]
+    return _FIGURE_WORDS[figure.name]
 
 
 def render(result: LeakResult, verbose: bool) -> str:
     """The failure text of ``result``: short by default, every detail with ``verbose``."""
     options = result.options
     limit = None if verbose else _SHORT_LIMIT
-    lines = [
-        f"leak found in {result.label}: "
-        f"{options.warmup} warm-up runs, then {result.rounds_run} measured rounds"
-        + (_traced_text(result) if result.traced_rounds else "")
-    ]
-    for figure in result.grown:
-        tolerance = f"; tolerance {options.tolerance_text}" if figure.name == "heap" else ""
-        if figure.name == "objects":
-            tolerance = f"; tolerance {figure.threshold:,} objects"
+    lines = [f"leak found in {result.label}: {_runs(result)}"]
+    line = result.line
+    if line is not None:
+        what = f": {line.what}" if line.what else ""
         lines.append(
-            f"  {_FIGURE_WORDS[figure.name]} grew in every round: "
-            f"{_growth(figure, result.blocks)}{tolerance}"
+            f"  leaking line: {shown(line.filename)}:{line.lineno} in {line.function}{what}"
+        )
+    grown = result.grown
+    if grown:
+        lines.append(
+            "  grew in every round: "
+            + ", ".join(f"{_words(result, figure)} {_growth(figure)}" for figure in grown)
         )
         if verbose:
-            lines.append(f"    per round: {_round_text(figure)}")
-    # Sites and types are read from the traced rounds alone.
-    rounds = result.traced_rounds
-    if result.sites:
-        lines.append("  top allocation sites of the growth (per round):")
-        for site in (result.sites if verbose else _by_line(result.sites))[:limit]:
-            lines.append(
-                f"    {shown(site.filename)}:{site.lineno} in {site.function}: "
-                f"+{format_size(_per_round(site.size_diff, rounds))}/round "
-                f"({_per_round(site.count_diff, rounds):+,.0f} blocks/round)"
-            )
-            if verbose:
-                lines.extend(f"        {frame}" for frame in site.traceback)
-        hidden = len(result.sites) - _SHORT_LIMIT
-        if not verbose and hidden > 0:
-            lines.append(f"    ... {hidden} more (-v shows all, with tracebacks)")
-    if result.types:
-        growing = ", ".join(
-            f"{g.type_name} {_per_round(g.growth, rounds):+,.0f}" for g in result.types[:limit]
-        )
-        lines.append(f"  growing types (per round): {growing}")
+            for figure in grown:
+                deltas = ", ".join(f"{delta:+,}" for delta in figure.deltas)
+                lines.append(
+                    f"    {figure.name} per round: {deltas} (calls: "
+                    f"{', '.join(map(str, figure.calls))}; thresholds: "
+                    f"{', '.join(map(str, figure.thresholds))})"
+                )
     if result.chain:
         lines.append(f"  held by: {diagnosis.format_chain(result.chain)}")
+    for text in result.exceptions[:limit]:
+        lines.append(f"  kept exception: {text}")
+    if result.threads:
+        lines.append("  threads started during the test and still running:")
+        lines.extend(f"    {text}" for text in result.threads[:limit])
+    if result.tasks:
+        lines.append("  asyncio tasks created during the test and still pending:")
+        lines.extend(f"    {text}" for text in result.tasks[:limit])
     if result.new_fds:
         targets = result.new_fds if verbose else result.new_fds[:_SHORT_LIMIT]
         more = len(result.new_fds) - len(targets)
@@ -121,12 +91,52 @@ def render(result: LeakResult, verbose: bool) -> str:
         hidden = len(result.unreleased) - _SHORT_LIMIT
         if not verbose and hidden > 0:
             lines.append(f"    ... {hidden} more sites (-v shows all)")
+    sites = [
+        site
+        for site in result.sites
+        if verbose
+        or (
+            kind(site.filename) is Kind.USER
+            and (line is None or site.lineno != line.lineno or site.filename != line.filename)
+        )
+    ]
+    if sites:
+        calls = max(result.traced_calls, 1)
+        lines.append(
+            "  allocation sites of the traced calls' growth (per call):"
+            if verbose
+            else "  also allocated and kept (per call):"
+        )
+        for site in sites[:limit]:
+            function = site.function or functions.function_at(site.filename, site.lineno)
+            blocks = site.count_diff / calls
+            lines.append(
+                f"    {shown(site.filename)}:{site.lineno} in {function}: "
+                f"+{format_size(site.size_diff / calls)} in {blocks:,.0f} "
+                + ("block" if round(blocks) == 1 else "blocks")
+            )
+            if verbose:
+                lines.extend(f"        {frame_text(frame)}" for frame in site.traceback)
+    if result.types:
+        calls = max(result.traced_calls, 1)
+        growing = ", ".join(f"{g.type_name} {g.growth / calls:+,.3g}" for g in result.types[:limit])
+        lines.append(f"  kept objects by type (per traced call): {growing}")
+    lines.extend(f"  note: {note}" for note in result.notes)
+    if result.noisy_rounds:
+        lines.append(f"  ({result.noisy_rounds} rounds read while another thread kept working)")
+    if options.tolerance_text and verbose:
+        lines.append(f"  tolerance {options.tolerance_text} per call")
     return "\n".join(lines)
 
 
-def _traced_text(result: LeakResult) -> str:
+def _runs(result: LeakResult) -> str:
+    text = f"{result.options.warmup} warm-up calls, then {result.rounds_run} rounds"
+    if result.calls_per_round > 1:
+        text += f" of {result.calls_per_round} calls"
     if result.traced_rounds >= result.rounds_run:
-        return ", traced"
+        return text + ", traced"
     if result.traced_rounds == 1:
-        return ", the last one traced"
-    return f", the last {result.traced_rounds} traced"
+        if result.traced_calls > 1:
+            return text + f", the last one traced ({result.traced_calls} calls)"
+        return text + ", the last one a single traced call"
+    return text

@@ -6,25 +6,27 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_guard._sizes import SIZE_FORM, format_size, parse_size
+from runtime_guard._units import SIZE_FORM, format_size, parse_size
 
 __all__ = ["CHECKS", "LeakCheckOptions"]
 
-CHECKS = ("heap", "objects", "fds")
-"""Figures a check may judge; ``check=`` picks among them."""
+CHECKS = ("heap", "objects", "fds", "threads", "tasks")
+"""Figures a check may judge; ``check=`` picks among them (tracked clients always are)."""
 
 
 @dataclass(frozen=True)
 class LeakCheckOptions:
     """What one leak check does; :meth:`replace` validates keyword overrides."""
 
-    rounds: int = 5
-    """Measured runs after the warm-up; the verdict needs growth in every one."""
+    rounds: int = 4
+    """Measured rounds after the warm-up, each of one or more calls of the body; the
+    verdict needs growth in every one."""
     warmup: int = 2
-    """Runs discarded before measuring: first-call caches and lazy singletons fill here."""
-    tolerance: int = 16_000
-    """Bytes a figure may grow per round without counting as growth."""
-    tolerance_text: str = "16KB"
+    """Calls discarded before measuring: first-call caches and lazy singletons fill here."""
+    tolerance: int = 100
+    """Bytes per call the heap may keep without counting as growth; the small-object count
+    forgives one object per 512 of these (none at the default)."""
+    tolerance_text: str = "100B"
     """The tolerance as the user wrote it, for messages."""
     check: tuple[str, ...] = CHECKS
     """Which figures are judged."""

@@ -1,111 +1,121 @@
-"""What a leaky round left behind: its survivors by type and line, and what holds them.
+"""What a leaky call left behind: the objects it kept, the user's line that made them, and
+what holds them.
 
-Everything here that needs an object's allocation traceback runs while tracemalloc still
-traces, inside :func:`survey`, on a thread of its own (:func:`on_short_stack`), and reads
-the tracebacks in bulk from threads that run no Python frame at all. Only
-objects allocated since the baseline are looked at: the baseline heap is frozen
-(``gc.freeze()``), so ``gc.get_objects()`` lists the young objects alone. Walking the whole
-heap instead cost 40 ms untraced and 100 ms traced per failing test on a pytest heap of
-58,000 objects (measured), against a few ms here.
+Everything that needs an object's allocation traceback runs while tracemalloc still traces,
+inside :func:`survey`, and reads the tracebacks in bulk (``map`` over C calls): while
+tracing, every object Python code makes is itself a traced allocation. Only objects allocated
+since tracing began are looked at: the heap before it is frozen (``gc.freeze()``), so
+``gc.get_objects()`` lists the young objects alone. :meth:`Findings.finish` then works out,
+with tracing stopped, which of them are kept by something older (the roots of the growth)
+and names each root by the user's line that made it.
 """
 
 from __future__ import annotations
 
-import _thread
 import _tracemalloc
-import fnmatch
 import functools
 import gc
 import io
 import itertools
+import linecache
 import operator
 import os
-import re
 import socket
+import struct
 import sys
+import threading
 import time
 import tracemalloc
 import types
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from runtime_guard import diagnosis
+from runtime_guard import _frames, diagnosis
+from runtime_guard._leakcheck.frames import PYTEST_FILES, Kind, kind, machinery_module
+from runtime_guard._units import format_size
+from runtime_guard.diagnosis import functions, referrers
 
 __all__ = [
     "PYTEST_FILES",
     "Findings",
+    "backward_chain",
     "excluded",
+    "frame_text",
     "machinery",
-    "on_short_stack",
+    "new_tasks",
+    "new_threads",
     "shown",
     "stack_roots",
     "survey",
+    "user_frame",
+    "user_modules",
 ]
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-PYTEST_FILES = ("*/_pytest/*", "*/pluggy/*")
-"""pytest's own call machinery: its frames are dropped from allocation tracebacks."""
-
-# Allocations whose most recent frame is here are the measurement, pytest's own call
-# machinery or a one-time import; none of them is the code under test.
-_EXCLUDED_FILES = (
-    os.path.join(_PACKAGE_DIR, "*"),
-    tracemalloc.__file__,
-    "<frozen importlib._bootstrap>",
-    "<frozen importlib._bootstrap_external>",
-    *PYTEST_FILES,
-)
-
-# One expression compiled at import: fnmatch compiles into a cache that settling empties each
-# round, so matching a new file name mid-check left fnmatch's strings among the survivors.
-_EXCLUDED_RE = re.compile("|".join(fnmatch.translate(pattern) for pattern in _EXCLUDED_FILES))
 
 _ATOMIC = (str, bytes, int, float, complex, bytearray)
 
-# Objects kept per allocating line: candidates for the referrer chain.
-_CANDIDATES = 5
-
-# The forward search from a module stops after this many objects or this long.
+# Young objects a holder may be found holding, at most, and the objects the forward search
+# visits and the time it takes, at most.
+_HITS = 64
 _SEARCH_OBJECTS = 5_000
-_SEARCH_SECONDS = 0.05
+_SEARCH_SECONDS = 0.1
 _SEARCH_DEPTH = 6
+_WIDE = 128
+
+# Allocation sites kept from the traced call.
+_SITES = 5
+
+# Candidates for the backward referrer chain, when the forward search found no holder,
+# and the time it may take: each level of it scans the whole heap (gc.get_referrers).
+_CANDIDATES = 5
+_BACKWARD_SECONDS = 0.04
+
+# Library modules a forward search starts from when the user's hold nothing of the growth.
+_LIBRARY_STARTS = 3
 
 Line = tuple[str, int]
 
 # Never followed by the forward search: leaves, or paths into everything.
 _LEAVES = (*_ATOMIC, types.ModuleType, type(None), bool)
 
-# Below this many reads a thread costs more than it saves.
-_FRAMELESS_MIN = 64
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 
-_T = TypeVar("_T")
+_LIBRARY_DIRS = tuple(sorted(_frames.library_directories(), key=len, reverse=True))
 
 
-@functools.cache
 def excluded(filename: str) -> bool:
     """True for files whose allocations are the check's own or pytest's, not the body's."""
-    return _EXCLUDED_RE.match(filename) is not None
+    return kind(filename) is Kind.MACHINERY
 
 
-_stdlib = functools.cache(diagnosis.is_stdlib_file)
-
-
-def machinery(frames: tuple[Line, ...]) -> bool:
+def machinery(frames: Sequence[Line]) -> bool:
     """True when an allocation is the check's own, or pytest's: its first frame outside the
-    standard library is one of theirs (a ``posixpath`` call of ours is ours)."""
+    standard library and installed packages is one of theirs (a ``posixpath`` call of ours
+    is ours)."""
     for filename, _ in frames:
-        if excluded(filename):
+        found = kind(filename)
+        if found is Kind.MACHINERY:
             return True
-        if not _stdlib(filename):
+        if found is Kind.USER:
             return False
     return False
 
 
+def user_frame(frames: Sequence[Line]) -> Line | None:
+    """The most recent frame in the user's code, or None when every frame is a library's."""
+    for frame in frames:
+        if kind(frame[0]) is Kind.USER:
+            return frame
+    return None
+
+
 def shown(filename: str) -> str:
-    """A path relative to the working directory when under it, as pytest shows paths."""
+    """A path relative to the working directory when under it, as pytest shows paths; a
+    library's relative to the directory it is installed in (``urllib3/connection.py``)."""
+    for prefix in _LIBRARY_DIRS:
+        if filename.startswith(prefix):
+            return filename[len(prefix) :]
     try:
         relative = os.path.relpath(filename)
     except ValueError:
@@ -125,9 +135,74 @@ def _frames_of(obj: object) -> tuple[Line, ...] | None:
 # Frame object per survivor (measured on a leaky body: 0.45 s with the public call).
 _raw_traceback: Callable[[object], Any] = getattr(_tracemalloc, "_get_object_traceback", _frames_of)
 
+# On 3.11 that call looks an object up at its address less the GC header alone, while an
+# instance of a class with a managed __dict__ (any class defined in Python without
+# __slots__) starts two pointers earlier: such instances never have a traceback there
+# (fixed in 3.12). tracemalloc's C API looks a block up by its address, which is known.
+_MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT
+_PRE_HEADER = 4 * struct.calcsize("P")  # PyGC_Head, then the dict and values pointers
+
+
+def _block_traceback() -> Callable[[int, int], Any] | None:
+    if sys.version_info >= (3, 12):
+        return None
+    try:
+        import ctypes
+
+        function = ctypes.pythonapi._PyTraceMalloc_GetTraceback
+    except (ImportError, AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_uint, ctypes.c_size_t]
+    function.restype = ctypes.py_object
+    return function
+
+
+_by_address = _block_traceback()
+_NONES = itertools.repeat(None)
+
+
+def _tracebacks(
+    objects: list[object], young: set[int] | None = None
+) -> list[tuple[Line, ...] | None]:
+    """Each object's allocation frames (most recent first), None for one made untraced.
+
+    ``young``: ids of the objects known to be young (the collector's young objects); only
+    those are looked up again by address on 3.11, as old ones have no traceback anyway.
+    """
+    found: list[tuple[Line, ...] | None] = list(map(_raw_traceback, objects))
+    if _by_address is None or not young:
+        return found
+    missing = itertools.compress(range(len(found)), map(operator.is_, found, _NONES))
+    for at in missing:
+        obj = objects[at]
+        cls: Any = type(obj)
+        if _managed(cls) and id(obj) in young:
+            found[at] = _by_address(0, id(obj) - _PRE_HEADER)
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _managed(cls: Any) -> bool:
+    # Cached: while tracing, reading __flags__ makes an int, traced, per object.
+    return bool(cls.__flags__ & _MANAGED_DICT)
+
 
 Traced = tuple[object, tuple[Line, ...]]
 """An object allocated while tracing, with its raw frames (most recent first)."""
+
+
+@dataclass
+class _Root:
+    """A kept object that something older holds, and what it holds of the other kept
+    objects."""
+
+    obj: object
+    frames: tuple[Line, ...]
+    size: int = 0
+    count: int = 0
+    stands_for: object = None
+    """The object named for the root: the first instance of a Python class in it."""
+    line: Line | None = None
 
 
 @dataclass
@@ -136,133 +211,309 @@ class Findings:
 
     Gathering is C iterators only: while tracing, every object Python code makes (an int
     from ``id()``, a dict entry) is itself a traced allocation, each costing a stack walk.
-    Counting and naming happen in :meth:`finish`, once tracing has stopped (measured over
-    five leaky bodies, with the frameless reads below: 173 ms of survey down to 54 ms).
+    Counting and naming happen in :meth:`finish`, once tracing has stopped.
     """
 
     snapshot: tracemalloc.Snapshot
-    """tracemalloc's traces at the end of the rounds."""
-    top: Line | None = None
-    """The line whose allocations grew most."""
+    """tracemalloc's traces at the end of the traced call."""
     survivors: list[list[Traced]] = field(default_factory=list)
     """Objects allocated while tracing and alive at the end, in batches."""
-    path: list[object] | None = None
-    """From a root namespace down to a survivor of :attr:`top`, when the search found one."""
-    root: str = ""
-    """The name of the path's root namespace."""
+    paths: list[tuple[str, list[object]]] = field(default_factory=list)
+    """From a root namespace down to a young object, for each the forward search found."""
     files: list[Traced] = field(default_factory=list)
     """Young file and socket objects, candidates for the owners of new descriptors."""
     types: Counter[str] = field(default_factory=Counter)
     """Survivors by type name (after :meth:`finish`)."""
+    line: Line | None = None
+    """The leaking line: the user's line whose kept objects weigh most (after finish)."""
+    lines: dict[Line, tuple[int, int, str]] = field(default_factory=dict)
+    """Bytes and objects kept per user's line, and the type that stands for them."""
+    fd_line: Line | None = None
+    """The user's line that opened the first owner of a new descriptor (after finish)."""
+    shallow: bool = False
+    """True when the biggest kept object was made deeper in a library than the frames
+    traced reach: its user's line is unknown (after finish)."""
+    sites: list[diagnosis.AllocationSite] = field(default_factory=list)
+    """The traced growth by the user's line, biggest first (after :meth:`finish`)."""
     held: list[object] = field(default_factory=list)
-    """A few survivors allocated at :attr:`top`: where a referrer chain may start (after
-    :meth:`finish`, when the search found no path)."""
+    """A few roots: where a backward referrer chain may start when the forward search found
+    no holder (after :meth:`finish`)."""
+    library_paths: list[tuple[str, list[object]]] = field(default_factory=list)
+    """Paths the forward search found from library modules, when none from the user's."""
     chain: list[str] | None = None
-    """Links from the root namespace to a survivor of :attr:`top` (after :meth:`finish`)."""
+    """Links from a root namespace down to the leaking line's objects (after finish)."""
+    exceptions: list[str] = field(default_factory=list)
+    """Kept exceptions, described (after :meth:`finish`)."""
     fd_owners: list[str] = field(default_factory=list)
     """File and socket objects holding the new descriptors (after :meth:`finish`)."""
+    created: dict[int, tuple[Line, ...]] = field(default_factory=dict)
+    """Allocation frames of young threads and tasks by ``id()`` (after :meth:`finish`)."""
 
     def finish(self, new_fds: set[int]) -> None:
-        """Count, pick and name what was gathered; call once tracing has stopped."""
-        seen: set[int] = set()
-        by_type: Counter[type] = Counter()
-        containers: list[object] = []
-        atomic: list[object] = []
+        """Find the roots, name the leaking line; call once tracing has stopped."""
+        young: dict[int, Traced] = {}
         for batch in self.survivors:
             for obj, frames in batch:
-                if id(obj) in seen or machinery(frames):
-                    continue
-                seen.add(id(obj))
-                by_type[type(obj)] += 1
-                if frames[0] == self.top:
-                    # Containers first: an untracked string inside an untracked record has
-                    # no referrer that gc.get_referrers can see.
-                    kept = atomic if isinstance(obj, _ATOMIC) else containers
-                    if len(kept) < _CANDIDATES:
-                        kept.append(obj)
+                if id(obj) not in young and not machinery(frames):
+                    young[id(obj)] = (obj, frames)
+        paths, self.paths = self.paths, []
+        library, self.library_paths = self.library_paths, []
         self.survivors.clear()
+        by_type: Counter[type] = Counter()
+        started = (threading.Thread, *_task_types())
+        for obj, frames in young.values():
+            if frames:  # an object without one may be the check's or pytest's own
+                by_type[type(obj)] += 1
+            if isinstance(obj, started):
+                self.created[id(obj)] = frames
         for cls, count in by_type.items():
             self.types[diagnosis.type_name(cls)] += count
-        if self.path is not None:
-            self.chain = diagnosis.chain_from_path(self.root, self.path)
-            self.path = None
-        else:
-            self.held = (containers + atomic)[:_CANDIDATES]
-        self.fd_owners = _fd_owners(new_fds, self.files)
+        roots = _roots(young, [path[-1] for _, path in paths + library])
+        self.sites = _growth_sites(self.snapshot)
+        kept = _kept_by_the_user(roots, paths)
+        self.lines = _by_line(kept)
+        biggest = max(kept, key=lambda root: root.size, default=None)
+        limit = self.snapshot.traceback_limit
+        self.shallow = biggest is not None and biggest.line is None and len(biggest.frames) >= limit
+        self.line = _leaking_line(self.lines, self.sites)
+        self.exceptions = _exceptions(roots)
+        self.chain = _chain(paths, roots, self.line) or _chain(library, roots, self.line)
+        if self.chain is None:
+            self.held = [root.obj for root in roots if root.line == self.line][:_CANDIDATES]
+        self.fd_owners, self.fd_line = _fd_owners(new_fds, self.files)
         self.files.clear()
+
+
+def _task_types() -> tuple[type, ...]:
+    asyncio = sys.modules.get("asyncio")
+    return (asyncio.Task,) if asyncio is not None else ()
+
+
+def _roots(young: dict[int, Traced], held_by_old: list[object]) -> list[_Root]:
+    """The kept objects that older objects hold, each with what it holds of the others.
+
+    Roots are the young objects the forward search found held by an older one
+    (``held_by_old``), then those no other young object holds, then, for young cycles
+    that neither reaches (a class and its ``__mro__``), one object of each. Each root is
+    named by the first instance of a Python class in what it holds (the client in a bound
+    method, the service object in a cache key), else by itself, and reported at the user's
+    line that allocated the object it is named by.
+    """
+    held: set[int] = set()
+    for obj, _ in young.values():
+        if gc.is_tracked(obj):
+            for child in gc.get_referents(obj):
+                if id(child) in young and child is not obj:
+                    held.add(id(child))
+    order = [obj for obj in held_by_old if id(obj) in young]
+    order += [obj for key, (obj, _) in young.items() if key not in held]
+    order += [obj for obj, _ in young.values()]
+    roots: list[_Root] = []
+    claimed: set[int] = set()
+    for start in order:
+        if id(start) in claimed:
+            continue
+        root = _Root(start, young[id(start)][1])
+        roots.append(root)
+        claimed.add(id(start))
+        level = [start]
+        while level:
+            following: list[object] = []
+            for obj in level:
+                root.size += sys.getsizeof(obj, 0)
+                root.count += 1
+                if root.stands_for is None and type(obj).__flags__ & _HEAPTYPE:
+                    root.stands_for = obj
+                if not gc.is_tracked(obj):
+                    continue
+                for child in gc.get_referents(obj):
+                    if id(child) in young and id(child) not in claimed:
+                        claimed.add(id(child))
+                        following.append(child)
+            level = following
+        named = root.stands_for if root.stands_for is not None else root.obj
+        root.line = user_frame(young[id(named)][1]) or user_frame(root.frames)
+    return roots
+
+
+def _kept_by_the_user(roots: list[_Root], paths: list[tuple[str, list[object]]]) -> list[_Root]:
+    """The roots the forward search found held by the user's code, when it found any.
+
+    A young object that replaced an older one in state the test does not hold (the
+    current context's variables, a library's most recent entry) is a root too, but not
+    growth; what the user's modules and fixtures hold is.
+    """
+    found = {id(path[-1]) for _, path in paths}
+    kept = [root for root in roots if id(root.obj) in found]
+    return kept or roots
+
+
+def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSite]:
+    """The traced growth grouped by its first user frame (by its first frame when none)."""
+    grouped: dict[Line, list[Any]] = {}
+    for trace in _raw_traces(snapshot):
+        frames = trace[2]
+        if not frames or machinery(frames):
+            continue
+        line = user_frame(frames) or frames[0]
+        entry = grouped.get(line)
+        if entry is None:
+            grouped[line] = [trace[1], 1, frames]
+        else:
+            entry[0] += trace[1]
+            entry[1] += 1
+            if len(frames) > len(entry[2]):
+                entry[2] = frames
+    ranked = sorted(grouped.items(), key=lambda item: -item[1][0])[:_SITES]
+    sites = []
+    for (filename, lineno), (size, count, frames) in ranked:
+        # A library's function is named, and a frame's source read, only when shown (-v):
+        # reading them from a large library module cost milliseconds a site.
+        user = kind(filename) is Kind.USER
+        sites.append(
+            diagnosis.AllocationSite(
+                filename=filename,
+                lineno=lineno,
+                function=functions.function_at(filename, lineno) if user else "",
+                size_diff=size,
+                count_diff=count,
+                traceback=[
+                    f"{path}:{number}"
+                    for path, number in frames
+                    if kind(path) is not Kind.MACHINERY
+                ],
+            )
+        )
+    return sites
+
+
+def frame_text(frame: str) -> str:
+    """``file:line: source`` as a traceback shows it, from a site's ``path:line``."""
+    filename, _, number = frame.rpartition(":")
+    if not number.isdecimal():
+        return frame
+    source = linecache.getline(filename, int(number)).strip()
+    return f"{shown(filename)}:{number}: {source}" if source else f"{shown(filename)}:{number}"
+
+
+def _by_line(roots: list[_Root]) -> dict[Line, tuple[int, int, str]]:
+    """Bytes and objects kept per user's line, with the type that stands for them."""
+    by_line: dict[Line, list[Any]] = {}
+    for root in roots:
+        if root.line is None:
+            continue
+        entry = by_line.setdefault(root.line, [0, 0, root])
+        entry[0] += root.size
+        entry[1] += root.count
+        if root.size > entry[2].size:
+            entry[2] = root
+    named = {}
+    for line, (size, count, root) in by_line.items():
+        obj = root.stands_for if root.stands_for is not None else root.obj
+        named[line] = (size, count, diagnosis.type_name(type(obj)))
+    return named
+
+
+def _leaking_line(
+    lines: dict[Line, tuple[int, int, str]], sites: list[diagnosis.AllocationSite]
+) -> Line | None:
+    """The user's line whose kept objects weigh most; the biggest traced site without any."""
+    if lines:
+        return max(lines, key=lambda line: lines[line][0])
+    for site in sites:
+        if kind(site.filename) is Kind.USER:
+            return (site.filename, site.lineno)
+    return None
+
+
+def _exceptions(roots: list[_Root]) -> list[str]:
+    """Kept exceptions by type: where raised, and the frames their tracebacks keep alive."""
+    found: dict[str, list[Any]] = {}
+    for root in roots:
+        exc = root.obj
+        if not isinstance(exc, BaseException) or exc.__traceback__ is None:
+            continue
+        name = diagnosis.type_name(type(exc))
+        entry = found.setdefault(name, [0, exc, root])
+        entry[0] += 1
+    lines = []
+    for name, (count, exc, root) in found.items():
+        frames = []
+        traceback = exc.__traceback__
+        while traceback is not None:
+            frame = traceback.tb_frame
+            code = frame.f_code
+            if kind(code.co_filename) is Kind.USER:
+                kept = _big_locals(frame)
+                frames.append(
+                    f"{code.co_qualname}() at {shown(code.co_filename)}:{traceback.tb_lineno}"
+                    + (f" (locals {kept})" if kept else "")
+                )
+            traceback = traceback.tb_next
+        raised = f" raised at {shown(root.line[0])}:{root.line[1]}" if root.line else ""
+        times = f" (x{count})" if count > 1 else ""
+        keeps = "; its traceback keeps alive the frames of " + ", ".join(frames) if frames else ""
+        lines.append(f"{name}{times}{raised}, {format_size(root.size)} with its traceback{keeps}")
+    return lines
+
+
+def _big_locals(frame: types.FrameType) -> str:
+    """The biggest locals of a frame, named with their type and size."""
+    sizes = []
+    for name, value in frame.f_locals.items():
+        if isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        sizes.append((sys.getsizeof(value, 0), name, value))
+    sizes.sort(key=lambda item: -item[0])
+    return ", ".join(
+        f"{name}: {diagnosis.type_name(type(value))} {format_size(size)}"
+        for size, name, value in sizes[:3]
+    )
+
+
+def _chain(
+    paths: list[tuple[str, list[object]]], roots: list[_Root], target: Line | None
+) -> list[str] | None:
+    """The holder chain to the leaking line's objects, from the forward search's paths."""
+    if not paths:
+        return None
+    by_id = {id(root.obj): root for root in roots}
+    best: tuple[str, list[object]] | None = None
+    for name, path in paths:
+        root = by_id.get(id(path[-1]))
+        if root is not None and root.line == target:
+            best = (name, path)
+            break
+    if best is None:
+        best = max(paths, key=lambda item: getattr(by_id.get(id(item[1][-1])), "size", 0))
+    name, path = best
+    path[-1] = _held_value(path[-2], path[-1]) if len(path) > 1 else path[-1]
+    return diagnosis.chain_from_path(name, path)
 
 
 def _traced(objects: Iterable[object]) -> list[Traced]:
     """The objects that have a traceback, each with it: one C pass, no Python per object."""
     objects = list(objects)
-    frames = _frameless_map(_raw_traceback, objects)
-    return list(itertools.compress(zip(objects, frames, strict=True), frames))
-
-
-def _frameless_map(fn: Callable[[object], _T], items: list[object]) -> list[_T]:
-    """``list(map(fn, items))`` on a thread that runs no Python frame at all.
-
-    Reading a traceback makes a tuple per frame, and while tracing each of those is a
-    traced allocation whose own traceback is read from the calling stack. On a thread
-    started straight into C (``list.extend`` over a ``map``) that stack is empty (measured on
-    leaky bodies: 200 survivors among 1,400 objects read in 9.7 ms from the survey's own
-    thread, in 3.9 ms here).
-    """
-    out: list[_T] = []
-    if len(items) < _FRAMELESS_MIN:  # fewer reads than a thread's start costs
-        return list(map(fn, items))
-    before = _thread._count()
-    try:
-        _thread.start_new_thread(out.extend, (map(fn, items),))
-    except RuntimeError:  # no thread to be had: the same reads, only slower
-        return list(map(fn, items))
-    deadline = time.monotonic() + 2.0
-    # The count goes up inside the new thread, so completion is read from the output.
-    while len(out) < len(items) and time.monotonic() < deadline:
-        time.sleep(0.0001)
-    while _thread._count() > before and time.monotonic() < deadline:
-        time.sleep(0.0001)
-    if len(out) != len(items):  # it failed (out of memory): read them here instead
-        return list(map(fn, items))
-    return out
+    frames = _tracebacks(objects)
+    return [(obj, found) for obj, found in zip(objects, frames, strict=True) if found]
 
 
 def _with_held(objects: list[object]) -> list[Traced]:
-    """``objects``, and the untracked ones they hold two levels down, that have tracebacks.
+    """``objects`` (young, tracked) with their frames (``()`` where unknown), and the
+    untracked objects they hold two levels down that have tracebacks.
 
     CPython stops tracking dicts and tuples of atomic values (a record such as
     ``{"id": 1, "path": "..."}``, a cache dict of strings), so ``gc.get_objects()`` lists
-    their holders only.
+    their holders only. A young object without a traceback reused memory freed before
+    tracing began (a free list's tuple): young all the same.
     """
     untracked = list(itertools.filterfalse(gc.is_tracked, gc.get_referents(*objects)))
     # Atomic objects have no referents: asking about all of them costs less than sorting
     # out the dicts and tuples in a Python loop.
     deeper = itertools.filterfalse(gc.is_tracked, gc.get_referents(*untracked))
-    return _traced(itertools.chain(objects, untracked, deeper))
-
-
-def _top_line(latest: tracemalloc.Snapshot, baseline: tracemalloc.Snapshot | None) -> Line | None:
-    """The line whose traced allocations grew most from ``baseline`` (or from nothing)."""
-    by_traceback: dict[tuple[Line, ...], int] = {}
-    # Raw traces are (domain, size, frames most recent first, depth); summing them here
-    # cost a tenth of Snapshot.statistics("lineno"), which makes a Trace, a Traceback and a
-    # Frame per trace, each itself traced (measured on leaky bodies: 8 ms to 0.8).
-    for sign, snapshot in ((1, latest), (-1, baseline)):
-        if snapshot is None:
-            continue
-        for trace in _raw_traces(snapshot):
-            frames = trace[2]
-            by_traceback[frames] = by_traceback.get(frames, 0) + sign * trace[1]
-    sizes: dict[Line, int] = {}
-    for frames, size in by_traceback.items():
-        if frames and not machinery(frames):
-            sizes[frames[0]] = sizes.get(frames[0], 0) + size
-    best: Line | None = None
-    best_size = 0
-    for line, size in sizes.items():
-        if size > best_size:
-            best, best_size = line, size
-    return best
+    frames = _tracebacks(objects, set(map(id, objects)))
+    young: list[Traced] = [(obj, found or ()) for obj, found in zip(objects, frames, strict=True)]
+    return [*young, *_traced(itertools.chain(untracked, deeper))]
 
 
 def _raw_traces(snapshot: tracemalloc.Snapshot) -> Iterable[tuple[Any, ...]]:
@@ -276,29 +527,91 @@ def _raw_traces(snapshot: tracemalloc.Snapshot) -> Iterable[tuple[Any, ...]]:
     )
 
 
+def _top_files(snapshot: tracemalloc.Snapshot) -> list[str]:
+    """The user's files whose lines allocated most of the traced growth, most first."""
+    sizes: dict[str, int] = {}
+    for trace in _raw_traces(snapshot):
+        frame = user_frame(trace[2]) if trace[2] and not machinery(trace[2]) else None
+        if frame is not None:
+            sizes[frame[0]] = sizes.get(frame[0], 0) + trace[1]
+    return sorted(sizes, key=lambda name: -sizes[name])
+
+
+def _library_modules(snapshot: tracemalloc.Snapshot) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, globals)`` of the library modules whose code allocated the most traced
+    growth (the frames above the user's line), most first."""
+    sizes: dict[str, int] = {}
+    for trace in _raw_traces(snapshot):
+        frames = trace[2]
+        if not frames or machinery(frames):
+            continue
+        for filename, _ in frames:
+            if kind(filename) is not Kind.LIBRARY:
+                break
+            sizes[filename] = sizes.get(filename, 0) + trace[1]
+    files = sorted(sizes, key=lambda name: -sizes[name])[:_LIBRARY_STARTS]
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, module in list(sys.modules.items()):
+        namespace = functions._namespace(module)
+        filename = namespace.get("__file__") if namespace is not None else None
+        if filename in files:
+            found[filename] = (name, namespace)  # type: ignore[assignment]
+    return [found[filename] for filename in files if filename in found]
+
+
 def stack_roots() -> list[tuple[str, object]]:
     """Locals of the calling frames that run the user's code (not pytest's, not ours)."""
     roots: list[tuple[str, object]] = []
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if not excluded(code.co_filename) and not code.co_filename.startswith("<"):
-            roots.append((f"{code.co_qualname}.<locals>", frame.f_locals))
+        if kind(code.co_filename) is Kind.USER:
+            names = frame.f_locals
+            # From 3.13 a function's f_locals is a proxy onto the frame, not a dict: the
+            # search follows dicts, so it is given a copy of the names.
+            roots.append(
+                (f"{code.co_qualname}.<locals>", names if type(names) is dict else dict(names))
+            )
         frame = frame.f_back  # type: ignore[assignment]
     return roots
 
 
-def _children(holder: object, module_name: str) -> Iterable[object]:
+def user_modules() -> list[tuple[str, dict[str, Any]]]:
+    """``(name, globals)`` of every loaded module of the user's code.
+
+    Kept from one check to the next while ``sys.modules`` keeps its size and its last
+    module: walking 1,500 modules took 4 ms a failing check.
+    """
+    modules = sys.modules
+    key = (len(modules), next(reversed(modules), None))
+    if _user_modules[0] == key:
+        return list(_user_modules[1])
+    found: list[tuple[str, dict[str, Any]]] = []
+    for key_name, module in list(modules.items()):
+        namespace = functions._namespace(module)
+        filename = namespace.get("__file__") if namespace is not None else None
+        if isinstance(filename, str) and kind(filename) is Kind.USER:
+            name = namespace.get("__name__")  # type: ignore[union-attr]
+            found.append((name if isinstance(name, str) else key_name, namespace))  # type: ignore[arg-type]
+    _user_modules[:] = [key, found]
+    return list(found)
+
+
+# The user's modules as last found, and the state of sys.modules then (see user_modules).
+_user_modules: list[Any] = [None, []]
+
+
+def _children(holder: object, modules: frozenset[str]) -> Iterable[object]:
     """What the forward search follows from ``holder``: data, not code or other modules."""
     if isinstance(holder, dict):
         # Values first: a cache's values are what it holds; its keys lead to the same chain.
         return itertools.chain(holder.values(), holder.keys())
     if isinstance(holder, type):
-        # A class of this module holds class-level registries; other classes lead to the
-        # whole type hierarchy.
-        return holder.__dict__.values() if holder.__module__ == module_name else ()
+        # A class of the user's code holds class-level registries and method caches;
+        # other classes lead to the whole type hierarchy.
+        return holder.__dict__.values() if holder.__module__ in modules else ()
     if isinstance(holder, types.FunctionType):
-        if holder.__module__ != module_name:
+        if holder.__module__ not in modules:
             return ()
         cells = [cell.cell_contents for cell in holder.__closure__ or () if _filled(cell)]
         return itertools.chain(
@@ -306,9 +619,15 @@ def _children(holder: object, module_name: str) -> Iterable[object]:
         )
     if isinstance(
         holder, (types.ModuleType, types.CodeType, types.FrameType, types.BuiltinFunctionType)
-    ):
+    ) or machinery_module(type(holder).__module__):
         return ()
-    return gc.get_referents(holder)
+    referents = gc.get_referents(holder)
+    for at, referent in enumerate(referents):
+        # An instance's attributes are one step from it, not two: its __dict__ is followed
+        # through, as it is shown (``.sessions``).
+        if type(referent) is dict and referrers._is_instance_dict(holder, referent):
+            return itertools.chain(referent.values(), referents[:at], referents[at + 1 :])
+    return referents
 
 
 def _filled(cell: types.CellType) -> bool:
@@ -319,59 +638,76 @@ def _filled(cell: types.CellType) -> bool:
     return True
 
 
-def _search(findings: Findings, top: Line, roots: Sequence[tuple[str, object]]) -> None:
-    """Breadth-first from ``roots`` and ``top``'s module to a survivor allocated at ``top``.
+def _search(
+    findings: Findings, starts: Sequence[tuple[str, object]], budget: int, young: set[int]
+) -> list[Traced]:
+    """Breadth-first from ``starts`` to the young objects that older objects hold.
 
-    On success sets the findings' path and root, and adds the holder's other survivors (the
-    rest of the growth). Leaked objects usually sit in a global of the module that
-    allocates them (a list, a cache dict, a class-level registry) or in something the test
-    holds (a fixture's app, a local), and are often untracked records that
-    ``gc.get_objects()`` never lists. ``roots`` are ``(name, namespace)`` pairs: a dict of
-    names to the objects they hold. Levels are lists walked by C iterators.
+    Leaked objects usually sit in a global of the user's module (a list, a cache dict, a
+    class-level registry) or in something the test holds (a fixture's app, a local), and
+    are often untracked records that ``gc.get_objects()`` never lists. Each level's
+    children are asked for their tracebacks at once: a child that has one was made while
+    tracing and is not followed further; the path to it is kept. Older children are
+    followed unless they are atomic (a string holds nothing), or held by a holder found
+    holding young ones (the older ones are the same growth from earlier calls), or by
+    one with more children than a registry has (data, such as a catalog of 2,000
+    products). The search goes one level past the first in which it found something (what
+    a module holds at its top level is often state each call replaces, the last order id,
+    not growth), and ends when ``budget`` objects were visited or its time is up.
+    ``starts`` are ``(name, namespace)`` pairs.
     """
-    from runtime_guard._sites import is_library
-
-    # A library's own globals rarely hold what user code leaks through it, and walking a
-    # large library module spent the whole budget (measured: redis.client, 50 ms a test).
-    module = None if is_library(top[0]) else diagnosis.module_globals(top[0])
-    starts = list(roots)
-    if module is not None:
-        starts.insert(0, module)
-    module_name = module[0] if module is not None else ""
-    # Each level: the objects met, and beside each the holder it was met in.
-    levels: list[tuple[list[object], list[object]]] = []
+    modules = frozenset(name for name, _ in starts)
     level: list[object] = [namespace for _, namespace in starts]
-    levels.append((level, [None] * len(level)))
-    budget = _SEARCH_OBJECTS
+    levels: list[tuple[list[object], list[object]]] = [(level, [None] * len(level))]
+    # Only the objects followed are remembered: while tracing, each id() is an int made,
+    # and traced, per object (measured: 5,000 of them were a third of the search).
+    followed: set[int] = set(map(id, level))
+    hits: list[Traced] = []
     deadline = time.monotonic() + _SEARCH_SECONDS
-    for _ in range(_SEARCH_DEPTH):
-        found: list[object] = []
-        holders: list[object] = []
-        levels.append((found, holders))
+    last = _SEARCH_DEPTH
+    for depth in range(_SEARCH_DEPTH):
+        if depth > last or not level or budget <= 0 or time.monotonic() >= deadline:
+            break
+        children: list[object] = []
+        spans: list[tuple[object, int, int]] = []
         for holder in level:
-            if isinstance(holder, _LEAVES):
+            start = len(children)
+            children += _children(holder, modules)
+            spans.append((holder, start, len(children)))
+            if len(children) >= budget or time.monotonic() >= deadline:
+                break
+        budget -= len(children)
+        traced = _tracebacks(children, young)
+        found: list[object] = []
+        owners: list[object] = []
+        levels.append((found, owners))
+        for holder, start, stop in spans:
+            held = children[start:stop]
+            frames = traced[start:stop]
+            if not any(frames):
+                # A namespace is followed whatever its size: a module of many names is
+                # where registries live, not a mass of data.
+                if stop - start <= _WIDE or depth == 0:
+                    for child in itertools.filterfalse(_is_leaf, held):
+                        if id(child) not in followed:
+                            followed.add(id(child))
+                            found.append(child)
+                            owners.append(holder)
                 continue
-            children = list(_children(holder, module_name))
-            # Each holder's children are read as they are met, so the search ends at the
-            # first holder with the growth in it, not after its whole level (other globals
-            # of the module may hold thousands of older objects).
-            traced = _frameless_map(_raw_traceback, children)
-            hits = list(itertools.compress(zip(children, traced, strict=True), traced))
-            for child, frames in hits:
-                if frames[0] == top:
-                    # The holder's other new items are the rest of the growth; one level
-                    # down is enough to count them, and each traceback read costs while
-                    # tracing.
-                    findings.survivors.append(hits)
-                    findings.path = [*_path(levels[:-1], holder), _held_value(holder, child)]
-                    findings.root = next(name for name, ns in starts if ns is findings.path[0])
-                    return
-            found += children
-            holders += itertools.repeat(holder, len(children))
-            budget -= len(children)
-            if budget <= 0 or time.monotonic() >= deadline:
-                return
+            for child, made in itertools.compress(zip(held, frames, strict=True), frames):
+                if made and not machinery(made) and len(hits) < _HITS:
+                    hits.append((child, made))
+                    path = [*_path(levels[:-1], holder), child]
+                    root = next(name for name, ns in starts if ns is path[0])
+                    findings.paths.append((root, path))
+        if hits and last == _SEARCH_DEPTH:
+            last = depth + 1
         level = found
+    return hits
+
+
+def _is_leaf(obj: object) -> bool:
+    return isinstance(obj, _LEAVES)
 
 
 def _held_value(holder: object, child: object) -> object:
@@ -400,13 +736,13 @@ def _path(levels: list[tuple[list[object], list[object]]], target: object) -> li
     return path
 
 
-def _fd_owners(fds: set[int], files: list[Traced]) -> list[str]:
-    """Name the file and socket objects holding ``fds``, and where they were made."""
+def _fd_owners(fds: set[int], files: list[Traced]) -> tuple[list[str], Line | None]:
+    """Name the file and socket objects holding ``fds``, and where they were made; and the
+    first user's line among those."""
     if not fds:
-        return []
-    from runtime_guard._sites import is_library
-
+        return [], None
     owners: Counter[str] = Counter()
+    first: Line | None = None
     for obj, frames in files:
         try:
             fd = obj.fileno()  # type: ignore[attr-defined]
@@ -414,31 +750,46 @@ def _fd_owners(fds: set[int], files: list[Traced]) -> list[str]:
             continue
         if fd not in fds:
             continue
-        frame = next((f for f in frames if not is_library(f[0])), frames[0])
+        mine = user_frame(frames)
+        first = first or mine
+        frame = mine or frames[0]
         owners[f"{diagnosis.type_name(type(obj))} opened at {shown(frame[0])}:{frame[1]}"] += 1
-    return [f"{text} (x{count})" if count > 1 else text for text, count in owners.most_common()]
+    texts = [f"{text} (x{count})" if count > 1 else text for text, count in owners.most_common()]
+    return texts, first
 
 
 def survey(
     young: list[object],
-    baseline: tracemalloc.Snapshot | None,
     roots: Sequence[tuple[str, object]] = (),
+    modules: Sequence[tuple[str, dict[str, Any]]] = (),
+    prefer: Sequence[str] = (),
 ) -> Findings:
-    """Gather the traces and the survivors among ``young``; call while tracemalloc traces.
+    """Gather the traces, the survivors among ``young`` and the holders of young objects;
+    call while tracemalloc traces.
 
-    ``baseline`` is the snapshot the growth is measured from, None when tracing began at
-    the baseline (then every trace is growth). ``roots`` are namespaces, besides the
-    growing line's module, where a holder of the growth may be found. Call
-    :meth:`Findings.finish` on the result once tracing has stopped.
+    ``modules`` are the user's modules (:func:`user_modules`) and ``roots`` other
+    namespaces (the test's fixtures, the locals of its frames) where a holder of the growth
+    may be found: first the modules of the ``prefer`` files and those whose lines allocated
+    the growth, with ``roots``, then the others. Call :meth:`Findings.finish` on the result
+    once tracing has stopped.
     """
-    # The snapshot's raw traces are read frameless too: a tuple per trace and per frame.
-    call: Callable[[Any], list[Any]] = operator.call
-    raw = _frameless_map(call, [_tracemalloc._get_traces])[0]
+    raw = _tracemalloc._get_traces()
     findings = Findings(tracemalloc.Snapshot(raw, tracemalloc.get_traceback_limit()))
-    findings.top = _top_line(findings.snapshot, baseline)
     findings.survivors.append(_with_held(young))
-    if findings.top is not None:
-        _search(findings, findings.top, roots)
+    ids = set(map(id, young))
+    top = {*prefer, *_top_files(findings.snapshot)}
+    first = [module for module in modules if module[1].get("__file__") in top]
+    rest = [module for module in modules if module[1].get("__file__") not in top]
+    hits = _search(findings, [*first, *roots], _SEARCH_OBJECTS, ids)
+    if not hits and rest:
+        hits = _search(findings, rest, _SEARCH_OBJECTS // 4, ids)
+    if not hits:
+        # Held by a library's own registry (logging's loggers, a signal's receivers): the
+        # modules whose code allocated the growth hold it, found going forwards from them
+        # at the cost of a few hundred objects, where a backward search scans the heap.
+        hits = _search(findings, _library_modules(findings.snapshot), _SEARCH_OBJECTS // 4, ids)
+        findings.library_paths, findings.paths = findings.paths, []
+    findings.survivors.append(hits)
     # Concrete classes only: an isinstance() check against the io.IOBase ABC would fill
     # its cache with every type on the heap. Buffered and text files wrap a FileIO.
     files = (obj for obj in young if isinstance(obj, (io.FileIO, socket.socket)))
@@ -446,41 +797,102 @@ def survey(
     return findings
 
 
-def on_short_stack(fn: Callable[..., _T], *args: Any) -> _T:
-    """``fn(*args)`` on a fresh thread, waited for.
+def backward_chain(candidates: list[object]) -> list[str] | None:
+    """The first referrer chain found from the candidates, within one overall budget."""
+    deadline = time.monotonic() + _BACKWARD_SECONDS
+    while candidates and time.monotonic() < deadline:
+        chain = diagnosis.referrer_chain(
+            candidates.pop(0), time_budget=_BACKWARD_SECONDS, skip_module=machinery_module
+        )
+        if chain:
+            return chain
+    return None
 
-    While tracemalloc runs, each allocation costs a walk of the calling stack; the survey
-    allocates as it goes, and from a thread of its own the stack is a couple of frames
-    instead of pytest's eight or more (measured on leaky bodies: 45-55% less).
-    ``_thread`` rather than ``threading``: a Thread object and its lock and event would
-    themselves be allocations the survey counts.
-    """
-    outcome: list[Any] = []
-    done = _thread.allocate_lock()
-    done.acquire()
 
-    def run() -> None:
-        try:
-            outcome.append((True, fn(*args)))
-        except BaseException as exc:  # handed back to the caller's thread below
-            outcome.append((False, exc))
-        finally:
-            done.release()
+def new_threads(before: frozenset[int], findings: Findings | None) -> list[tuple[str, Line | None]]:
+    """Threads started since ``before`` (idents) and still running, grouped by what they
+    run: how many, where they run now, and the user's line that started them (read from
+    the allocation traceback of those the traced call started), most first."""
+    frames = sys._current_frames()
+    groups: dict[str, list[Any]] = {}
+    for ident, thread in list(threading._active.items()):  # type: ignore[attr-defined]
+        if ident in before or thread is threading.current_thread():
+            continue
+        running = _running(frames.get(ident))
+        what = running or f"{diagnosis.type_name(type(thread))} {_target(thread)}"
+        made = findings.created.get(id(thread)) if findings is not None else None
+        entry = groups.setdefault(what, [0, None])
+        entry[0] += 1
+        entry[1] = entry[1] or (user_frame(made) if made else None)
+    return _grouped(groups, "running", "started")
 
-    before = _thread._count()
+
+def new_tasks(before: frozenset[int], findings: Findings | None) -> list[tuple[str, Line | None]]:
+    """asyncio tasks created since ``before`` (ids) and still pending, grouped by where
+    they wait: how many, where, and the user's line that created them (read from the
+    allocation traceback of those the traced call created), most first."""
+    from runtime_guard._leakcheck.readings import pending_tasks
+
+    groups: dict[str, list[Any]] = {}
+    for task in pending_tasks():
+        if id(task) in before:
+            continue
+        waiting = _awaiting(task) or _target(task)
+        made = findings.created.get(id(task)) if findings is not None else None
+        entry = groups.setdefault(waiting, [0, None])
+        entry[0] += 1
+        entry[1] = entry[1] or (user_frame(made) if made else None)
+    return _grouped(groups, "waiting", "created")
+
+
+def _grouped(groups: dict[str, list[Any]], doing: str, made: str) -> list[tuple[str, Line | None]]:
+    found = []
+    for what, (count, line) in sorted(groups.items(), key=lambda item: -item[1][0]):
+        text = f"{count} x {doing} {what}"
+        if line is not None:
+            text += f", {made} at {_at(line)}"
+        found.append((text, line))
+    return found
+
+
+def _target(obj: Any) -> str:
+    """What a thread or task was given to run, by name."""
+    target = getattr(obj, "_target", None)
+    if target is None and hasattr(obj, "get_coro"):
+        target = obj.get_coro()
+    name = getattr(target, "__qualname__", None)
+    return f"({name})" if name else ""
+
+
+def _at(line: Line) -> str:
+    return f"{shown(line[0])}:{line[1]} in {functions.function_at(line[0], line[1])}"
+
+
+def _running(frame: types.FrameType | None) -> str:
+    """The innermost user frame of a thread's stack, as ``file:line in function``."""
+    while frame is not None:
+        code = frame.f_code
+        if kind(code.co_filename) is Kind.USER:
+            return f"{shown(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
+        frame = frame.f_back
+    return ""
+
+
+def _awaiting(task: Any) -> str:
+    """The innermost user frame a task's coroutine is suspended in."""
     try:
-        _thread.start_new_thread(run, ())
-    except RuntimeError:  # no thread to be had: the same survey, only slower
-        return fn(*args)
-    done.acquire()
-    # tracemalloc is stopped soon after, and stopping it while a thread is ending can crash
-    # an affected Python (CPython gh-128679, see diagnosis.stop_is_safe): wait until the
-    # thread is counted out, then a moment for the last of its teardown.
-    deadline = time.monotonic() + 1.0
-    while _thread._count() > before and time.monotonic() < deadline:
-        time.sleep(0.0005)
-    time.sleep(0.002)
-    ok, value = outcome.pop()
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+        coro = task.get_coro()
+    except Exception:
+        return ""
+    found = ""
+    for _ in range(32):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        if kind(code.co_filename) is Kind.USER:
+            found = f"{shown(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if coro is None:
+            break
+    return found

@@ -6,10 +6,11 @@ import contextlib
 import gc
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["clear_caches", "settle"]
+__all__ = ["FixtureRecords", "RecordedWarnings", "clear_caches", "settle"]
 
 
 # Attribute paths split once: the type attribute cache keeps the name strings it was looked
@@ -85,3 +86,92 @@ def settle() -> None:
     gc.collect()
     # Finalizers run by that collection may have left new cycles; they are young.
     gc.collect(0)
+
+
+class RecordedWarnings:
+    """The warnings list of the innermost ``catch_warnings(record=True)`` around the check.
+
+    pytest records every warning a test raises (``catch_warnings_for_item``), and a
+    deprecation warning raised by each run is recorded again by each run: the list grows
+    with the runs the check adds. :meth:`drop_repeats` keeps the first of each warning
+    recorded since the check began (same category, text and line), as a single run of the
+    test would have recorded it.
+    """
+
+    def __init__(self) -> None:
+        append = getattr(warnings, "_showwarnmsg_impl", None)
+        log = getattr(append, "__self__", None)
+        self._log: list[Any] | None = log if isinstance(log, list) else None
+        self._start = len(self._log) if self._log is not None else 0
+
+    def drop_repeats(self) -> None:
+        log = self._log
+        if log is None or len(log) - self._start < 2:
+            return
+        seen: set[tuple[object, ...]] = set()
+        kept = []
+        for entry in log[self._start :]:
+            key: tuple[object, ...]
+            try:
+                key = (entry.category, str(entry.message), entry.filename, entry.lineno)
+            except Exception:  # not a WarningMessage: keep it as it is
+                key = (id(entry),)
+            if key not in seen:
+                seen.add(key)
+                kept.append(entry)
+        if len(kept) < len(log) - self._start:
+            log[self._start :] = kept
+
+
+class FixtureRecords:
+    """What the test's fixtures record per call, kept as one run of the test would leave it.
+
+    ``monkeypatch`` records each ``setattr``/``setenv``/``setitem`` to undo it at teardown:
+    a body that patches the same attribute on every call grows that record by one entry
+    a call. Only the first entry per patched name is needed to undo them all (it holds
+    the original value), so the repeats are dropped. A ``unittest.mock`` object a fixture
+    provides records every call made to it (``mock_calls``): it is reset after each run of
+    the body, its return values and side effects kept, so each run sees its own calls.
+    Both are done after each run of the body.
+    """
+
+    def __init__(self, namespaces: list[object]) -> None:
+        self._patches: list[Any] = []
+        self._mocks: list[Any] = []
+        mock = sys.modules.get("unittest.mock")
+        mock_type = getattr(mock, "NonCallableMock", None)
+        for namespace in namespaces:
+            values = namespace.values() if isinstance(namespace, dict) else ()
+            for value in values:
+                cls = type(value)
+                if cls.__name__ == "MonkeyPatch" and cls.__module__ == "_pytest.monkeypatch":
+                    self._patches.append(value)
+                elif mock_type is not None and isinstance(value, mock_type):
+                    self._mocks.append(value)
+
+    def settle(self) -> None:
+        for patch in self._patches:
+            for name in ("_setattr", "_setitem"):
+                entries = getattr(patch, name, None)
+                if isinstance(entries, list) and len(entries) > 1:
+                    _keep_first(entries)
+        for mock in self._mocks:
+            with contextlib.suppress(Exception):
+                mock.reset_mock()
+
+
+def _keep_first(entries: list[Any]) -> None:
+    """Drop the entries that patch again what an earlier entry patched."""
+    seen: set[tuple[int, object]] = set()
+    kept = []
+    for entry in entries:
+        try:
+            key = (id(entry[0]), entry[1])
+            hash(key)
+        except Exception:  # not the (target, name, value) monkeypatch keeps: leave it
+            return
+        if key not in seen:
+            seen.add(key)
+            kept.append(entry)
+    if len(kept) < len(entries):
+        entries[:] = kept

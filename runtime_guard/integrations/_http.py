@@ -1,4 +1,12 @@
-"""What the WSGI, ASGI and Django middleware share: routes, shedding policy, health bodies."""
+"""What the WSGI, ASGI and Django middleware share: routes, shedding policy, health bodies.
+
+The probe routes mean what Kubernetes means: ``/livez`` fails only when the guard's
+sampler died or is stuck (never for memory), ``/readyz`` fails while the container should
+get no new requests (no live worker takes them: each is draining for a recycle, or at the
+level refusals start at), ``/health`` answers for this worker as a load balancer expects.
+``/readyz``, ``/health?detail=1`` and the status page answer for every live worker of the
+container (:mod:`runtime_guard.container`).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from runtime_guard import guard as _guard_module
+from runtime_guard import _current
 from runtime_guard.config import Config, ConfigError
+from runtime_guard.container import container_view
 from runtime_guard.guard import Guard
-from runtime_guard.pressure import Pressure
+from runtime_guard.integrations._extras import missing_extra
+from runtime_guard.integrations._health import liveness, public_health, readiness
+from runtime_guard.pressure import Pressure, parse_level
 
 __all__ = [
     "FORBIDDEN",
@@ -27,10 +38,12 @@ __all__ = [
     "Routes",
     "health_response",
     "is_loopback",
+    "live_response",
     "metrics_response",
     "missing_extra",
     "overloaded_body",
     "public_health",
+    "ready_response",
     "split_options",
     "status_page_response",
 ]
@@ -40,6 +53,8 @@ _log = logging.getLogger("runtime_guard")
 MIDDLEWARE_OPTIONS = frozenset(
     (
         "health_path",
+        "live_path",
+        "ready_path",
         "shed_at",
         "retry_after",
         "exempt",
@@ -63,14 +78,6 @@ FORBIDDEN = b"forbidden: needs a loopback client or the status token\n"
 """Body of the 403 sent for the status page to a client that may not see it."""
 
 
-def missing_extra(integration: str, module: str, extra: str) -> ImportError:
-    """The error raised when an integration's framework is not installed: names the extra."""
-    return ImportError(
-        f"runtime_guard.integrations.{integration} needs {module!r}, which is not installed: "
-        f"pip install 'runtime-guard-server[{extra}]'"
-    )
-
-
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split keywords into ``(guard options, middleware options)``; unknown names fail loudly."""
     guard_options: dict[str, Any] = {}
@@ -92,6 +99,10 @@ class Routes:
 
     health_path: str | None = "/health"
     """Answered with ``Guard.health()`` as JSON; ``None`` for no health route."""
+    live_path: str | None = "/livez"
+    """Kubernetes liveness: 503 only when the guard's sampler died or is stuck."""
+    ready_path: str | None = "/readyz"
+    """Kubernetes readiness: 503 while no live worker of the container takes requests."""
     shed_at: Pressure = Pressure.CRITICAL
     """From this level on, requests outside :attr:`exempt` get 503."""
     retry_after: int = 10
@@ -112,6 +123,8 @@ class Routes:
         cls,
         *,
         health_path: str | None = "/health",
+        live_path: str | None = "/livez",
+        ready_path: str | None = "/readyz",
         shed_at: str | int | Pressure = "critical",
         retry_after: int = 10,
         exempt: Iterable[str] = (),
@@ -121,18 +134,13 @@ class Routes:
         status_token: str | None = None,
     ) -> Routes:
         """Validate the middleware keywords; a bad one raises ``ConfigError``."""
-        try:
-            level = Pressure.parse(shed_at)
-        except ValueError as exc:
-            raise ConfigError(f"shed_at={shed_at!r} is not accepted: {exc}") from None
-        if level == Pressure.OK:
-            raise ConfigError("shed_at='ok' is not accepted: it would refuse every request")
+        level = parse_level(shed_at, "shed_at")
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ConfigError(f"retry_after={retry_after!r} is not accepted: expected seconds >= 0")
         if isinstance(exempt, str):
             exempt = (exempt,)
         paths = {"health_path": health_path, "status_path": status_path}
-        paths["metrics_path"] = metrics_path
+        paths.update(metrics_path=metrics_path, live_path=live_path, ready_path=ready_path)
         for name, path in paths.items():
             if path is not None and not (isinstance(path, str) and path.startswith("/")):
                 raise ConfigError(f"{name}={path!r} is not accepted: expected a path like '/x'")
@@ -147,6 +155,8 @@ class Routes:
         token = status_token.strip().encode("utf-8", "replace") if status_token else None
         return cls(
             health_path,
+            live_path,
+            ready_path,
             level,
             retry_after,
             prefixes,
@@ -159,7 +169,8 @@ class Routes:
     @property
     def own_paths(self) -> frozenset[str]:
         """Paths the middleware answers itself."""
-        return frozenset(p for p in (self.health_path, self.status_path, self.metrics_path) if p)
+        paths = (self.health_path, self.live_path, self.ready_path)
+        return frozenset(p for p in (*paths, self.status_path, self.metrics_path) if p)
 
     def allows(
         self, client: str | None, authorization: str | None, query: str, proxied: bool
@@ -186,14 +197,24 @@ class Routes:
         guard: Guard | None,
         allows: Callable[[], bool],
         accept: Callable[[], str | None],
+        query: str = "",
     ) -> tuple[int, str, bytes]:
         """``(code, content type, body)`` for one of :attr:`own_paths`.
 
         ``allows`` and ``accept`` read the request (its access, its ``Accept`` header) only
-        for the routes that need them.
+        for the routes that need them; ``query`` is its query string (``detail=1`` asks
+        the health route for the whole health and the container view).
         """
+        if path == self.live_path:
+            code, body = live_response(guard)
+            return code, JSON, body
         if path == self.health_path:
-            code, body = health_response(guard, self.detail and allows())
+            asked = "detail=" in query and _flag(parse_qs(query).get("detail"))
+            detail = (self.detail or asked) and allows()
+            code, body = health_response(guard, detail, container=asked and detail)
+            return code, JSON, body
+        if path == self.ready_path:
+            code, body = ready_response(guard, self.shed_at)
             return code, JSON, body
         if path == self.metrics_path:
             return metrics_response(accept())
@@ -223,6 +244,8 @@ class MiddlewareBase:
         *,
         guard: Guard | None = None,
         health_path: str | None = "/health",
+        live_path: str | None = "/livez",
+        ready_path: str | None = "/readyz",
         shed_at: str | int | Pressure = "critical",
         retry_after: int = 10,
         exempt: Iterable[str] = (),
@@ -237,6 +260,8 @@ class MiddlewareBase:
         """The guard acted on; ``None`` means the process-wide one."""
         self.routes = Routes.make(
             health_path=health_path,
+            live_path=live_path,
+            ready_path=ready_path,
             shed_at=shed_at,
             retry_after=retry_after,
             exempt=exempt,
@@ -287,65 +312,23 @@ PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 def current_guard(guard: Guard | None) -> Guard | None:
     """The guard a middleware acts on: its own, else the process-wide one (a global read)."""
-    return guard if guard is not None else _guard_module._guard
+    return guard if guard is not None else _current.guard
 
 
-# Health keys that are figures about the process; anything else a component adds (report
-# text, source lines, file paths, object reprs) stays out of the public body.
-_FIGURE_KEYS = (
-    "status",
-    "pressure",
-    "usage_bytes",
-    "limit_bytes",
-    "usage_fraction",
-    "rss_bytes",
-    "process_limit_bytes",
-    "uptime_seconds",
-    "samples",
-    "heap_blocks",
-    "threads",
-    "gc",
-)
+def _flag(values: list[str] | None) -> bool:
+    if not values:
+        return False
+    return values[-1].strip().lower() in ("1", "true", "yes", "on")
 
 
-def _count_of(value: Any) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Mapping):
-        for key in ("count", "live", "unreleased"):
-            if isinstance(value.get(key), int):
-                return int(value[key])
-        return 0
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return 0
+def health_response(
+    guard: Guard | None, detail: bool, *, container: bool = False
+) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for the health route: 503 only when critical.
 
-
-def _feature_name(item: Any) -> str:
-    if isinstance(item, Mapping):
-        return str(item.get("name", ""))
-    return str(getattr(item, "name", item))
-
-
-def public_health(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Reduce ``Guard.health()`` to figures: no source paths, report text or object contents."""
-    body = {key: data[key] for key in _FIGURE_KEYS if key in data}
-    body["shed_features"] = [_feature_name(f) for f in data.get("shed_features") or ()]
-    leaks = data.get("suspected_leaks") or ()
-    body["suspected_leaks"] = len(leaks) if isinstance(leaks, (list, tuple, Mapping)) else 0
-    unreleased = data.get("unreleased_objects") or {}
-    if isinstance(unreleased, Mapping):
-        body["unreleased_objects"] = {str(k): _count_of(v) for k, v in unreleased.items()}
-    for key, value in data.items():
-        if key not in body and isinstance(value, (int, float)) and key != "sources":
-            body[key] = value
-    return body
-
-
-def health_response(guard: Guard | None, detail: bool) -> tuple[int, bytes]:
-    """``(status code, JSON body)`` for the health route: 503 only when critical."""
+    ``detail`` gives the whole ``Guard.health()`` instead of its figures; ``container``
+    adds the view of every live worker of the container under ``"container"``.
+    """
     if guard is None:
         return 200, b'{"status": "ok", "guard": "not installed"}'
     try:
@@ -354,7 +337,39 @@ def health_response(guard: Guard | None, detail: bool) -> tuple[int, bytes]:
         _log.exception("runtime_guard: health() failed; answering 500")
         return 500, b'{"status": "error"}'
     body = data if detail else public_health(data)
+    if container:
+        try:
+            body["container"] = container_view(guard).to_dict()
+        except Exception:
+            _log.exception("runtime_guard: could not read the container view")
     code = 503 if data.get("status") == "critical" else 200
+    return code, json.dumps(body, default=str).encode()
+
+
+def live_response(guard: Guard | None) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for ``/livez`` (see :func:`liveness`)."""
+    try:
+        code, body = liveness(guard)
+    except Exception:
+        # The guard's own failure is no reason to restart the container.
+        _log.exception("runtime_guard: liveness check failed; answering 200")
+        code, body = 200, {"status": "ok", "error": "liveness check failed"}
+    return code, json.dumps(body).encode()
+
+
+def ready_response(guard: Guard | None, shed_at: Pressure) -> tuple[int, bytes]:
+    """``(status code, JSON body)`` for ``/readyz`` (see :func:`readiness`)."""
+    workers = None
+    if guard is not None:
+        try:
+            workers = container_view(guard).workers
+        except Exception:
+            _log.exception("runtime_guard: could not read the container view")
+    try:
+        code, body = readiness(guard, shed_at, workers)
+    except Exception:
+        _log.exception("runtime_guard: readiness check failed; answering 200")
+        code, body = 200, {"ready": True, "status": "ready", "error": "readiness check failed"}
     return code, json.dumps(body, default=str).encode()
 
 
@@ -366,7 +381,7 @@ def overloaded_body(retry_after: int) -> bytes:
 def status_page_response(guard: Guard | None) -> tuple[int, str, bytes]:
     """``(code, content type, body)`` of the live status page, when its module exists."""
     try:
-        from runtime_guard.statuspage import render_status_page  # type: ignore[import-not-found]
+        from runtime_guard.reports.statuspage import render_status_page
     except ImportError:
         return 404, "text/plain", b"status page not available in this version\n"
     if guard is None:

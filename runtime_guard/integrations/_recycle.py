@@ -1,4 +1,7 @@
-"""Turns ``restart_requested`` into one graceful recycle of this worker, with jitter."""
+"""What the server integrations share: one graceful recycle per ``restart_requested``, with
+jitter; the bookkeeping when a worker goes; and an opt-in copy of the guard's log to the
+server's own log.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime_guard import signals
+from runtime_guard import events, signals
 from runtime_guard._component import Component
 from runtime_guard.guard import Guard
 
-__all__ = ["Recycler", "attach_recycler", "log_through"]
+__all__ = ["Recycler", "ServerLogHandler", "attach_recycler", "log_to", "worker_gone"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -77,12 +80,11 @@ class Recycler(Component):
                 return False
             self.reason = reason
             delay = self.delay() if delay is None else delay
-            _log.warning(
-                "runtime_guard: recycling %s worker pid %d in %.1f s: %s",
-                self.server,
-                os.getpid(),
-                delay,
-                self.reason,
+            events.record(
+                "recycle_scheduled",
+                logging.ERROR,
+                f"recycling {self.server} worker pid {os.getpid()} in {delay:.1f} s: {self.reason}",
+                {"server": self.server, "reason": self.reason, "delay_seconds": round(delay, 3)},
             )
             self._timer = threading.Timer(delay, self._fire)
             self._timer.daemon = True
@@ -91,11 +93,11 @@ class Recycler(Component):
         return True
 
     def _fire(self) -> None:
-        _log.warning(
-            "runtime_guard: recycling %s worker pid %d now: %s",
-            self.server,
-            os.getpid(),
-            self.reason,
+        events.record(
+            "recycle_started",
+            logging.ERROR,
+            f"recycling {self.server} worker pid {os.getpid()} now: {self.reason}",
+            {"server": self.server, "reason": self.reason},
         )
         try:
             self.stop(self.reason or "")
@@ -120,19 +122,97 @@ class Recycler(Component):
             self._timer.cancel()
 
 
-def log_through(handlers: list[logging.Handler]) -> None:
-    """Send the guard's log to the server's own handlers, unless the host set logging up.
+def _destination(handler: logging.Handler) -> object:
+    """Where ``handler`` writes: the file's (device, inode) when it has one, else itself."""
+    stream = getattr(handler, "stream", None)
+    try:
+        if stream is not None:
+            info = os.fstat(stream.fileno())
+            return (info.st_dev, info.st_ino)
+        filename = getattr(handler, "baseFilename", None)
+        if filename is not None:  # a FileHandler that has not opened its file yet
+            info = os.stat(filename)
+            return (info.st_dev, info.st_ino)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return stream if stream is not None else handler
 
-    Servers configure their own loggers, not the root one, so without this the guard's
-    reports (leaks, recycling) would reach only Python's last-resort stderr handler.
+
+def _handlers_up(logger: logging.Logger | None) -> list[logging.Handler]:
+    """The handlers a record logged on ``logger`` reaches through propagation."""
+    found: list[logging.Handler] = []
+    while logger is not None:
+        found.extend(logger.handlers)
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
+
+
+class ServerLogHandler(logging.Handler):
+    """Hands each record to a server's own logger too (gunicorn's error log), once.
+
+    The record also propagates to the root logger as usual. A destination propagation
+    reaches anyway (the root logger writing to the same stream or file as the server's
+    log) is skipped, so no line is written twice.
     """
-    if _log.handlers or logging.getLogger().handlers or not handlers:
-        return
-    for handler in handlers:
-        _log.addHandler(handler)
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+        """The server's logger; its handlers (and its parents' while it propagates) write."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            reached = [h for h in _handlers_up(logging.getLogger(record.name)) if h is not self]
+            taken = {_destination(h) for h in reached}
+            for handler in _handlers_up(self.target):
+                if handler in reached or _destination(handler) in taken:
+                    continue
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        except Exception:
+            self.handleError(record)
+
+
+def log_to(target: logging.Logger) -> ServerLogHandler:
+    """Copy the guard's log to ``target`` (a server's logger) as well; replaces an earlier copy.
+
+    The guard's records keep propagating to the root logger (the host's logging setup).
+    While the ``runtime_guard`` logger has no level of its own, it takes ``target``'s, so
+    the server's log level decides what the guard writes there.
+    """
+    for old in [h for h in _log.handlers if isinstance(h, ServerLogHandler)]:
+        _log.removeHandler(old)
+    handler = ServerLogHandler(target)
+    _log.addHandler(handler)
     if _log.level == logging.NOTSET:
-        _log.setLevel(logging.INFO)
-    _log.propagate = False
+        _log.setLevel(target.getEffectiveLevel())
+    return handler
+
+
+def worker_gone(pid: int | None = None) -> None:
+    """Tell per-process exporters that worker ``pid`` (default: this process) is gone.
+
+    Under Prometheus multiprocess mode its live gauges leave the scrape. Never raises.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from runtime_guard.integrations.prometheus import mark_dead
+    except ImportError:  # prometheus_client is not installed: no files to keep right
+        return
+    mark_dead(pid)
+
+
+def _gone_at_exit() -> None:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from runtime_guard.integrations.prometheus import mark_dead_at_exit
+    except ImportError:
+        return
+    mark_dead_at_exit()
 
 
 def attach_recycler(
@@ -143,11 +223,11 @@ def attach_recycler(
     min_lifetime: float | None = None,
     jitter: float | None = None,
 ) -> Recycler:
-    """Attach a :class:`Recycler` to ``guard``, replacing one attached earlier."""
-    old = guard.component(Recycler.name)
-    if old is not None:
-        old.close(guard)
-        guard._components.remove(old)
+    """Attach a :class:`Recycler` to ``guard``, replacing one attached earlier.
+
+    The worker it recycles also leaves Prometheus multiprocess metrics when it exits.
+    """
+    _gone_at_exit()
     recycler = Recycler(guard, stop, server=server, min_lifetime=min_lifetime, jitter=jitter)
     guard.add_component(recycler)
     return recycler

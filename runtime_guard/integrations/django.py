@@ -6,8 +6,8 @@
     RUNTIME_GUARD = {"memory_limit": "1GiB", "exempt": ["/admin"], "metrics_path": "/metrics"}
 
 The dict holds :func:`runtime_guard.install` options and the middleware's (``health_path``,
-``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``,
-``status_token``),
+``live_path``, ``ready_path``, ``shed_at``, ``retry_after``, ``exempt``, ``status_path``,
+``metrics_path``, ``detail``, ``status_token``),
 plus ``"install": False`` to leave installing to someone else (a gunicorn hook). The
 middleware works under WSGI and ASGI alike.
 """
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import runtime_guard
-from runtime_guard import guard as _guard_module
+from runtime_guard import _current
 from runtime_guard.integrations._http import (
     JSON,
     PROXY_HEADERS,
@@ -70,13 +70,13 @@ class GuardMiddleware:
         if self._async:
             return self._acall(request)
         early = self._early(request)
-        return early if early is not None else self.get_response(request)  # type: ignore[no-any-return]
+        return early if early is not None else self.get_response(request)
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         early = self._early(request)
         if early is not None:
             return early
-        return await self.get_response(request)  # type: ignore[no-any-return]
+        return await self.get_response(request)
 
     def _early(self, request: HttpRequest) -> HttpResponse | None:
         path = request.path_info
@@ -84,7 +84,7 @@ class GuardMiddleware:
             return self._answer(path, request)
         # The whole per-request cost: a global read, one attribute and one comparison, no
         # lock (inlined rather than calling current_guard(): a call costs as much again).
-        guard = self.guard if self.guard is not None else _guard_module._guard
+        guard = self.guard if self.guard is not None else _current.guard
         if (
             guard is not None
             and guard.pressure >= self._shed_at
@@ -105,6 +105,7 @@ class GuardMiddleware:
             current_guard(self.guard),
             lambda: self._allows(request),
             lambda: request.headers.get("Accept"),
+            request.META.get("QUERY_STRING", ""),
         )
         response = HttpResponse(body, status=code, content_type=content_type)
         response["Cache-Control"] = "no-store"

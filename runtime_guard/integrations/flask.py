@@ -9,8 +9,8 @@
     init_app(app, memory_limit="1GiB", exempt=("/admin",), metrics_path="/metrics")
 
 Options are :func:`runtime_guard.install` options and the middleware's (``health_path``,
-``shed_at``, ``retry_after``, ``exempt``, ``status_path``, ``metrics_path``, ``detail``,
-``status_token``);
+``live_path``, ``ready_path``, ``shed_at``, ``retry_after``, ``exempt``, ``status_path``,
+``metrics_path``, ``detail``, ``status_token``);
 ``app.config["RUNTIME_GUARD"]`` (a dict) supplies defaults for both.
 """
 

@@ -8,24 +8,37 @@
     metrics_app = make_wsgi_app()  # or make_asgi_app(), or metrics_path= on the middleware
 
 In one process a collector reads the guard's figures at scrape time, so sampling costs
-nothing extra. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn, uvicorn ``--workers``),
-scrapes read prometheus_client's per-process files instead, so each worker writes its
-figures there after every sample (gauges carry a ``pid`` label; the gunicorn hooks mark
-dead workers).
+nothing extra. With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn, uvicorn ``--workers``,
+uWSGI), scrapes read prometheus_client's per-process files instead, so each worker writes
+its figures there after every sample (gauges carry a ``pid`` label). A worker's gauges
+leave the scrape when it exits: it marks itself dead at exit, the server integrations mark
+the workers they see exit, and every scrape marks dead the processes whose files remain
+but which no longer run (a worker killed by the OOM killer runs no exit code).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from runtime_guard import signals
-from runtime_guard._trend import theil_sen, window_minima
-from runtime_guard.guard import Guard, get_guard
-from runtime_guard.integrations._http import missing_extra, public_health
+from runtime_guard._container import process_alive
+from runtime_guard._current import get_guard
+from runtime_guard.guard import Guard
+from runtime_guard.integrations._extras import missing_extra
+from runtime_guard.integrations._figures import (
+    Figures,
+    count_events,
+    figures,
+    growth_rate,
+    leak_rate,
+    recycle_signals,
+)
 from runtime_guard.sample import Sample
 
 try:
@@ -43,19 +56,21 @@ __all__ = [
     "figures",
     "growth_rate",
     "install_metrics",
+    "leak_rate",
     "make_asgi_app",
     "make_wsgi_app",
+    "mark_dead",
+    "mark_dead_at_exit",
     "multiprocess_mode",
     "render",
+    "resource_metrics",
     "scrape_registry",
+    "sweep_dead",
 ]
 
-PREFIX = "runtime_guard_"
+_log = logging.getLogger("runtime_guard")
 
-# The leak rate is the robust slope of usage minima, the same judgement the leak detector
-# makes: a burst or one garbage-collection cycle does not move it.
-_RATE_HORIZON = 300.0
-_RATE_WINDOW = 10.0
+PREFIX = "runtime_guard_"
 
 
 def multiprocess_mode() -> bool:
@@ -63,81 +78,75 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-@dataclass
-class _Tally:
-    """Events counted from signals in this process."""
+def mark_dead(pid: int | None = None, directory: str | None = None) -> bool:
+    """Stop exporting the live gauges of process ``pid`` (default: this one); never raises.
 
-    relief: int = 0
-    shed: int = 0
+    prometheus_client's ``mark_process_dead``: the process's ``gauge_live*_<pid>.db`` files
+    in ``directory`` (default ``PROMETHEUS_MULTIPROC_DIR``) go, its counters stay in the
+    sums. Call it for a worker that has exited, or from a worker on its way out. Returns
+    whether there was a multiprocess directory and its files were handled.
+    """
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return False
+    pid = os.getpid() if pid is None else pid
+    try:
+        from prometheus_client import multiprocess
 
-
-_tally = _Tally()
-
-
-@dataclass
-class Figures:
-    """One process's figures, as exported."""
-
-    usage: int
-    limit: int
-    rss: int
-    usage_ratio: float
-    pressure: int
-    leak_rate: float
-    suspected_leaks: int
-    unreleased: dict[str, int] = field(default_factory=dict)
-    shed_features: list[str] = field(default_factory=list)
-    gc_pause: float = 0.0
-    gc_collections: int = 0
-    relief: int = 0
-    shed_events: int = 0
-    recycle_pending: bool = False
-    seconds_to_limit: float = float("inf")
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        return True
+    except Exception:
+        _log.exception("runtime_guard: could not mark process %d dead for Prometheus", pid)
+        return False
 
 
-def growth_rate(points: list[tuple[float, float]]) -> float:
-    """Robust slope of ``(seconds, bytes)`` points: Theil-Sen over per-window minima."""
-    if len(points) < 3:
-        return 0.0
-    minima = window_minima(points, _RATE_WINDOW)
-    return theil_sen(minima if len(minima) >= 3 else points)
+# prometheus_client's file name for a live gauge: gauge_<mode>_<pid>.db, mode liveall,
+# livesum, livemax, livemin or livemostrecent.
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
-def leak_rate(guard: Guard) -> float:
-    """Bytes per second that usage grows by, over the last five minutes of samples."""
-    latest = guard.history.latest()
-    if latest is None:
-        return 0.0
-    recent = guard.history.since(latest.monotonic - _RATE_HORIZON)
-    return growth_rate([(s.monotonic, float(s.usage)) for s in recent])
+def sweep_dead(directory: str | None = None) -> list[int]:
+    """Mark dead every process whose live-gauge files remain but which no longer runs.
+
+    For workers that ran no exit code (SIGKILL, the OOM killer) under a supervisor that
+    tells nobody (uvicorn ``--workers``, uWSGI). The directory must belong to one server
+    in one PID namespace, as prometheus_client requires anyway. Returns the pids marked.
+    """
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, names) if m is not None}
+    dead = sorted(pid for pid in pids if not process_alive(pid))
+    for pid in dead:
+        mark_dead(pid, directory)
+    return dead
 
 
-def figures(guard: Guard, sample: Sample | None = None) -> Figures:
-    """Collect the figures of ``guard`` (its latest sample and ``health()``)."""
-    sample = sample or guard.history.latest() or guard.sample()
-    health = public_health(guard.health())
-    return Figures(
-        usage=sample.usage,
-        limit=sample.limit,
-        rss=sample.rss,
-        usage_ratio=sample.usage_fraction,
-        pressure=int(sample.pressure),
-        leak_rate=leak_rate(guard),
-        suspected_leaks=int(health.get("suspected_leaks", 0)),
-        unreleased=dict(health.get("unreleased_objects", {})),
-        shed_features=list(health.get("shed_features", [])),
-        gc_pause=sample.gc_pause,
-        gc_collections=sample.gc_collections,
-        relief=_tally.relief,
-        shed_events=_tally.shed,
-        recycle_pending=bool(health.get("recycle_pending")),
-        seconds_to_limit=_seconds(health.get("seconds_to_limit")),
-    )
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
 
 
-def _seconds(value: Any) -> float:
-    # +Inf when usage is not closing in on the limit: an alert "< 60" then never fires.
-    return float(value) if isinstance(value, (int, float)) else float("inf")
+def _mark_this_process_dead() -> None:
+    # Registered once, inherited by forked workers: each marks its own pid at its exit.
+    if multiprocess_mode():
+        mark_dead(os.getpid())
+
+
+def mark_dead_at_exit() -> None:
+    """Mark this process (and every worker forked from it) dead when it exits normally.
+
+    Idempotent. Exits that run no Python exit code (``os._exit``, SIGKILL) are left to the
+    server's own hooks and to :func:`sweep_dead` at the next scrape.
+    """
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            atexit.register(_mark_this_process_dead)
+            _exit_hook_registered = True
 
 
 _HELP = {
@@ -154,6 +163,7 @@ _HELP = {
     "gc_collections": "Garbage collections run.",
     "relief": "Relief runs (full GC, malloc_trim).",
     "features_shed": "Times a feature was shed.",
+    "recycles": "Recycles of this worker asked for (restart_requested, recycle_pending).",
     "recycle_pending": "1 while a recycle is due in this worker's container (see health()).",
     "seconds_to_limit": "Predicted seconds until usage reaches the limit (+Inf: not growing).",
 }
@@ -210,6 +220,8 @@ class GuardCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "features_shed", _HELP["features_shed"], value=f.shed_events
         )
+        yield CounterMetricFamily(PREFIX + "recycles", _HELP["recycles"], value=f.recycles)
+        yield from resource_metrics(guard)
 
 
 class _MultiprocessExporter:
@@ -244,6 +256,7 @@ class _MultiprocessExporter:
         self.gc_collections = counter("gc_collections")
         self.relief = counter("relief")
         self.features_shed = counter("features_shed")
+        self.recycles = counter("recycles")
         self._pid = -1
         self._last: tuple[float, int] = (0.0, 0)
         self._types: set[str] = set()
@@ -288,15 +301,18 @@ _receivers: list[Callable[..., None]] = []
 
 
 def _count_relief(sender: Any, **_: Any) -> None:
-    _tally.relief += 1
     if _exporter is not None:
         _exporter.relief.inc()
 
 
 def _count_shed(sender: Any, **_: Any) -> None:
-    _tally.shed += 1
     if _exporter is not None:
         _exporter.features_shed.inc()
+
+
+def _count_recycle(sender: Any, **_: Any) -> None:
+    if _exporter is not None:
+        _exporter.recycles.inc()
 
 
 def _export_sample(sender: Any, sample: Sample, **_: Any) -> None:
@@ -312,15 +328,20 @@ def install_metrics(registry: CollectorRegistry = REGISTRY) -> None:
     scrapes go through :func:`scrape_registry`).
     """
     global _exporter
+    count_events()
     with _install_lock:
         if not _receivers:
             signals.gc_forced.connect(_count_relief, weak=False)
             signals.feature_shed.connect(_count_shed, weak=False)
-            _receivers.extend((_count_relief, _count_shed))
+            for signal in recycle_signals():
+                signal.connect(_count_recycle, weak=False)
+            _receivers.extend((_count_relief, _count_shed, _count_recycle))
         if multiprocess_mode():
+            mark_dead_at_exit()
             if _exporter is None:
                 _exporter = _MultiprocessExporter()
                 signals.sample_taken.connect(_export_sample, weak=False)
+            _install_resource_exporter()
             return
         if id(registry) not in _registered:
             registry.register(GuardCollector())
@@ -333,6 +354,7 @@ def scrape_registry() -> CollectorRegistry:
         return REGISTRY
     from prometheus_client import multiprocess
 
+    sweep_dead()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
@@ -373,3 +395,116 @@ def make_asgi_app() -> Callable[..., Any]:
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+# -- resources that run out before memory: pools, threads, tasks, descriptors, stuck work,
+# the event loop. Kept apart from the memory figures above; read from the latest sample and
+# the components' own state, so a scrape costs no extra health() call.
+
+_RESOURCE_HELP = {
+    "threads": "Live Python threads.",
+    "asyncio_tasks": "asyncio tasks not yet collected (pending, or done and referenced).",
+    "open_fds": "Open file descriptors.",
+    "event_loop_lag_seconds": "Worst asyncio event-loop lag since the previous sample.",
+    "work_stuck": "Runs with a deadline (no_overlap, limiter, Celery) past it now.",
+    "pool_in_use": "Connections checked out of the pool.",
+    "pool_size": "Most connections the pool opens (size plus overflow).",
+    "pool_overflow": "Connections open beyond the pool's steady size.",
+    "pool_waiting": "Requests waiting for a connection of the pool.",
+    "pool_held_too_long": "Checkouts held longer than checkout_warn_after.",
+    "pool_oldest_checkout_seconds": "Age of the pool's oldest checkout.",
+}
+_POOL_FIGURES = (
+    ("pool_in_use", "in_use"),
+    ("pool_size", "size"),
+    ("pool_overflow", "overflow"),
+    ("pool_waiting", "waiting"),
+    ("pool_held_too_long", "held_too_long"),
+    ("pool_oldest_checkout_seconds", "oldest_checkout_seconds"),
+)
+
+
+def _resource_values(
+    guard: Guard, sample: Sample | None = None
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``(process figures, {pool: figures})`` for the resource metrics."""
+    sample = sample or guard.history.latest()
+    values: dict[str, float] = {}
+    if sample is not None:
+        values["threads"] = sample.threads
+        values["asyncio_tasks"] = sample.tasks
+        if sample.fds >= 0:
+            values["open_fds"] = sample.fds
+        if sample.loop_lag is not None:
+            values["event_loop_lag_seconds"] = sample.loop_lag
+    works = getattr(guard.component("stuck"), "registry", None)
+    if works is not None:
+        values["work_stuck"] = len(works.overdue())
+    pools: dict[str, dict[str, float]] = {}
+    component = guard.component("pools")
+    for name, pool_figures in (getattr(component, "pools", dict)() or {}).items():
+        pools[name] = {
+            metric: float(pool_figures[key])
+            for metric, key in _POOL_FIGURES
+            if isinstance(pool_figures.get(key), (int, float)) and pool_figures[key] >= 0
+        }
+    return values, pools
+
+
+def resource_metrics(guard: Guard) -> Iterator[Metric]:
+    """The resource gauges of ``guard`` (single-process mode)."""
+    values, pools = _resource_values(guard)
+    for name, value in values.items():
+        yield GaugeMetricFamily(PREFIX + name, _RESOURCE_HELP[name], value=value)
+    for metric, _ in _POOL_FIGURES:
+        family = GaugeMetricFamily(PREFIX + metric, _RESOURCE_HELP[metric], labels=["pool"])
+        for pool, pool_figures in sorted(pools.items()):
+            if metric in pool_figures:
+                family.add_metric([pool], pool_figures[metric])
+        yield family
+
+
+class _ResourceExporter:
+    """Writes the resource gauges into prometheus_client's per-process files."""
+
+    def __init__(self) -> None:
+        def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(
+                PREFIX + name,
+                _RESOURCE_HELP[name],
+                labels,
+                registry=None,
+                multiprocess_mode="liveall",
+            )
+
+        self.gauges = {
+            name: gauge(name)
+            for name in (
+                "threads",
+                "asyncio_tasks",
+                "open_fds",
+                "event_loop_lag_seconds",
+                "work_stuck",
+            )
+        }
+        self.pool_gauges = {metric: gauge(metric, ("pool",)) for metric, _ in _POOL_FIGURES}
+
+    def on_sample(self, sender: Any, sample: Sample, **_: Any) -> None:
+        if not isinstance(sender, Guard):
+            return
+        values, pools = _resource_values(sender, sample)
+        for name, value in values.items():
+            self.gauges[name].set(value)
+        for pool, pool_figures in pools.items():
+            for metric, value in pool_figures.items():
+                self.pool_gauges[metric].labels(pool).set(value)
+
+
+_resource_exporter: _ResourceExporter | None = None
+
+
+def _install_resource_exporter() -> None:
+    global _resource_exporter
+    if _resource_exporter is None:
+        _resource_exporter = _ResourceExporter()
+        signals.sample_taken.connect(_resource_exporter.on_sample, weak=False)

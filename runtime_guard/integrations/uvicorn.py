@@ -7,7 +7,11 @@ and exits. Under
 single process, whatever supervises uvicorn (systemd, Kubernetes) restarts it.
 
 The usual way in is :func:`runtime_guard.integrations.asgi.lifespan`, which calls
-:func:`enable_recycling` in each worker.
+:func:`enable_recycling` in each worker and, at its shutdown, :func:`worker_stopping`: under
+Prometheus multiprocess mode the worker's gauges leave the scrape before it exits.
+
+The guard's log propagates to the root logger, to whatever the app sets up there; uvicorn's
+own loggers do not propagate, so :func:`use_error_log` copies it to uvicorn's log as well.
 """
 
 from __future__ import annotations
@@ -18,14 +22,21 @@ import signal
 
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._http import missing_extra
-from runtime_guard.integrations._recycle import Recycler, attach_recycler, log_through
+from runtime_guard.integrations._recycle import Recycler, attach_recycler, log_to, worker_gone
 
 try:
     import uvicorn
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise missing_extra("uvicorn", "uvicorn", "fastapi") from exc
 
-__all__ = ["DRAIN_SECONDS", "enable_recycling", "find_server", "shutdown"]
+__all__ = [
+    "DRAIN_SECONDS",
+    "enable_recycling",
+    "find_server",
+    "shutdown",
+    "use_error_log",
+    "worker_stopping",
+]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -119,5 +130,19 @@ def enable_recycling(
     ``min_lifetime`` and ``jitter`` default to the guard's ``recycle_min_lifetime`` and
     ``recycle_jitter`` options.
     """
-    log_through(logging.getLogger("uvicorn").handlers)
     return attach_recycler(guard, shutdown, "uvicorn", min_lifetime=min_lifetime, jitter=jitter)
+
+
+def worker_stopping() -> None:
+    """At the lifespan's shutdown: a worker that uvicorn is stopping leaves the metrics.
+
+    Only while uvicorn serves this process (its shutdown is under way); a test client
+    running the lifespan in a process that goes on is left alone.
+    """
+    if find_server() is not None:
+        worker_gone()
+
+
+def use_error_log() -> None:
+    """Copy the guard's log to uvicorn's error log too (records still reach the root logger)."""
+    log_to(logging.getLogger("uvicorn.error"))

@@ -1,6 +1,7 @@
-"""WSGI middleware: a health route, and 503 with ``Retry-After`` while memory is critical.
+"""WSGI middleware: the probe routes, and 503 with ``Retry-After`` while memory is critical.
 
-::
+It answers ``/livez`` (the guard can run), ``/readyz`` (the container takes requests) and
+``/health`` (this worker) itself::
 
     from runtime_guard.integrations.wsgi import GuardMiddleware
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from runtime_guard import guard as _guard_module
+from runtime_guard import _current
 from runtime_guard.integrations._http import (
     PROXY_HEADERS,
     MiddlewareBase,
@@ -41,7 +42,7 @@ class GuardMiddleware(MiddlewareBase):
             return self._answer(path, environ, start_response)
         # The whole per-request cost: a global read, one attribute and one comparison, no
         # lock (inlined rather than calling current_guard(): a call costs as much again).
-        guard = self.guard if self.guard is not None else _guard_module._guard
+        guard = self.guard if self.guard is not None else _current.guard
         if (
             guard is not None
             and guard.pressure >= self._shed_at
@@ -61,6 +62,7 @@ class GuardMiddleware(MiddlewareBase):
             current_guard(self.guard),
             lambda: self._allows(environ),
             lambda: environ.get("HTTP_ACCEPT"),
+            environ.get("QUERY_STRING", ""),
         )
         start_response(
             _REASONS.get(code, f"{code} Error"),

@@ -1,0 +1,224 @@
+"""What holds an object: a recent instance of a growing type, and the chain of references
+from a module global down to it."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import sys
+import time
+import tracemalloc
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from runtime_guard.diagnosis.census import type_name
+
+__all__ = ["chain_from_path", "find_instance", "format_chain", "referrer_chain"]
+
+
+def find_instance(
+    name: str, site: tuple[str, int] | None = None, time_budget: float = 0.5
+) -> object | None:
+    """Return a recently created GC-tracked instance of the type called ``name``.
+
+    The youngest generation is searched first, newest object first, so the instance is
+    most likely one of those that keep piling up. With ``site`` (``(filename, lineno)``)
+    and tracemalloc tracing, an instance allocated at that line is preferred. The search
+    gives up after ``time_budget`` seconds with the best instance seen so far.
+    """
+    deadline = time.monotonic() + time_budget
+    fallback: object | None = None
+    checked = 0
+    seen = 0
+    # Naming each object's type costs a Python call; naming each distinct type once does not.
+    matches: dict[type, bool] = {}
+    for generation in (0, 1, 2):
+        objects: list[object] = gc.get_objects(generation)
+        try:
+            for obj in reversed(objects):
+                seen += 1
+                if seen % 50_000 == 0 and time.monotonic() >= deadline:
+                    return fallback
+                cls = type(obj)
+                match = matches.get(cls)
+                if match is None:
+                    match = matches[cls] = type_name(cls) == name
+                if not match:
+                    continue
+                if site is None or not tracemalloc.is_tracing():
+                    return obj
+                if fallback is None:
+                    fallback = obj
+                checked += 1
+                traceback = tracemalloc.get_object_traceback(obj)
+                if traceback is not None and any((f.filename, f.lineno) == site for f in traceback):
+                    return obj
+                if checked >= 1000:
+                    return fallback
+        finally:
+            del objects
+    return fallback
+
+
+# Frontier size per level of the backward search: keeps one step over a popular object
+# (a class, a shared dict) from exploding the search.
+_MAX_FRONTIER = 2000
+
+
+def referrer_chain(
+    target: object,
+    max_depth: int = 8,
+    time_budget: float = 0.5,
+    skip_module: Callable[[str], bool] | None = None,
+) -> list[str] | None:
+    """Return readable links from a module-level global down to ``target``, or None.
+
+    For example ``['myapp.views._cache (dict)', "['sessions'] list", 'Session']``. The
+    search goes backwards from ``target`` one level at a time, asking ``gc.get_referrers``
+    about the whole level in one heap scan (``objgraph.find_backref_chain`` scans the heap
+    once per object, which on a large heap does not fit a time budget), and stops at the
+    first module namespace it reaches, after ``max_depth`` levels, or when ``time_budget``
+    seconds are spent. Frames are skipped: a local variable is not what keeps a leak alive.
+    Modules for which ``skip_module(name)`` is true are neither where a chain starts nor
+    on its way.
+    """
+    deadline = time.monotonic() + time_budget
+    module_dicts = {
+        id(module.__dict__): name
+        for name, module in list(sys.modules.items())
+        if isinstance(module, types.ModuleType)
+    }
+    skipped = {key for key, name in module_dicts.items() if skip_module and skip_module(name)}
+    # The search's own containers refer to the objects it visits; they must not become
+    # part of a chain.
+    down: dict[int, object] = {id(target): None}
+    own: set[int] = {id(down)}
+    level: list[object] = [target]
+    own.add(id(level))
+    try:
+        for _ in range(max_depth):
+            if time.monotonic() >= deadline or not level:
+                return None
+            referrers = gc.get_referrers(*level)
+            own.add(id(referrers))
+            level_ids = {id(obj) for obj in level}
+            own.add(id(level_ids))
+            next_level: list[object] = []
+            own.add(id(next_level))
+            for ref in referrers:
+                ref_id = id(ref)
+                if (
+                    ref_id in own
+                    or ref_id in down
+                    or ref_id in skipped
+                    or isinstance(ref, types.FrameType)
+                ):
+                    continue
+                child = next((c for c in gc.get_referents(ref) if id(c) in level_ids), None)
+                if child is None:
+                    continue
+                link = (ref, child)
+                own.add(id(link))
+                down[ref_id] = link
+                if ref_id in module_dicts:
+                    return _render(module_dicts[ref_id], ref, child, down, target)
+                if len(next_level) < _MAX_FRONTIER:
+                    next_level.append(ref)
+            del referrers
+            level = next_level
+        return None
+    finally:
+        down.clear()
+        del level
+
+
+def chain_from_path(root: str, path: Sequence[object]) -> list[str]:
+    """Links like :func:`referrer_chain`'s for a path found going forwards.
+
+    ``path`` starts at a namespace dict (a module's globals, a frame's locals) named
+    ``root`` and ends at the held object; each item holds the next.
+    """
+    down: dict[int, object] = {
+        id(holder): (holder, held) for holder, held in itertools.pairwise(path[1:])
+    }
+    return _render(root, path[0], path[1], down, path[-1])
+
+
+def _render(
+    module_name: str,
+    namespace: object,
+    child: object,
+    down: dict[int, object],
+    target: object,
+) -> list[str]:
+    """Turn the recorded links from the module namespace down to ``target`` into text."""
+    path: list[object] = [child]
+    node = child
+    while node is not target:
+        link = down.get(id(node))
+        if not isinstance(link, tuple):
+            break
+        node = link[1]
+        path.append(node)
+    links: list[str] = []
+    key = _dict_key(namespace, child)
+    links.append(f"{module_name}.{key if key is not None else '?'} ({_short(child)})")
+    for holder, held in itertools.pairwise(path):
+        if _is_instance_dict(holder, held):
+            continue  # shown as an attribute on the next link
+        links.append(_edge(holder, held, path))
+    return links
+
+
+def _short(obj: object) -> str:
+    return type_name(type(obj))
+
+
+def _dict_key(mapping: object, value: object) -> str | None:
+    if not isinstance(mapping, dict):
+        return None
+    for key, item in list(mapping.items()):
+        if item is value:
+            return str(key)
+    return None
+
+
+def _is_instance_dict(holder: object, held: object) -> bool:
+    """True when ``held`` is the ``__dict__`` of ``holder``: one link, not two."""
+    return isinstance(held, dict) and getattr(holder, "__dict__", None) is held
+
+
+def _edge(holder: object, held: object, path: list[object]) -> str:
+    name = _short(held)
+    if isinstance(holder, dict):
+        owner = _owner_of_dict(holder, path)
+        for key, item in list(holder.items()):
+            if item is held:
+                if owner is not None and isinstance(key, str):
+                    return f".{key} {name}"
+                return f"[{key!r}] {name}"
+        return name
+    if isinstance(holder, types.CellType):
+        return f"(closure cell) {name}"
+    if isinstance(holder, types.FunctionType):
+        return f"{holder.__qualname__} {name}"
+    attrs = getattr(holder, "__dict__", None)
+    if isinstance(attrs, dict):
+        for key, item in list(attrs.items()):
+            if item is held:
+                return f".{key} {name}"
+    return name
+
+
+def _owner_of_dict(mapping: dict[Any, Any], path: list[object]) -> object | None:
+    """The object on ``path`` whose ``__dict__`` is ``mapping``, if any."""
+    for obj in path:
+        if obj is not mapping and getattr(obj, "__dict__", None) is mapping:
+            return obj
+    return None
+
+
+def format_chain(links: Iterable[str] | None) -> str:
+    """Join referrer-chain links with ``" -> "``; empty text for no chain."""
+    return " -> ".join(links) if links else ""
