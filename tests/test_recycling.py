@@ -24,8 +24,10 @@ import runtime_guard
 from runtime_guard import Pressure, signals
 from runtime_guard._coordination import Peer
 from runtime_guard.config import ConfigError
+from runtime_guard.container import ContainerPublisher, draining, read_container
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._recycle import attach_recycler
+from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.leaks import LeakDetector
 from runtime_guard.recycling import (
     LEAST_DRAIN,
@@ -100,6 +102,15 @@ class World:
     def kinds(self) -> list[str]:
         self.guard.flush_signals()
         return [kind for kind, _ in self.sent]
+
+
+@pytest.fixture(autouse=True)
+def container_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's container is its own directory, not the one this machine's cgroup names."""
+    directory = tmp_path / "container"
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(directory))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    return directory
 
 
 def _world(tmp_path: Path, drain: str) -> Iterator[World]:
@@ -273,6 +284,72 @@ def test_a_leaking_worker_is_recycled_once_when_the_drain_would_reach_critical(
     pending = next(p for k, p in world.sent if k == "recycle_pending")
     assert 9.0 < pending["seconds_to_limit"] <= 15.0
     assert "gc_forced" in world.kinds()  # relief was tried first
+
+
+def _readyz(guard: Guard) -> tuple[int, dict[str, Any]]:
+    status: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"served"]
+
+    middleware = GuardMiddleware(app, guard=guard)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/readyz", "REMOTE_ADDR": "127.0.0.1"}
+    body = b"".join(middleware(environ, lambda s, h: status.append(s)))
+    return int(status[0].split()[0]), json.loads(body)
+
+
+def test_a_predictive_recycle_takes_the_worker_out_of_readiness(world: World) -> None:
+    """From the decision on, the recycled worker is draining: the container's /readyz (this
+    worker alone in it) answers 503 naming it, as it answered 200 while it served."""
+    world.recycler()
+    world.feed(100 * MiB)
+    assert draining(world.guard) is None
+    assert _readyz(world.guard)[0] == 200
+    _leak_until(world, lambda: world.policy.state == "recycling")
+    reason = draining(world.guard)
+    assert reason is not None and "within the 10 s a drain needs" in reason
+    code, body = _readyz(world.guard)
+    assert (code, body["ready"]) == (503, False)
+    assert f"worker {os.getpid()} is draining: " in body["reason"]
+    assert "grew" in body["reason"]
+
+
+def test_the_draining_is_published_with_the_sample_that_decides(tmp_path: Path) -> None:
+    """The other workers' /readyz sees a recycle decided on a sample in that sample's
+    figures, not a sample later (by when a worker that drains fast is gone)."""
+    probe, clock = FakeProbe(limit=LIMIT), ManualClock()
+    guard = make_guard(probe, clock, recycle_drain="10", relief=False, leak_detection=False)
+    view = str(tmp_path / "view")
+    guard.add_component(ContainerPublisher(view, process_wide=False, slow_refresh=3600))
+    stops: list[str] = []
+    attach_recycler(guard, stops.append, "test", min_lifetime=0, jitter=0)
+    policy = guard.component("recycling")
+    assert isinstance(policy, RecyclePolicy)
+    try:
+        # 1 MiB/s: the recycle is due at 180 MiB, between two pressure levels (a new level
+        # is published anyway).
+        for i in range(150):
+            probe.usage = 60 * MiB + i * MiB
+            clock.now += 1
+            guard.sample()
+            if policy.state == "recycling":
+                break
+        assert policy.state == "recycling" and guard.pressure == Pressure.HIGH
+        [mine] = read_container(view).workers
+        assert mine["draining"] is not None and mine["draining"] == draining(guard)
+    finally:
+        guard.stop()
+
+
+def test_a_worker_waiting_its_turn_is_not_draining(world: World, neighbour: Any) -> None:
+    """A worker whose neighbour recycles first keeps taking requests (not draining)."""
+    world.recycler()
+    _publish(world.directory, neighbour.pid, growth=80 * MiB, rising=30 * MiB)
+    _leak_until(world, lambda: world.policy.state != "idle")
+    assert world.policy.state == "pending" and f"pid {neighbour.pid}" in (world.policy.reason or "")
+    assert draining(world.guard) is None
+    assert _readyz(world.guard)[0] == 200
 
 
 def test_after_a_neighbour_exits_the_leak_rate_before_it_still_predicts(world: World) -> None:
