@@ -104,13 +104,8 @@ class World:
         return [kind for kind, _ in self.sent]
 
 
-@pytest.fixture(autouse=True)
-def container_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's container is its own directory, not the one this machine's cgroup names."""
-    directory = tmp_path / "container"
-    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(directory))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    return directory
+# Each test's container is its own directory (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("container_dir")
 
 
 def _world(tmp_path: Path, drain: str) -> Iterator[World]:
