@@ -36,7 +36,10 @@ __all__ = [
 _RATE_HORIZON = 300.0
 _RATE_WINDOW = 10.0
 
-RECYCLE_SIGNALS = ("restart_requested", "recycle_pending")
+# Only restart_requested: every worker of a container sends recycle_pending when a recycle
+# is due there, while the one that recycles (or whose host is asked to) sends
+# restart_requested, so counting both would count one recycle once per worker.
+RECYCLE_SIGNALS = ("restart_requested",)
 """Signals that ask for this worker to be recycled (those this version has are counted)."""
 
 

@@ -201,7 +201,7 @@ INSTRUMENTS: tuple[tuple[str, str, str, str], ...] = (
         "runtime_guard.recycles",
         "counter",
         "{recycle}",
-        "Recycles of this worker asked for (restart_requested, recycle_pending).",
+        "Recycles of this worker asked for (restart_requested).",
     ),
 )
 """``(name, kind, unit, description)`` of every instrument, in the order they are made."""

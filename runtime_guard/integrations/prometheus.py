@@ -163,7 +163,7 @@ _HELP = {
     "gc_collections": "Garbage collections run.",
     "relief": "Relief runs (full GC, malloc_trim).",
     "features_shed": "Times a feature was shed.",
-    "recycles": "Recycles of this worker asked for (restart_requested, recycle_pending).",
+    "recycles": "Recycles of this worker asked for (restart_requested).",
     "recycle_pending": "1 while a recycle is due in this worker's container (see health()).",
     "seconds_to_limit": "Predicted seconds until usage reaches the limit (+Inf: not growing).",
 }
