@@ -28,7 +28,7 @@ from typing import Any
 
 from runtime_guard._container import container_dir, process_alive
 
-__all__ = ["SUBDIRECTORY", "Coordinator", "Peer", "recycling_directory"]
+__all__ = ["SUBDIRECTORY", "Coordinator", "Peer", "limit_group", "recycling_directory"]
 
 _log = logging.getLogger("runtime_guard")
 
@@ -45,14 +45,32 @@ _DRAINS = "drains.json"
 _DRAINS_KEPT = 8
 
 
-def recycling_directory(setting: str | None = None) -> str | None:
-    """Where the workers of this container coordinate their recycles, or ``None`` when the
+def recycling_directory(group: str | None = None, setting: str | None = None) -> str | None:
+    """Where the workers limited together coordinate their recycles, or ``None`` when the
     container's shared directory is off or unusable (each worker then decides alone).
 
-    ``setting`` is passed to :func:`~runtime_guard._container.container_dir`.
+    ``group`` names the workers limited together when that is not the whole container
+    (see :func:`limit_group`); ``setting`` is passed to
+    :func:`~runtime_guard._container.container_dir`.
     """
     base = container_dir(setting)
-    return None if base is None else os.path.join(base, SUBDIRECTORY)
+    if base is None:
+        return None
+    return os.path.join(base, SUBDIRECTORY, *([group] if group else []))
+
+
+def limit_group(sources: dict[str, str]) -> str | None:
+    """Which workers share this worker's limit, from its guard's ``sources``.
+
+    ``None`` (the whole container) when usage is a cgroup's working set: every process of
+    the container counts against it. When usage is the process's own RSS (no cgroup limit;
+    ``process_limit`` or ``memory_limit`` per process), only the workers of one server take
+    turns: the children of one parent. Unrelated servers that share a host's cgroup then
+    never wait for each other's recycles.
+    """
+    if "working set" in sources.get("usage", ""):
+        return None
+    return f"parent-{os.getppid()}"
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from runtime_guard import signals
 from runtime_guard._component import Component
 from runtime_guard._container import process_alive
-from runtime_guard._coordination import Coordinator, Peer, recycling_directory
+from runtime_guard._coordination import Coordinator, Peer, limit_group, recycling_directory
 from runtime_guard._trend import theil_sen
 from runtime_guard._units import format_size
 from runtime_guard.pressure import Pressure
@@ -509,7 +509,7 @@ class RecyclePolicy(Component):
         """The agreement with the other workers, once a server integration recycles this
         one; a guard without one (a script, a test) decides alone and writes nothing."""
         if self._coordinator is None and not self._alone and guard.component("recycler"):
-            directory = self._directory or recycling_directory()
+            directory = self._directory or recycling_directory(limit_group(guard.sources))
             if directory is None:
                 # The container's shared directory is off or unusable (logged there).
                 self._alone = True

@@ -18,6 +18,7 @@ from runtime_guard._coordination import (
     STALE_SECONDS,
     SUBDIRECTORY,
     Coordinator,
+    limit_group,
     recycling_directory,
 )
 
@@ -53,8 +54,18 @@ def test_recycles_are_coordinated_in_the_containers_shared_directory(
     """The lock and figures live under the container's shared directory; none when it is off."""
     monkeypatch.setenv(CONTAINER_DIR_ENV, str(tmp_path))
     assert recycling_directory() == str(tmp_path / SUBDIRECTORY)
+    assert recycling_directory("parent-7") == str(tmp_path / SUBDIRECTORY / "parent-7")
     monkeypatch.setenv(CONTAINER_DIR_ENV, "off")
     assert recycling_directory() is None
+
+
+def test_workers_limited_by_their_own_rss_take_turns_only_with_their_siblings() -> None:
+    """A cgroup's working set is the container's: one group; a process's own RSS (no cgroup
+    limit, a per-process limit) groups only the children of one parent."""
+    cgroup = {"rss": "/proc", "usage": "cgroup v2 working set", "limit": "cgroup v2 limit"}
+    assert limit_group(cgroup) is None
+    own = {"rss": "/proc", "usage": "process RSS (/proc)", "limit": "physical RAM"}
+    assert limit_group(own) == f"parent-{os.getppid()}"
 
 
 def test_published_figures_are_read_back_and_the_dead_are_dropped(tmp_path: Path) -> None:
