@@ -24,6 +24,7 @@ from runtime_guard.config import Config
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth, tracing
 from runtime_guard.guard import Guard
 from runtime_guard.leaks import LeakDetector
+from runtime_guard.leaks.detector import _guard_module
 from runtime_guard.leaks.report import MB
 from runtime_guard.probes import RssReader
 from runtime_guard.testing import FakeProbe, make_guard
@@ -242,6 +243,16 @@ def test_global_leak_has_a_referrer_chain(monkeypatch: pytest.MonkeyPatch) -> No
     assert report.referrer_chain[0] == f"{__name__}._ROOT ({__name__}._Node)"
     assert report.referrer_chain[-1].endswith(f"{__name__}._Node")
     assert report.growing_types[0].growth > 0
+
+
+def test_a_holder_chain_never_starts_in_the_guards_own_modules() -> None:
+    """A recent list that only a module of the guard holds (its ``__all__``) gets no holder
+    chain: the diagnosis would name the guard itself as what keeps the leak alive."""
+    from runtime_guard.diagnosis import referrers
+
+    chain = diagnosis.referrer_chain(referrers.__all__)
+    assert chain is not None and chain[0].startswith("runtime_guard.diagnosis.referrers")
+    assert diagnosis.referrer_chain(referrers.__all__, skip_module=_guard_module) is None
 
 
 def test_native_leak_is_reported_as_rss_only() -> None:

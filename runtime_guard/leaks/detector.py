@@ -419,7 +419,9 @@ class LeakDetector(Component):
                 traced = self._stop_tracing(session, settled)
         begun = time.perf_counter()
         chain = (
-            diagnosis.referrer_chain(instance, self.chain_depth, self.chain_seconds)
+            diagnosis.referrer_chain(
+                instance, self.chain_depth, self.chain_seconds, skip_module=_guard_module
+            )
             if instance
             else None
         )
@@ -608,6 +610,16 @@ def _rising_run(values: list[float], min_step: float) -> int:
 
 def _own_type(name: str) -> bool:
     return name.startswith("runtime_guard.")
+
+
+def _guard_module(name: str) -> bool:
+    """Whether module ``name`` is this package's: never where a leak's holder chain starts.
+
+    The instance a diagnosis explains is a recent one of the growing type; for a builtin
+    type with no instance traced to the top site, the newest one may be the guard's own
+    (the ``__all__`` of a module the diagnosis imported lazily), which explains nothing.
+    """
+    return name == "runtime_guard" or name.startswith("runtime_guard.")
 
 
 def _chain_type(growing: list[TypeGrowth]) -> str | None:
