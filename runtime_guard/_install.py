@@ -2,9 +2,9 @@
 
 This module owns the one guard a process runs: it builds it from the options, attaches the
 standard components (event log, timeline, shedding, relief, tracking, leak detection,
-container publisher), starts its sampler, restarts the sampler in a forked child, and stops
-it before the interpreter finalises. :class:`~runtime_guard.guard.Guard` itself knows
-nothing of any of this.
+recycling, container publisher), starts its sampler, restarts the sampler in a forked
+child, and stops it before the interpreter finalises. :class:`~runtime_guard.guard.Guard`
+itself knows nothing of any of this.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.looplag import LoopLagComponent
 from runtime_guard.pools.component import PoolComponent
 from runtime_guard.pressure import Pressure
+from runtime_guard.recycling import RecyclePolicy
 from runtime_guard.relief import ReliefComponent
 from runtime_guard.reports.timeline import Timeline
 from runtime_guard.resources.component import ResourceComponent
@@ -51,7 +52,7 @@ def attach_components(guard: Guard) -> None:
     config = guard.config
     guard.add_component(EventLog(guard))
     guard.add_component(Timeline(guard))
-    shedding = SheddingComponent(restart_after=config.restart_after, clock=guard.clock)
+    shedding = SheddingComponent(clock=guard.clock)
     guard.add_component(shedding)
     if config.emergency:
         shedding.set_emergency(guard, True)
@@ -80,6 +81,9 @@ def attach_components(guard: Guard) -> None:
     )
     if config.leak_detection:
         guard.add_component(LeakDetector(config, guard.clock))
+    # After the leak detector (a recycle decided on a sample reports the diagnosis that
+    # sample finished), before the publisher (a recycle decided is published with it).
+    guard.add_component(RecyclePolicy(config, clock=guard.clock))
     guard.add_component(ContainerPublisher())
 
 

@@ -118,7 +118,23 @@ def _path_or_none(value: Any) -> str | None:
 def _seconds_or_off(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off")):
         return None
-    return _positive_float(value)
+    try:
+        return _positive_float(value)
+    except ValueError:
+        raise ValueError(
+            f"expected a number of seconds greater than 0, e.g. 10, or 'off', got {value!r}"
+        ) from None
+
+
+def _drain(value: Any) -> float | str | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _seconds_or_off(value)
+    except ValueError:
+        raise ValueError(
+            f"expected 'auto', a number of seconds greater than 0, e.g. 10, or 'off', got {value!r}"
+        ) from None
 
 
 def _level_or_off(value: Any) -> str | None:
@@ -190,16 +206,29 @@ class Config:
     restart_after: float | None = _opt(
         60.0,
         _seconds_or_off,
-        "Seconds usage may stay CRITICAL before a restart is requested (off: never).",
+        "Seconds usage may stay CRITICAL with no worker whose own memory grows before the "
+        "worker that grew most is recycled anyway (off: never).",
     )
-    # worker recycling (runtime_guard.integrations: gunicorn, uvicorn, celery)
+    # worker recycling (runtime_guard.recycling; runtime_guard.integrations: gunicorn,
+    # uvicorn, celery)
+    recycle_drain: float | str | None = _opt(
+        "auto",
+        _drain,
+        "Seconds a graceful recycle needs until the worker's memory is back; a worker is "
+        "recycled when usage would reach CRITICAL within them (auto: twice the longest "
+        "measured in the container, 10 until one is; off: only restart_after).",
+    )
     recycle_min_lifetime: float = _opt(
-        60.0, _non_negative_seconds, "Seconds a worker lives at least before it is recycled."
+        60.0,
+        _non_negative_seconds,
+        "Seconds a worker lives at least before a recycle its own growth does not explain "
+        "(restart_after, a restart_requested sent by the host).",
     )
     recycle_jitter: float = _opt(
         10.0,
         _non_negative_seconds,
-        "Most seconds of random delay before recycling, so workers do not recycle at once.",
+        "Most seconds of random delay before a recycle the host asked for, so workers "
+        "do not recycle at once (the guard's own recycles take turns instead).",
     )
     # leak detection (runtime_guard.leaks)
     leak_detection: bool = _opt(True, _bool, "Watch the heap and RSS floors for growth leaks.")

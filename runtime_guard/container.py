@@ -197,6 +197,7 @@ class ContainerPublisher(Component):
         self._sweep_due = 0.0
         self._dirty = False
         self._level = Pressure.OK
+        self._draining: str | None = None
         self._lock = threading.Lock()
         self._receivers: list[tuple[Any, Any]] = []
 
@@ -211,6 +212,9 @@ class ContainerPublisher(Component):
             if page is None:
                 return
         now = sample.monotonic
+        # A recycle decided by a component earlier in this sample is published with it:
+        # the worker may be gone before a signal's next sample.
+        drain = draining(guard)
         # Under the lock, so that remove() (at exit, on another thread) never unmaps the page
         # between here and the last store: a store to a released view raises.
         with self._lock:
@@ -218,8 +222,13 @@ class ContainerPublisher(Component):
                 return
             # Shedding, relief and the status follow the level: a new level is published
             # whole, and so is whatever a signal said changed (see _changed).
-            if self._dirty or now >= self._slow_due or sample.pressure != self._level:
-                self._level = sample.pressure
+            if (
+                self._dirty
+                or now >= self._slow_due
+                or sample.pressure != self._level
+                or drain != self._draining
+            ):
+                self._level, self._draining = sample.pressure, drain
                 self._write_health(guard, page.map, now)
             floats, words = page.floats, page.words
             floats[_UPDATED] = sample.wall

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from runtime_guard import _fork, signals
 from runtime_guard._component import Component
-from runtime_guard._units import format_size
 from runtime_guard.limiters import LimiterRegistry
 from runtime_guard.limiters import default_registry as default_limiters
 from runtime_guard.pressure import Pressure, parse_level
@@ -320,37 +319,31 @@ def register_cache(obj: C, shed_at: Pressure | str = "high", name: str | None = 
 
 
 class SheddingComponent(Component):
-    """Sheds and restores features, clears caches, resizes limiters; asks for a restart."""
+    """Sheds and restores features, clears caches, resizes limiters."""
 
     name = "shedding"
 
     def __init__(
         self,
-        restart_after: float | None,
         emergency: bool = False,
         clock: Clock | None = None,
         *,
         registry: SheddingRegistry | None = None,
         limiters: LimiterRegistry | None = None,
     ) -> None:
-        self.restart_after = restart_after
-        """Seconds usage may stay CRITICAL before ``restart_requested`` (``None``: never)."""
         self.emergency = emergency
         """Whether everything sheddable is shed regardless of pressure."""
         self.clock: Clock = clock or _monotonic
-        """Time source for holds and the restart delay (the guard's clock)."""
+        """Time source for the flapping holds (the guard's clock)."""
         self.registry = registry or default_registry
         """The features and caches this component drives."""
         self.limiters = limiters or default_limiters
         """The limiters whose capacity follows the level."""
         self.level = Pressure.OK
         """The level shedding last acted on."""
-        self.restart_sent = False
-        """Whether ``restart_requested`` was sent in the current CRITICAL episode."""
         self._guard: Guard | None = None
         self._held = False
         self._applied_emergency = False
-        self._critical_since: float | None = None
 
     # -- driven by the sampler --------------------------------------------------------
 
@@ -359,7 +352,6 @@ class SheddingComponent(Component):
         with self.registry.lock:
             if self.registry.driver is not self or level != self.level or self._held:
                 self._apply(guard, level)
-        self._check_restart(guard, sample)
 
     def set_emergency(self, guard: Guard, on: bool) -> None:
         """Shed (``on``) or restore everything sheddable at once (``Guard.set_emergency``)."""
@@ -438,27 +430,6 @@ class SheddingComponent(Component):
                     )
         return described
 
-    def _check_restart(self, guard: Guard, sample: Sample) -> None:
-        if sample.pressure < Pressure.CRITICAL:
-            self._critical_since, self.restart_sent = None, False
-            return
-        now = self.clock()
-        if self._critical_since is None:
-            self._critical_since = now
-            return
-        stayed = now - self._critical_since
-        if self.restart_sent or self.restart_after is None or stayed < self.restart_after:
-            return
-        self.restart_sent = True
-        reason = (
-            f"usage stayed CRITICAL for {stayed:.0f} s after relief and shedding "
-            f"({format_size(sample.usage)} of {format_size(sample.limit)}, "
-            f"{sample.usage_fraction:.0%})"
-        )
-        # The guard itself never exits: recycling belongs to a server integration that
-        # receives the signal and can finish in-flight work first.
-        guard.send(signals.restart_requested, reason=reason)
-
     # -- reporting and lifecycle ------------------------------------------------------
 
     def health(self, guard: Guard) -> dict[str, Any]:
@@ -471,11 +442,7 @@ class SheddingComponent(Component):
             "emergency": self.emergency,
             "caches": caches,
             "limiters": {item.name: item.health() for item in self.limiters.all()},
-            "restart_requested": self.restart_sent,
         }
-
-    def after_fork(self, guard: Guard) -> None:
-        self._critical_since, self.restart_sent = None, False
 
     def close(self, guard: Guard) -> None:
         registry = self.registry

@@ -24,6 +24,7 @@ __all__ = [
     "overlap_skipped",
     "pool_exhausted",
     "pressure_changed",
+    "recycle_pending",
     "resources_growing",
     "restart_requested",
     "sample_taken",
@@ -63,6 +64,13 @@ feature_restored = namespace.signal(
 restart_requested = namespace.signal(
     "restart_requested",
     doc="Relief and shedding did not help; recycle this process. Payload: ``reason: str``.",
+)
+recycle_pending = namespace.signal(
+    "recycle_pending",
+    doc="A recycle is due: usage reaches the limit within what a drain needs, or is CRITICAL. "
+    "Sent once per episode by every worker that sees it. Payload: ``reason: str``, "
+    "``seconds_to_limit: float | None`` (``None`` when usage is CRITICAL without a steady "
+    "trend).",
 )
 overlap_skipped = namespace.signal(
     "overlap_skipped",

@@ -1,8 +1,10 @@
-"""Shared fixtures: every test leaves no guard installed behind it."""
+"""Shared fixtures: every test leaves no guard installed behind it; servers and a
+container directory of its own for the tests that ask."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import servers  # tests/servers.py: pytest puts this directory on sys.path
@@ -14,6 +16,15 @@ from runtime_guard.testing import reset
 def _no_guard_left_behind() -> Iterator[None]:
     yield
     reset()
+
+
+@pytest.fixture
+def container_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's container is its own directory, not the one this machine's cgroup names."""
+    directory = tmp_path / "container"
+    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(directory))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    return directory
 
 
 @pytest.fixture(scope="session")

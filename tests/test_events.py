@@ -57,7 +57,8 @@ def unreleased_report() -> UnreleasedReport:
 
 
 def _drive(guard: Guard, probe: FakeProbe, clock: ManualClock) -> None:
-    """OK -> ELEVATED (relief) -> HIGH (shed) -> CRITICAL (restart) -> OK (restore)."""
+    """OK -> ELEVATED (relief) -> HIGH (shed) -> CRITICAL (recycle pending, restart) -> OK
+    (restore)."""
     shedding.feature("events-test-feature", shed_at="high")
     for fraction in (0.1, 0.75, 0.9, 0.99):
         probe.set_fraction(fraction)
@@ -94,6 +95,7 @@ def test_every_event_is_one_json_record_with_its_figures(json_lines: io.StringIO
         ("pressure_changed", "WARNING"),
         ("gc_forced", "INFO"),
         ("pressure_changed", "WARNING"),
+        ("recycle_pending", "ERROR"),
         ("restart_requested", "ERROR"),
         ("feature_restored", "INFO"),
         ("pressure_changed", "INFO"),
@@ -116,6 +118,8 @@ def test_every_event_is_one_json_record_with_its_figures(json_lines: io.StringIO
     assert leak["rate_bytes_per_min"] == pytest.approx(2_100_000.0)
     assert leak["holder"].startswith("app.views")
     assert leak["report"]["top_sites"][0]["lineno"] == 42
+    pending = by_event["recycle_pending"]
+    assert "CRITICAL" in pending["reason"] and pending["seconds_to_limit"] is None
     unreleased = by_event["unreleased_objects"]
     assert (unreleased["type"], unreleased["site"]) == ("redis.Redis", "/srv/app/cache.py:17")
     assert "restart requested: usage stayed CRITICAL" in next(

@@ -27,14 +27,8 @@ from runtime_guard.integrations.wsgi import GuardMiddleware
 from runtime_guard.pressure import Pressure
 from runtime_guard.testing import FakeProbe, ManualClock, make_guard
 
-
-@pytest.fixture(autouse=True)
-def container_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's container is its own directory, not the one this machine's cgroup names."""
-    directory = tmp_path / "container"
-    monkeypatch.setenv("RUNTIME_GUARD_CONTAINER_DIR", str(directory))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    return directory
+# Each test's container is its own directory (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("container_dir")
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:

@@ -60,10 +60,14 @@ def test_the_sdk_reads_the_guards_figures_at_collection() -> None:
         guard.sample()
         first = points(reader)
         by_label = {"runtime_guard.objects.unreleased", "runtime_guard.feature.shed"}
-        # An instrument with one point per type or feature has none while there are none.
+        # An instrument with one point per type or feature has none while there are none;
+        # the time to the limit none while usage does not grow.
+        by_label.add("runtime_guard.memory.time_to_limit")
         assert {name for name, _, _, _ in INSTRUMENTS} - set(first) <= by_label
         assert only(first, "runtime_guard.memory.utilization") == pytest.approx(0.3)
         assert only(first, "runtime_guard.pressure.level") == 0
+        assert only(first, "runtime_guard.recycle.pending") == 0
+        assert "runtime_guard.memory.time_to_limit" not in first
         shedding.feature("otel-test-feature", shed_at="high")
         probe.set_fraction(0.9)
         sample = guard.sample()
@@ -120,6 +124,8 @@ def test_every_prometheus_figure_has_an_instrument() -> None:
         "relief": "runtime_guard.relief.count",
         "features_shed": "runtime_guard.feature.sheds",
         "recycles": "runtime_guard.recycles",
+        "recycle_pending": "runtime_guard.recycle.pending",
+        "seconds_to_limit": "runtime_guard.memory.time_to_limit",
     }
     assert set(pairs) == set(prometheus._HELP)
     assert set(pairs.values()) <= exported

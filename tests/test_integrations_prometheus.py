@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import runtime_guard
-from runtime_guard import shedding
+from runtime_guard import shedding, signals
 from runtime_guard.integrations import prometheus
 from runtime_guard.integrations.wsgi import GuardMiddleware
+from runtime_guard.recycling import Prediction, RecyclePolicy
 from runtime_guard.testing import FakeProbe, make_guard
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -37,6 +38,27 @@ def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def value(found: dict[str, Any], name: str) -> float:
     [(_, number)] = found[name]
     return float(number)
+
+
+def test_collector_exports_a_pending_recycle_and_the_time_to_the_limit() -> None:
+    """recycle_pending and seconds_to_limit follow the recycling policy; +Inf with no trend."""
+    guard = make_guard(FakeProbe(limit=1000 * 2**20))
+    try:
+        registry = CollectorRegistry()
+        registry.register(prometheus.GuardCollector(guard))
+        guard.sample()
+        found = scrape(generate_latest(registry).decode())
+        assert value(found, "runtime_guard_recycle_pending") == 0
+        assert value(found, "runtime_guard_seconds_to_limit") == float("inf")
+        policy = guard.component("recycling")
+        assert isinstance(policy, RecyclePolicy)
+        policy.state, policy.reason = "pending", "usage grows"
+        policy.prediction = Prediction(42.0, 30.0, 1.0, "container")
+        found = scrape(generate_latest(registry).decode())
+        assert value(found, "runtime_guard_recycle_pending") == 1
+        assert value(found, "runtime_guard_seconds_to_limit") == 42.0
+    finally:
+        guard.stop()
 
 
 def test_collector_exports_the_guards_figures() -> None:
@@ -85,6 +107,26 @@ def test_relief_runs_are_counted() -> None:
     guard.relieve()
     guard.flush_signals()
     assert relief_total() == before + 1
+
+
+def test_a_recycle_due_in_the_container_counts_only_for_the_worker_that_goes() -> None:
+    """recycle_pending, which every worker of the container sends, adds no recycle; the
+    recycle itself (restart_requested) adds one."""
+    rss = runtime_guard.probes.RssReader().read()
+    guard = runtime_guard.install(memory_limit=rss * 20, interval=60)
+    registry = CollectorRegistry()
+    prometheus.install_metrics(registry)
+
+    def recycles() -> float:
+        return value(scrape(generate_latest(registry).decode()), "runtime_guard_recycles_total")
+
+    before = recycles()
+    guard.send(signals.recycle_pending, reason="usage grows", seconds_to_limit=20.0)
+    guard.flush_signals()
+    assert recycles() == before
+    guard.send(signals.restart_requested, reason="usage grows")
+    guard.flush_signals()
+    assert recycles() == before + 1
 
 
 def test_metrics_route_on_the_middleware() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -97,6 +99,38 @@ def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
         proc.wait(30)
     text = log.read_text()
     assert f"recycling uvicorn worker pid {recycled}" in text
+
+
+def test_a_connection_whose_request_comes_late_is_answered_not_reset(tmp_path: Path) -> None:
+    """A connection accepted before the recycle, its request read only later, gets its answer."""
+    proc, log, port = _serve_app(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/pid", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        restart = threading.Thread(
+            target=httpx.get, args=(f"http://127.0.0.1:{port}/restart",), kwargs={"timeout": 30}
+        )
+        restart.start()
+        time.sleep(1.2)  # the worker stopped accepting and its drain is over
+        late.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := late.recv(65536):
+            answer += chunk
+        late.close()
+        restart.join(30)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
 
 
 GUARD_IN_LOOP_APP = textwrap.dedent(

@@ -26,6 +26,7 @@ from runtime_guard.guard import Guard
 from runtime_guard.leaks import LeakDetector
 from runtime_guard.leaks.report import MB, Holder
 from runtime_guard.leaks.routes import RouteGrowth
+from runtime_guard.leaks.window import _guard_module
 from runtime_guard.probes import RssReader
 from runtime_guard.testing import FakeProbe, make_guard
 
@@ -242,6 +243,16 @@ def test_global_leak_has_a_referrer_chain(monkeypatch: pytest.MonkeyPatch) -> No
     assert report.referrer_chain[0] == f"{__name__}._ROOT ({__name__}._Node)"
     assert report.holder is not None
     assert report.holder.path == f"{__name__}._ROOT.children"
+
+
+def test_a_holder_chain_never_starts_in_the_guards_own_modules() -> None:
+    """A recent list that only a module of the guard holds (its ``__all__``) gets no holder
+    chain: the diagnosis would name the guard itself as what keeps the leak alive."""
+    from runtime_guard.diagnosis import referrers
+
+    chain = diagnosis.referrer_chain(referrers.__all__)
+    assert chain is not None and chain[0].startswith("runtime_guard.diagnosis.referrers")
+    assert diagnosis.referrer_chain(referrers.__all__, skip_module=_guard_module) is None
 
 
 def test_native_leak_is_reported_as_native_with_the_evidence() -> None:
@@ -785,3 +796,27 @@ def test_leak_floors_are_capped_at_leak_windows(feed: Any) -> None:
     f = feed(leak_windows=6)
     f.run(_WINDOW * 40, heap=_flat(100_000), rss=_flat(200 * MB))
     assert len(f.detector._floors) == 6
+
+
+def test_an_early_diagnosis_is_kept_within_the_time_it_is_given() -> None:
+    """diagnose_early(most_seconds=2) traces about 2 s, not leak_diagnosis_window's 20."""
+    guard = make_guard(FakeProbe(), relief=False)
+    detector = guard.component("leaks")
+    assert isinstance(detector, LeakDetector)
+    base = time.monotonic() + 100.0  # a hundred seconds up: the duty cycle allows 5 s
+    sample = dataclasses.replace(guard.sample(), monotonic=base)
+    points = [(base - 10 + i, 50e6 + i * 1e6, 100_000.0 + i * 100) for i in range(10)]
+    keep = []
+    try:
+        assert detector.diagnose_early(sample, points, least_trace=1.0, most_seconds=2.0)
+        for i in range(1, 30):
+            keep.append(bytearray(64 * 1024))
+            detector.on_sample(guard, dataclasses.replace(sample, monotonic=base + i))
+            report = detector.current_report()
+            if report is not None and report.diagnosis != "pending":
+                break
+        assert report is not None and report.diagnosis.startswith("done")
+        assert report.diagnosis_window_seconds <= 3.0
+        assert "Diagnosed at once" in report.note
+    finally:
+        guard.stop()

@@ -1,4 +1,4 @@
-"""Shedding: features, caches and limiters follow pressure; emergency mode; the last resort."""
+"""Shedding: features, caches and limiters follow pressure; emergency mode."""
 
 from __future__ import annotations
 
@@ -314,59 +314,13 @@ def test_limiter_capacity_follows_pressure(fake: tuple[Guard, FakeProbe]) -> Non
 @pytest.fixture
 def clocked() -> Iterator[tuple[Guard, FakeProbe, ManualClock]]:
     probe = FakeProbe()
-    guard = make_guard(probe, relief=False, restart_after=30)
+    guard = make_guard(probe, relief=False)
     clock = ManualClock(50.0)
     component = guard.component("shedding")
     assert isinstance(component, SheddingComponent)
     component.clock = clock
     yield guard, probe, clock
     guard.stop()
-
-
-def test_restart_requested_once_after_critical_persists(
-    clocked: tuple[Guard, FakeProbe, ManualClock], events: Events
-) -> None:
-    """restart_requested is sent once when CRITICAL outlasts restart_after, and re-arms after."""
-    guard, probe, clock = clocked
-    for _ in range(3):
-        _at(guard, probe, 0.99)
-        clock.now += 10
-    guard.flush_signals()
-    assert not [kind for kind, _ in events if kind == "restart_requested"]
-    _at(guard, probe, 0.99)  # 30 s in
-    _at(guard, probe, 0.99)
-    guard.flush_signals()
-    restarts = [p["reason"] for kind, p in events if kind == "restart_requested"]
-    assert len(restarts) == 1
-    assert "CRITICAL for 30 s" in restarts[0]
-    assert guard.health()["restart_requested"] is True
-    _at(guard, probe, 0.5)
-    assert guard.health()["restart_requested"] is False
-    _at(guard, probe, 0.99)
-    clock.now += 20
-    _at(guard, probe, 0.99)
-    guard.flush_signals()
-    assert len([1 for kind, _ in events if kind == "restart_requested"]) == 1
-
-
-def test_restart_request_is_logged_and_nothing_drastic_happens(
-    clocked: tuple[Guard, FakeProbe, ManualClock], caplog: pytest.LogCaptureFixture
-) -> None:
-    """The request is logged as an ERROR event; the guard itself neither exits nor raises."""
-    guard, probe, clock = clocked
-    with caplog.at_level(logging.WARNING, logger="runtime_guard"):
-        _at(guard, probe, 0.99)
-        clock.now += 31
-        _at(guard, probe, 0.99)
-        guard.flush_signals()
-    logged = [r for r in caplog.records if getattr(r, "event", None) == "restart_requested"]
-    assert len(logged) == 1
-    assert "restart requested" in logged[0].getMessage()
-    assert logged[0].levelno == logging.ERROR
-    assert guard.health()["restart_requested"] is True
-    never = make_guard(FakeProbe(), relief=False, restart_after="off")
-    assert never.config.restart_after is None
-    never.stop()
 
 
 def test_a_failing_callback_does_not_stop_shedding(

@@ -36,7 +36,10 @@ __all__ = [
 _RATE_HORIZON = 300.0
 _RATE_WINDOW = 10.0
 
-RECYCLE_SIGNALS = ("restart_requested", "recycle_pending")
+# Only restart_requested: every worker of a container sends recycle_pending when a recycle
+# is due there, while the one that recycles (or whose host is asked to) sends
+# restart_requested, so counting both would count one recycle once per worker.
+RECYCLE_SIGNALS = ("restart_requested",)
 """Signals that ask for this worker to be recycled (those this version has are counted)."""
 
 
@@ -71,6 +74,8 @@ class Figures:
     relief: int = 0
     shed_events: int = 0
     recycles: int = 0
+    recycle_pending: bool = False
+    seconds_to_limit: float = float("inf")
 
 
 def growth_rate(points: list[tuple[float, float]]) -> float:
@@ -109,7 +114,14 @@ def figures(guard: Guard, sample: Sample | None = None) -> Figures:
         relief=tally.relief,
         shed_events=tally.shed,
         recycles=tally.recycles,
+        recycle_pending=bool(health.get("recycle_pending")),
+        seconds_to_limit=_seconds(health.get("seconds_to_limit")),
     )
+
+
+def _seconds(value: Any) -> float:
+    # +Inf when usage is not closing in on the limit: an alert "< 60" then never fires.
+    return float(value) if isinstance(value, (int, float)) else float("inf")
 
 
 def _count_relief(sender: Any, **_: Any) -> None:

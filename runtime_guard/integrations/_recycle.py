@@ -64,11 +64,22 @@ class Recycler(Component):
         return max(0.0, left) + random.uniform(0.0, self.jitter)
 
     def _on_restart(self, sender: Any, reason: str = "", **_: Any) -> None:
+        self._schedule(reason or "restart requested", None)
+
+    def recycle_now(self, reason: str) -> bool:
+        """Recycle at once, without the minimum lifetime or the jitter; False if scheduled.
+
+        For the guard's own recycles (:mod:`runtime_guard.recycling`): they are already
+        one worker at a time, chosen for their growth, and timed to the drain budget.
+        """
+        return self._schedule(reason, 0.0)
+
+    def _schedule(self, reason: str, delay: float | None) -> bool:
         with self._lock:
             if self.reason is not None:
-                return
-            self.reason = reason or "restart requested"
-            delay = self.delay()
+                return False
+            self.reason = reason
+            delay = self.delay() if delay is None else delay
             events.record(
                 "recycle_scheduled",
                 logging.ERROR,
@@ -79,6 +90,7 @@ class Recycler(Component):
             self._timer.daemon = True
             self._timer.name = "runtime-guard-recycle"
             self._timer.start()
+        return True
 
     def _fire(self) -> None:
         events.record(

@@ -20,6 +20,7 @@ exports its own: give the ``MeterProvider`` a resource that tells them apart (th
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +76,18 @@ class _Reader:
             found = self.current()
             if found is not None:
                 yield Observation(read(found))
+
+        return callback
+
+    def finite(self, read: Callable[[Figures], float]) -> Callback:
+        """As :meth:`gauge`, with no observation while the figure is infinite (Prometheus
+        exports +Inf; an OpenTelemetry back end may refuse it)."""
+
+        def callback(options: CallbackOptions) -> Iterator[Observation]:
+            found = self.current()
+            value = None if found is None else read(found)
+            if value is not None and math.isfinite(value):
+                yield Observation(value)
 
         return callback
 
@@ -158,6 +171,18 @@ INSTRUMENTS: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("runtime_guard.leaks.suspected", "gauge", "{leak}", "Growth leaks currently suspected."),
     (
+        "runtime_guard.recycle.pending",
+        "gauge",
+        "1",
+        "1 while a recycle is due in this worker's container (see health()).",
+    ),
+    (
+        "runtime_guard.memory.time_to_limit",
+        "gauge",
+        "s",
+        "Predicted seconds until usage reaches the limit (no point while it is not growing).",
+    ),
+    (
         "runtime_guard.objects.unreleased",
         "gauge",
         "{object}",
@@ -176,7 +201,7 @@ INSTRUMENTS: tuple[tuple[str, str, str, str], ...] = (
         "runtime_guard.recycles",
         "counter",
         "{recycle}",
-        "Recycles of this worker asked for (restart_requested, recycle_pending).",
+        "Recycles of this worker asked for (restart_requested).",
     ),
 )
 """``(name, kind, unit, description)`` of every instrument, in the order they are made."""
@@ -195,6 +220,8 @@ def _callbacks(reader: _Reader) -> dict[str, Callback]:
         "runtime_guard.pressure.level": reader.gauge(lambda f: f.pressure),
         "runtime_guard.leak.rate": reader.gauge(lambda f: f.leak_rate),
         "runtime_guard.leaks.suspected": reader.gauge(lambda f: f.suspected_leaks),
+        "runtime_guard.recycle.pending": reader.gauge(lambda f: int(f.recycle_pending)),
+        "runtime_guard.memory.time_to_limit": reader.finite(lambda f: f.seconds_to_limit),
         "runtime_guard.objects.unreleased": reader.by(
             lambda f: dict(f.unreleased), "runtime_guard.object.type"
         ),

@@ -163,7 +163,9 @@ _HELP = {
     "gc_collections": "Garbage collections run.",
     "relief": "Relief runs (full GC, malloc_trim).",
     "features_shed": "Times a feature was shed.",
-    "recycles": "Recycles of this worker asked for (restart_requested, recycle_pending).",
+    "recycles": "Recycles of this worker asked for (restart_requested).",
+    "recycle_pending": "1 while a recycle is due in this worker's container (see health()).",
+    "seconds_to_limit": "Predicted seconds until usage reaches the limit (+Inf: not growing).",
 }
 
 
@@ -196,6 +198,8 @@ class GuardCollector(Collector):
         yield gauge("pressure_level", f.pressure)
         yield gauge("leak_rate_bytes_per_second", f.leak_rate)
         yield gauge("suspected_leaks", f.suspected_leaks)
+        yield gauge("recycle_pending", int(f.recycle_pending))
+        yield gauge("seconds_to_limit", f.seconds_to_limit)
         unreleased = GaugeMetricFamily(
             PREFIX + "unreleased_objects", _HELP["unreleased_objects"], labels=["type"]
         )
@@ -242,6 +246,8 @@ class _MultiprocessExporter:
                 "pressure_level",
                 "leak_rate_bytes_per_second",
                 "suspected_leaks",
+                "recycle_pending",
+                "seconds_to_limit",
             )
         }
         self.unreleased = gauge("unreleased_objects", ("type",))
@@ -271,6 +277,8 @@ class _MultiprocessExporter:
             "pressure_level": f.pressure,
             "leak_rate_bytes_per_second": f.leak_rate,
             "suspected_leaks": f.suspected_leaks,
+            "recycle_pending": int(f.recycle_pending),
+            "seconds_to_limit": f.seconds_to_limit,
         }
         for name, value in values.items():
             self.gauges[name].set(value)

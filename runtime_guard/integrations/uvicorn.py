@@ -54,6 +54,10 @@ def find_server() -> uvicorn.Server | None:
 # How long a worker keeps serving after it stops accepting, before uvicorn's shutdown.
 DRAIN_SECONDS = 0.5
 
+# The most it waits beyond that for connections it accepted whose request it has not read
+# yet (a busy event loop reads them late); uvicorn's shutdown would reset them.
+UNREAD_LIMIT_SECONDS = 5.0
+
 
 def shutdown(reason: str = "") -> None:
     """Shut this uvicorn worker down gracefully (the ``--limit-max-requests`` path).
@@ -62,7 +66,10 @@ def shutdown(reason: str = "") -> None:
     ``should_exit``: uvicorn's shutdown closes every connection with no request in progress,
     and one accepted a moment before, whose request the loop has not read yet, counts as
     such; its client got a reset instead of an answer (seen in the proof under load: a
-    handful of resets each time a worker recycled). The other workers accept meanwhile.
+    handful of resets each time a worker recycled). While a connection still has no
+    request read, it waits on, up to :data:`UNREAD_LIMIT_SECONDS` (an overloaded loop read
+    them late: two dozen resets per recycle in a container near its limit). The other
+    workers accept meanwhile.
     """
     server = find_server()
     if server is not None:
@@ -83,7 +90,15 @@ def _stop_accepting_then_exit(server: uvicorn.Server) -> None:
     def stop() -> None:
         for listener in listening:
             listener.close()
-        loop.call_later(DRAIN_SECONDS, setattr, server, "should_exit", True)
+        deadline = loop.time() + DRAIN_SECONDS + UNREAD_LIMIT_SECONDS
+
+        def exit_when_read() -> None:
+            if _unread(server) and loop.time() < deadline:
+                loop.call_later(0.1, exit_when_read)
+                return
+            server.should_exit = True
+
+        loop.call_later(DRAIN_SECONDS, exit_when_read)
 
     try:
         loop = listening[0].get_loop()
@@ -91,6 +106,20 @@ def _stop_accepting_then_exit(server: uvicorn.Server) -> None:
         loop.call_soon_threadsafe(stop)
     except Exception:  # the loop is closing: uvicorn's own path, at once
         server.should_exit = True
+
+
+def _unread(server: uvicorn.Server) -> bool:
+    """Whether a connection is open whose first request the loop has not read yet."""
+    state = getattr(server, "server_state", None)
+    for connection in list(getattr(state, "connections", ())):
+        transport = getattr(connection, "transport", None)
+        # ``cycle`` is the request in progress (h11 and httptools alike); a keep-alive
+        # connection between requests has the last one, complete: not unread.
+        if getattr(connection, "cycle", True) is None and not (
+            transport is None or transport.is_closing()
+        ):
+            return True
+    return False
 
 
 def enable_recycling(

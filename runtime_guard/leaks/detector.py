@@ -52,6 +52,8 @@ from runtime_guard.leaks.window import MIN_SECONDS, Conclusion, Window, conclude
 from runtime_guard.reports.files import write_report
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from runtime_guard.config import Config
     from runtime_guard.diagnosis.holders import Found
     from runtime_guard.diagnosis.tracing import TracemallocSession
@@ -88,6 +90,9 @@ _SETTLE_SAMPLES = 10
 
 # A tracemalloc window shorter than this shows too little growth to be worth its cost.
 _MIN_TRACE_SECONDS = 1.0
+
+# Points an early verdict's Theil-Sen rates are computed from at most (quadratic cost).
+_EARLY_POINTS = 30
 
 # tracemalloc explains the growth when what it saw kept is at least this share of RSS's
 # growth; below a tenth it is native memory. In between both grow, and Python's part has
@@ -135,6 +140,10 @@ class _Episode:
     retry_at: float | None = None
     avoid: set[int] = field(default_factory=set)
     """``id()`` of holders that did not grow: the next search looks past them."""
+    early: bool = False
+    """Begun by :meth:`LeakDetector.diagnose_early`, before the warm-up and window rule."""
+    most_seconds: float | None = None
+    """The longest diagnosis window that ends before the process goes."""
 
 
 @dataclass
@@ -452,6 +461,9 @@ class LeakDetector(Component):
         the sites the first one had is noise."""
         config = self._config
         length = config.leak_diagnosis_window
+        episode = self._episode
+        if episode is not None and episode.most_seconds is not None:
+            length = min(length, max(episode.most_seconds, _MIN_TRACE_SECONDS))
         session: TracemallocSession | None = None
         skipped = ""
         if config.tracemalloc == "off":
@@ -574,6 +586,11 @@ class LeakDetector(Component):
             report.origin = _origin(report, found, window, sample)
             report.diagnosis = "done" if not window.skipped else "done; " + window.skipped
             report.note = _note(report, found, window, sample)
+            if episode is not None and episode.early:
+                report.note = (
+                    "Diagnosed at once, before the warm-up and the window rule: usage grows "
+                    "fast enough to reach the limit before they could confirm it. " + report.note
+                )
             report.detected_at = sample.wall
             final = dataclasses.replace(report)
             watch = None
@@ -892,6 +909,57 @@ class LeakDetector(Component):
         self._publish(guard, report, latest.monotonic, force=True)
         return report
 
+    def diagnose_early(
+        self,
+        sample: Sample,
+        points: Sequence[tuple[float, float, float]],
+        least_trace: float = 0.0,
+        most_seconds: float | None = None,
+    ) -> bool:
+        """Suspect a leak now and diagnose it from the next sample, before the warm-up.
+
+        For growth that leaves no time for the warm-up and the window rule (the recycling
+        policy asks). ``points`` are recent ``(t, rss, heap blocks)`` readings, for the
+        rate. The diagnosis keeps to the tracemalloc duty cycle: while it allows less than
+        ``least_trace`` seconds this returns ``False`` and nothing starts (ask again later).
+        ``most_seconds`` shortens the window (it must end before the process goes). True
+        once a suspicion exists, whoever started it.
+        """
+        with self._lock:
+            if self._episode is not None:
+                return True
+            if not self.can_diagnose_early(sample.monotonic, least_trace):
+                return False
+            self._begin(_early_verdict(points), sample)
+            assert self._episode is not None
+            self._episode.early = True
+            self._episode.most_seconds = most_seconds
+        return True
+
+    @property
+    def diagnosing(self) -> bool:
+        """Whether a diagnosis window is open or about to open."""
+        episode = self._episode
+        return self._diag is not None or bool(episode and episode.diagnose)
+
+    def can_diagnose_early(self, now: float, least_trace: float) -> bool:
+        """Whether the duty cycle allows ``least_trace`` seconds of tracemalloc at ``now``
+        (always when tracemalloc is off, or already on for the host or ``always``)."""
+        if self._config.tracemalloc == "off" or self._always is not None:
+            return True
+        return _tracing() or self._trace_budget(now) >= least_trace
+
+    def finish_diagnosis(self, guard: Guard, sample: Sample) -> None:
+        """End an open diagnosis window now (the process is about to go) and report it."""
+        if self._diag is not None:
+            self._finish_diagnosis(guard, sample, self._settled())
+
+    def current_report(self) -> LeakReport | None:
+        """A copy of the current suspicion's report, diagnosed or not; ``None`` without one."""
+        with self._lock:
+            episode = self._episode
+            return None if episode is None else dataclasses.replace(episode.report)
+
     def _partial_window(self) -> tuple[float, float, float] | None:
         """The open window as a floor, once it spans half a window (for :meth:`check`)."""
         start = self._win_start
@@ -975,6 +1043,22 @@ def _yielding() -> Iterator[None]:
     finally:
         if sys.getswitchinterval() == min(previous, _SWITCH_INTERVAL):
             sys.setswitchinterval(previous)
+
+
+def _early_verdict(points: Sequence[tuple[float, float, float]]) -> _Verdict:
+    """The rates of ``(t, rss, heap blocks)`` points, judged as :meth:`LeakDetector._judge`
+    judges floors: the heap's growth when it explains a quarter of RSS's, else RSS's."""
+    if len(points) > _EARLY_POINTS:
+        step = len(points) / _EARLY_POINTS
+        points = [points[int(i * step)] for i in range(_EARLY_POINTS - 1)] + [points[-1]]
+    minutes = [t / 60.0 for t, _, _ in points]
+    rss_rate = theil_sen(list(zip(minutes, [r for _, r, _ in points], strict=True)))
+    heap_rate = theil_sen(list(zip(minutes, [h for _, _, h in points], strict=True)))
+    duration = points[-1][0] - points[0][0] if points else 0.0
+    if heap_rate > 0 and heap_rate * _BYTES_PER_BLOCK * 4 >= rss_rate:
+        rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK)
+        return _Verdict("heap", rate, heap_rate, rss_rate, duration)
+    return _Verdict("rss", max(rss_rate, 0.0), heap_rate, rss_rate, duration)
 
 
 def _own_type(name: str) -> bool:

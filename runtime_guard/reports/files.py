@@ -23,7 +23,7 @@ MAX_REPORT_FILES = 50
 MAX_REPORT_BYTES = 2 * 1024 * 1024
 """A report larger than this as JSON is not written (reports are capped before that)."""
 
-_KINDS = frozenset({"leak", "unreleased", "relief", "pressure", "episode"})
+_KINDS = frozenset({"leak", "unreleased", "relief", "pressure", "episode", "recycle"})
 _counter = itertools.count()
 _lock = threading.Lock()
 

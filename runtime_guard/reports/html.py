@@ -484,6 +484,9 @@ def render_view(view: ReportView, refresh: float | None = None) -> str:
         _chart(view),
         "</section>",
     ]
+    if view.recycle:
+        table = _kv_table(view.recycle, "recycle-table")
+        body.append(f'<section id="recycle"><h2>Recycle</h2>{table}</section>')
     if view.health:
         table = _kv_table(view.health, "health-table")
         body.append(f'<section id="health"><h2>Health</h2>{table}</section>')

@@ -38,6 +38,8 @@ def render_view_text(view: ReportView) -> str:
     """Render a checked :class:`ReportView` as text."""
     status = f" [{view.status}]" if view.status else ""
     lines = [f"{view.title}{status} - {_stamp(view.generated)}"]
+    if view.recycle:
+        lines += ["", "Recycle", *_table(view.recycle)]
     if view.points:
         first, last = view.points[0], view.points[-1]
         peak = max(view.points, key=lambda p: p.usage)

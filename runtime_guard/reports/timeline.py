@@ -120,6 +120,7 @@ class Timeline(Component):
             (signals.feature_shed, self._on_shed),
             (signals.feature_restored, self._on_restored),
             (signals.restart_requested, self._on_restart),
+            (signals.recycle_pending, self._on_recycle_pending),
             *self._resource_receivers(),
         ]
         for signal, receiver in self._receivers:
@@ -175,6 +176,9 @@ class Timeline(Component):
 
     def _on_restart(self, guard: Guard, **payload: Any) -> None:
         self.record("recycle", f"recycle requested: {payload.get('reason', '')}")
+
+    def _on_recycle_pending(self, guard: Guard, **payload: Any) -> None:
+        self.record("recycle", f"recycle pending: {payload.get('reason', '')}")
 
     # -- resources that run out before memory (pools, threads and tasks, stuck work, loop)
 

@@ -225,6 +225,7 @@ class ReportView:
     leaks: list[LeakView] = field(default_factory=list)
     unreleased: UnreleasedView | None = None
     relief: list[tuple[str, str]] = field(default_factory=list)
+    recycle: list[tuple[str, str]] = field(default_factory=list)
     health: list[tuple[str, str]] = field(default_factory=list)
     resources: ResourcesView | None = None
     status: str = ""
@@ -235,6 +236,7 @@ _TITLES = {
     "leak": "Leak report",
     "unreleased": "Unreleased objects report",
     "relief": "Relief report",
+    "recycle": "Worker recycle report",
     "pressure": "Memory pressure report",
     "live": "Live memory status",
 }
@@ -524,8 +526,20 @@ _RELIEF_KEYS = (
     "trimmed",
     "duration",
 )
+_RECYCLE_KEYS = (
+    "reason",
+    "pid",
+    "seconds_to_limit",
+    "drain_seconds",
+    "growth_bytes",
+    "rising_bytes",
+    "usage_bytes",
+    "limit_bytes",
+    "rss_bytes",
+    "uptime_seconds",
+)
 _BYTE_KEYS = frozenset({"usage_before", "usage_after", "rss_before", "rss_after", "returned"})
-_SECOND_KEYS = frozenset({"duration", "uptime_seconds"})
+_SECOND_KEYS = frozenset({"duration", "uptime_seconds", "seconds_to_limit", "drain_seconds"})
 
 
 def _resources(health: dict[str, Any], reports: list[Any]) -> ResourcesView | None:
@@ -609,6 +623,7 @@ def read_view(data: Any, live: bool = False) -> ReportView:
         view.unreleased = _unreleased(unreleased)
     relief = data if kind == "relief" else _dict(data.get("relief"))
     view.relief = _flat(relief, _RELIEF_KEYS)
+    view.recycle = _flat(_dict(data.get("recycle")), _RECYCLE_KEYS)
     health = _dict(data.get("health"))
     view.health = _flat(health, _HEALTH_KEYS)
     view.resources = _resources(health, _list(data.get("resources"), MAX_ROWS))
@@ -616,7 +631,9 @@ def read_view(data: Any, live: bool = False) -> ReportView:
     if kind == "episode" and view.points:
         # An episode is judged by its worst moment, not by the health at its end.
         view.status = LEVELS[max(p.level for p in view.points)]
-    if not (view.points or view.leaks or view.unreleased or view.relief or view.health):
+    if not (
+        view.points or view.leaks or view.unreleased or view.relief or view.recycle or view.health
+    ):
         raise ReportError(
             "no samples, leak, unreleased, relief or health data found: not a runtime_guard report"
         )
