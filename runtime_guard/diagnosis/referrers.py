@@ -101,6 +101,13 @@ def referrer_chain(
         if not name.startswith("runtime_guard") and (namespace := namespace_of(module)) is not None
     }
     skipped = {key for key, name in module_dicts.items() if skip_module and skip_module(name)}
+    # The guard's own modules hold what it keeps of the heap (and its ``__all__`` lists):
+    # a chain through one of them, up from ``sys.modules``, names the guard as the holder.
+    for name, module in list(sys.modules.items()):
+        if name.startswith("runtime_guard") or (skip_module is not None and skip_module(name)):
+            skipped.add(id(module))
+            if (namespace := namespace_of(module)) is not None:
+                skipped.add(id(namespace))
     # The search's own containers refer to the objects it visits; they must not become
     # part of a chain.
     down: dict[int, object] = {id(target): None}
