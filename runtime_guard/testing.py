@@ -7,6 +7,7 @@ from typing import Any
 
 from runtime_guard import _install, limiters, looplag, shedding, stuck
 from runtime_guard.config import Config
+from runtime_guard.diagnosis import roots
 from runtime_guard.guard import Guard
 from runtime_guard.pools import checkouts as pools
 from runtime_guard.probes import Reading
@@ -89,7 +90,8 @@ def reset() -> None:
     restore every shed feature and forget the declared features, caches and limiters;
     untrack every tracked class (each is restored exactly) and forget the records, the
     ``marker()`` and the warnings already logged; forget the pools seen and the runs with
-    a deadline in progress and the event-loop lag measured.
+    a deadline in progress, the event-loop lag measured and the application objects
+    registered for the leak diagnosis.
 
     Call it in a fixture, after each test that declares features, tracks classes or
     installs a guard.
@@ -101,3 +103,4 @@ def reset() -> None:
     pools.default_registry.clear()
     stuck.default_registry.clear()
     looplag.default_monitor.forget()
+    roots.forget()

@@ -635,6 +635,24 @@ def test_holder_search_finds_what_only_the_app_object_holds(
     assert found.expression == "shop_app.extensions['recent']"
 
 
+def test_an_app_that_is_gone_gives_its_root_place_up() -> None:
+    """Apps made and dropped one after another (a factory per test) never fill the roots:
+    the one registered last is searched from."""
+    import gc
+
+    from runtime_guard.diagnosis import roots
+
+    class App:
+        pass
+
+    for _ in range(roots.MAX_ROOTS + 2):
+        roots.register(App(), "factory_app")
+        gc.collect()
+    last = App()
+    roots.register(last, "factory_app")
+    assert [obj for _, obj in roots.registered()] == [last]
+
+
 def test_holder_search_never_goes_through_abc_caches_or_weak_references(
     tracing: TracemallocSession, cleared: None
 ) -> None:

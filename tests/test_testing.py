@@ -44,3 +44,14 @@ def test_make_guard_that_fails_leaves_no_hook_behind() -> None:
         make_guard(leak_windows=3, leak_confirm=3)
     assert not default_hooks.enabled and not pool_hooks.enabled
     assert threading.Thread.__init__ is init
+
+
+def test_reset_forgets_the_apps_registered_for_the_leak_diagnosis() -> None:
+    """After reset() no application object is searched from: another test's apps are gone."""
+    from runtime_guard.diagnosis import roots
+
+    app = object.__new__(type("App", (), {}))
+    roots.register(app, "app")
+    assert roots.registered()
+    reset()
+    assert roots.registered() == []

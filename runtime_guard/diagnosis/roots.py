@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["MAX_ROOTS", "register", "registered"]
+__all__ = ["MAX_ROOTS", "forget", "register", "registered"]
 
 MAX_ROOTS = 8
 """Application objects remembered at most (one per middleware, in practice one or two)."""
@@ -32,8 +32,12 @@ def register(obj: Any, name: str = "app", replace: bool = False) -> None:
     with _lock:
         if any(_deref(known) is obj for _, known in _roots):
             return
-        if replace:
-            _roots[:] = [(n, known) for n, known in _roots if n != name]
+        # An app that is gone (made by a factory per test, say) gives its place up.
+        _roots[:] = [
+            (n, known)
+            for n, known in _roots
+            if _deref(known) is not None and not (replace and n == name)
+        ]
         if len(_roots) >= MAX_ROOTS:
             return
         entry: Any
@@ -43,6 +47,12 @@ def register(obj: Any, name: str = "app", replace: bool = False) -> None:
             entry = obj
         label = name if not any(n == name for n, _ in _roots) else f"{name}#{len(_roots) + 1}"
         _roots.append((label, entry))
+
+
+def forget() -> None:
+    """Forget every registered object (for tests: :func:`runtime_guard.testing.reset`)."""
+    with _lock:
+        _roots.clear()
 
 
 def registered() -> list[tuple[str, Any]]:
