@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -452,7 +453,10 @@ def test_socket_pairs_a_library_makes_are_its_own_and_the_applications_are_track
     """A loop's and an installed library's wake-up pairs are not the application's clients;
     a pair the application makes is, at its line."""
     # A library's function, as if installed: its code's file is in site-packages.
-    library = os.path.join(_frames.library_directories()[0], "wakeup_lib.py")
+    # Installed packages' directory (not library_directories()[0]: where the guard itself is
+    # installed, its own directory is the longest of them).
+    library = os.path.join(sysconfig.get_paths()["purelib"], "wakeup_lib.py")
+    assert _frames.kind(library) is _frames.FrameKind.LIBRARY
     namespace: dict[str, Any] = {}
     exec(
         compile("import socket\ndef pair():\n    return socket.socketpair()\n", library, "exec"),
