@@ -268,3 +268,28 @@ def test_celery_tasks_are_counted_by_name() -> None:
     ranked = rank((), (), counts.traced)
     assert ranked[0].route == "reports.build"
     assert ranked[0].bytes_per_request >= 50_000
+
+
+def test_celery_counting_is_connected_once_and_again_after_a_disconnect() -> None:
+    """Connecting twice counts each task once; after its receiver was disconnected (another
+    setup's teardown), connecting again counts again."""
+    import celery
+    from celery import signals as celery_signals
+
+    app = celery.Celery("routes-reconnect", broker="memory://", backend="cache+memory://")
+    app.conf.task_always_eager = True
+
+    @app.task(name="reports.again")
+    def again() -> None:
+        pass
+
+    routes.connect_celery(celery_signals)
+    routes.connect_celery(celery_signals)
+    again.delay()
+    celery_signals.task_postrun.disconnect(dispatch_uid="runtime_guard.leaks.routes")
+    again.delay()  # not counted: nothing listens
+    routes.connect_celery(celery_signals)
+    again.delay()
+    counts = routes.counts()
+    counts.fold()
+    assert counts.totals == {"reports.again": 2}

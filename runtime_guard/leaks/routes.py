@@ -250,23 +250,20 @@ def django_route(request: Any) -> str | None:
 
 def connect_celery(celery_signals: Any) -> None:
     """Count each Celery task by name as it ends (``task_postrun``), and while a diagnosis
-    traces, what it left allocated. Idempotent."""
-    global _celery_connected
-    if _celery_connected:
-        return
-    _celery_connected = True
-
-    def postrun(sender: Any = None, **_: Any) -> None:
-        name = str(getattr(sender, "name", None) or "celery task")
-        if TRACING:
-            _counts.traced_named(name)
-        else:
-            _counts.named(name)
-
-    celery_signals.task_postrun.connect(postrun, weak=False)
+    traces, what it left allocated. Idempotent: connected once under one ``dispatch_uid``,
+    and again after anything disconnected it (a flag would say connected when it no
+    longer is)."""
+    celery_signals.task_postrun.connect(
+        _celery_postrun, weak=False, dispatch_uid="runtime_guard.leaks.routes"
+    )
 
 
-_celery_connected = False
+def _celery_postrun(sender: Any = None, **_: Any) -> None:
+    name = str(getattr(sender, "name", None) or "celery task")
+    if TRACING:
+        _counts.traced_named(name)
+    else:
+        _counts.named(name)
 
 
 def flask_resolver(app: Any) -> Resolver | None:
