@@ -55,10 +55,12 @@ def _climb(guard: runtime_guard.Guard) -> list[bytearray]:
     """Allocate real memory until the guard reports ELEVATED or more, then wait a few samples."""
     blocks: list[bytearray] = []
     deadline = time.monotonic() + 30
-    while guard.pressure < Pressure.ELEVATED and time.monotonic() < deadline:
+    # Sampled here after each block, not left to the sampler thread: on a busy machine its
+    # next sample may come after the check.
+    while guard.sample().pressure < Pressure.ELEVATED and time.monotonic() < deadline:
         blocks.append(bytearray(b"x" * (8 * MB)))
-        time.sleep(0.05)
-    time.sleep(0.3)
+    for _ in range(3):  # a few points for the page's line
+        guard.sample()
     return blocks
 
 
