@@ -223,20 +223,8 @@ def _search_instance(out: Conclusion, window: Window, seconds: float, depth: int
         out.found = find_holder(None, target=instance, seconds=seconds, pause=pause, stats=stats)
     if out.found is None:
         with window.step("referrer chain"):
-            out.chain = diagnosis.referrer_chain(
-                instance, depth, seconds, skip_module=_guard_module
-            )
+            out.chain = diagnosis.referrer_chain(instance, depth, seconds)
     del instance
-
-
-def _guard_module(name: str) -> bool:
-    """Whether module ``name`` is this package's: never where a leak's holder chain starts.
-
-    The instance a diagnosis explains is a recent one of the growing type; for a builtin
-    type with no instance traced to the top site, the newest one may be the guard's own
-    (the ``__all__`` of a module the diagnosis imported lazily), which explains nothing.
-    """
-    return name == "runtime_guard" or name.startswith("runtime_guard.")
 
 
 def _chain_type(growing: list[TypeGrowth]) -> str | None:
