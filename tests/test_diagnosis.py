@@ -5,10 +5,12 @@ from __future__ import annotations
 import collections
 import functools
 import gc
+import importlib
 import importlib.util
 import json
 import json.decoder
 import linecache
+import subprocess
 import sys
 import textwrap
 import threading
@@ -737,6 +739,48 @@ def test_retained_size_counts_what_closures_keep() -> None:
     size = retained_size(registry)
     assert size is not None
     assert size.bytes > 400 * 50 * 100
+
+
+_SIZE_IN_A_FRESH_PROCESS = """
+import gc, sys
+from runtime_guard.diagnosis.sizing import retained_size
+held = {i: bytes(1000) for i in range(50)}
+gc.collect()
+before = sys.getallocatedblocks()
+size = retained_size(held)
+gc.collect()
+print(size.bytes, sys.getallocatedblocks() - before, "numpy" in sys.modules)
+"""
+
+
+def test_sizing_a_holder_never_loads_numpy_into_a_process_without_it() -> None:
+    """The first sizing leaves NumPy unloaded (14 MiB of RSS) where the app never loaded it."""
+    pytest.importorskip("numpy")  # only where pympler would import it
+    out = subprocess.run(
+        [sys.executable, "-c", _SIZE_IN_A_FRESH_PROCESS],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert int(out[0]) > 50 * 1000
+    assert out[2] == "False"
+    assert int(out[1]) < 20_000  # with NumPy's import: over 40,000 blocks kept
+
+
+def test_numpy_hidden_from_the_sizing_thread_imports_on_every_other() -> None:
+    """While the sizing imports pympler, a request on another thread imports what it needs."""
+    from runtime_guard.diagnosis.sizing import _hidden
+
+    found: list[object] = []
+    with _hidden(frozenset({"json.tool"})):
+        sys.modules.pop("json.tool", None)
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module("json.tool")
+        worker = threading.Thread(target=lambda: found.append(importlib.import_module("json.tool")))
+        worker.start()
+        worker.join()
+    assert found and found[0] is sys.modules["json.tool"]
 
 
 @pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz not installed")
