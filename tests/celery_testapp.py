@@ -1,3 +1,5 @@
+# mypy: disallow-untyped-calls=False, disallow-untyped-decorators=False
+# (these tests drive third-party code that ships without types: Celery, redis-py, hypothesis)
 """The Celery app that tests/test_integrations_celery.py runs in real worker subprocesses.
 
 Configured from the environment: ``TEST_BROKER_URL`` (broker and result backend),

@@ -1,3 +1,5 @@
+# mypy: disallow-untyped-calls=False, disallow-untyped-decorators=False
+# (these tests drive third-party code that ships without types: Celery, redis-py, hypothesis)
 """The ``runtime-guard`` command: run, report, status and demo, as a user types them."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# mypy: disallow-untyped-calls=False, disallow-untyped-decorators=False
+# (these tests drive third-party code that ships without types: Celery, redis-py, hypothesis)
 """Tests of the on-demand diagnosis tools, on real allocations of this process."""
 
 from __future__ import annotations

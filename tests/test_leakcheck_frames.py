@@ -49,7 +49,8 @@ def test_library_paths_are_shown_from_where_they_are_installed() -> None:
 def test_modules_of_the_machinery_are_told_from_the_users_and_libraries() -> None:
     """pytest's config and plugin manager are the machinery's classes, whose instances the
     search for a holder skips; the user's classes and a library's are not."""
-    for cls in (_pytest.config.Config, pluggy.PluginManager, check.LeakCheck):
+    machinery: tuple[type, ...] = (_pytest.config.Config, pluggy.PluginManager, check.LeakCheck)
+    for cls in machinery:
         assert machinery_module(cls.__module__), cls
-    for cls in (redis.Redis, json.JSONDecoder, type("Local", (), {})):
-        assert not machinery_module(cls.__module__), cls
+    for other in (redis.Redis, json.JSONDecoder, type("Local", (), {})):
+        assert not machinery_module(other.__module__), other

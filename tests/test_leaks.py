@@ -330,7 +330,9 @@ class _Feed:
     def _receive(self, sender: Guard, report: LeakReport) -> None:
         self.reports.append(report)
 
-    def run(self, seconds: float, heap: Callable[[float], float], rss: Callable[[float], float]):
+    def run(
+        self, seconds: float, heap: Callable[[float], float], rss: Callable[[float], float]
+    ) -> None:
         end = self.t + seconds
         while self.t < end:
             value = int(rss(self.t))
@@ -747,7 +749,12 @@ def test_quiet_samples_never_walk_the_heap(feed: Any, monkeypatch: pytest.Monkey
     """Without a suspicion the detector only compares numbers: no census, no tracemalloc."""
 
     calls: list[str] = []
-    monkeypatch.setattr(diagnosis, "type_census", lambda: calls.append("census") or {})
+
+    def census() -> dict[str, int]:
+        calls.append("census")
+        return {}
+
+    monkeypatch.setattr(diagnosis, "type_census", census)
     f = feed(tracemalloc="on-demand")
     f.run(600, heap=_flat(100_000), rss=_flat(200 * MB))
     assert calls == []

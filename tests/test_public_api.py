@@ -108,9 +108,9 @@ def test_report_classes_are_dataclasses_with_to_dict() -> None:
     """Sample and the report types are dataclasses with to_dict() and a readable __str__."""
     for name in ("Sample", "LeakReport", "UnreleasedReport", "ReliefResult"):
         cls = getattr(runtime_guard, name)
-        assert dataclasses.is_dataclass(cls)
         assert callable(cls.to_dict)
         assert cls.__str__ is not object.__str__
+        assert dataclasses.is_dataclass(cls)
 
 
 def test_readme_has_the_two_commands() -> None:

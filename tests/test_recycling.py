@@ -590,8 +590,7 @@ def test_recycle_drain_is_validated_with_a_clear_error() -> None:
         ):
             runtime_guard.install(recycle_drain=bad)
     for given, drain in (("2.5", 2.5), ("auto", 10.0), (None, 10.0)):
-        options = {} if given is None else {"recycle_drain": given}
-        guard = make_guard(**options)
+        guard = make_guard() if given is None else make_guard(recycle_drain=given)
         policy = guard.component("recycling")
         assert isinstance(policy, RecyclePolicy) and policy.drain == drain
         guard.stop()
@@ -620,8 +619,9 @@ def test_auto_drain_learns_from_the_recycles_in_the_container(auto_world: World)
     going.wait(10)
     world.feed(150 * MiB)
     world.feed(150 * MiB, seconds=31)  # the budget is read again at most every 30 s
-    assert world.policy.measured_drain == pytest.approx(2.0, abs=1.0)
-    assert world.policy.drain == max(LEAST_DRAIN, 2 * world.policy.measured_drain)
+    measured = world.policy.measured_drain
+    assert measured == pytest.approx(2.0, abs=1.0)
+    assert measured is not None and world.policy.drain == max(LEAST_DRAIN, 2 * measured)
     assert world.policy.details()["drain_measured_seconds"] == world.policy.measured_drain
 
 

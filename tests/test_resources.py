@@ -48,13 +48,15 @@ class Watch:
         return [r["report"].kind for r in self.reports]
 
     def report(self, kind: str) -> ResourceReport:
-        return next(r["report"] for r in self.reports if r["report"].kind == kind)
+        found: ResourceReport = next(r["report"] for r in self.reports if r["report"].kind == kind)
+        return found
 
 
 @pytest.fixture
 def watch() -> Iterator[Watch]:
-    options = {"resource_window": WINDOW, "resource_min_growth": 10}
-    with clocked([signals.resources_growing], **options) as found:
+    with clocked(
+        [signals.resources_growing], resource_window=WINDOW, resource_min_growth=10
+    ) as found:
         found.guard.sample()
         yield Watch(found, found.sent["resources_growing"])
 

@@ -253,7 +253,8 @@ def test_caches_are_cleared_when_their_level_is_reached(fake: tuple[Guard, FakeP
         return n * n
 
     register_cache(square, shed_at="critical")
-    ttl = register_cache(cachetools.TTLCache(maxsize=100, ttl=600), shed_at="elevated")
+    ttl: cachetools.TTLCache[int, int] = cachetools.TTLCache(maxsize=100, ttl=600)
+    register_cache(ttl, shed_at="elevated")
     ttl.update({i: i for i in range(50)})
     for n in range(100):
         square(n)
@@ -284,7 +285,7 @@ def test_register_cache_rejects_what_cannot_be_cleared() -> None:
 def test_caches_are_held_weakly_where_possible(fake: tuple[Guard, FakeProbe]) -> None:
     """Registering a per-instance cache does not keep it alive."""
     guard, probe = fake
-    cache = cachetools.LRUCache(maxsize=10)
+    cache: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=10)
     register_cache(cache, name="instance")
     assert "instance" in guard.health()["caches"]
     del cache

@@ -50,7 +50,7 @@ def test_reset_forgets_the_apps_registered_for_the_leak_diagnosis() -> None:
     """After reset() no application object is searched from: another test's apps are gone."""
     from runtime_guard.diagnosis import roots
 
-    app = object.__new__(type("App", (), {}))
+    app: object = object.__new__(type("App", (), {}))
     roots.register(app, "app")
     assert roots.registered()
     reset()

@@ -101,7 +101,8 @@ def test_site_to_dict_is_json_ready_and_str_is_readable() -> None:
     assert data["line"] == site.lineno
     assert str(site).endswith(f":{site.lineno} in _make_site")
     assert os.path.basename(__file__) in str(site)
-    assert data["stack"][0] == data["site"]
+    stack = data["stack"]
+    assert isinstance(stack, list) and stack[0] == data["site"]
 
 
 def test_interned_site_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:

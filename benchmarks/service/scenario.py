@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +48,15 @@ class Cgroup(Protocol):
     limit: int
     path: str
 
-    def popen(self, args: Any, **kwargs: Any) -> subprocess.Popen[bytes]: ...
+    def popen(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> subprocess.Popen[bytes]: ...
 
     def oom_kills(self) -> int: ...
 
