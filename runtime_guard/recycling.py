@@ -76,9 +76,18 @@ TREND_SECONDS = 30.0
 OWN_SECONDS = 60.0
 """Seconds over which a worker's own memory must have risen to be recycled for growth."""
 
-SETTLE_SECONDS = 5.0
+SETTLE_SECONDS = 3.0
 """A worker's baseline is its lowest RSS from this long after its guard started (imports
-and the first requests settle first)."""
+and the first requests settle first). Short, because a worker started in a leaking one's
+place leaks as fast from its first request: at 5 MiB/s every second of waiting here is
+5 MiB less headroom when it is recycled in turn."""
+
+FLOOR_SECONDS = 3.0
+"""A worker's own memory now is its lowest RSS over this many last seconds: the peak of
+a request in flight is not growth."""
+
+LEAST_RISING_SPAN = 3.0
+"""Seconds after its baseline before a worker's memory can count as rising."""
 
 MIN_GROWTH_SHARE = 0.02
 """A worker whose RSS grew by less than this share of the limit has nothing to give back."""
@@ -367,9 +376,10 @@ class RecyclePolicy(Component):
         # Due: at this rate the middleware would start refusing requests within a drain.
         due = p.seconds_to_critical is not None and p.seconds_to_critical <= self.drain
         # Named: another worker saw it first (its trend may start earlier than this one's,
-        # which a neighbour's exit restarted) and chose this worker.
+        # which a neighbour's exit restarted, or which a young worker has not had time to
+        # gather) and chose this worker. Read from ELEVATED on: one small file per sample.
         named = None
-        if sample.pressure >= Pressure.HIGH or (
+        if sample.pressure >= Pressure.ELEVATED or (
             p.seconds_to_critical is not None and p.seconds_to_critical <= 3 * self.drain
         ):
             named = self._named(guard, coordinator)
@@ -493,11 +503,11 @@ class RecyclePolicy(Component):
         if age < SETTLE_SECONDS or self._baseline is None:
             return
         now = sample.monotonic
-        recent = itertools.takewhile(lambda p: p[0] >= now - 5.0, reversed(self._points))
+        recent = itertools.takewhile(lambda p: p[0] >= now - FLOOR_SECONDS, reversed(self._points))
         floor = min((p[2] for p in recent), default=sample.rss)
         self.growth = max(floor - self._baseline, 0)
         span = min(OWN_SECONDS, age - SETTLE_SECONDS)
-        if span < 6.0:
+        if span < LEAST_RISING_SPAN:
             self.rising = 0
             return
         bound = now - span + span / 3
@@ -711,7 +721,7 @@ class RecyclePolicy(Component):
                 self.state, self.reason = "requested", reason
                 guard.send(signals.restart_requested, reason=reason)
             return
-        if coordinator is not None and not self._previous_turn_over(coordinator):
+        if coordinator is not None and not self._previous_turn_over(coordinator, sample):
             self.state = "waiting"
             self.reason = f"{reason}; the worker recycled last is not replaced yet"
             return
@@ -734,11 +744,14 @@ class RecyclePolicy(Component):
         recycler.recycle_now(reason)
         guard.send(signals.restart_requested, reason=reason)
 
-    def _previous_turn_over(self, coordinator: Coordinator) -> bool:
+    def _previous_turn_over(self, coordinator: Coordinator, sample: Sample) -> bool:
         """Whether the worker recycled last in the container is replaced (or long gone).
 
         Its lock is free once it exited, but its replacement may still be starting: a
-        second recycle then would leave the container without a worker that serves.
+        second recycle then would leave the container without a worker that serves. This
+        worker, started after that recycle and up, may be the replacement: a leak that goes
+        on in the worker started in the leaking one's place (the same code, the same
+        traffic) is then its own to end, not a turn to wait for.
         """
         last = coordinator.last_holder()
         since = last.get("since") if last else None
@@ -746,6 +759,9 @@ class RecyclePolicy(Component):
             return True
         now = time.time()
         if now - since >= _TURN_GAP:
+            return True
+        age = sample.monotonic - (self._started if self._started is not None else sample.monotonic)
+        if self._started_wall >= since and age >= _REPLACEMENT_SETTLE:
             return True
         me = os.getpid()
         return any(

@@ -130,9 +130,7 @@ def test_each_argument_alone_is_accepted_or_refused_by_name(name: str, value: An
 
 
 OPTION_NAMES = ("leak_check", "leak_check_rounds", "leak_check_tolerance")
-env_text = st.text(
-    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
-)
+env_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
 option_texts = env_text | st.sampled_from(["1", "0", "yes", "²", "9" * 5000, "16KB", " 2 "])
 
 

@@ -503,6 +503,20 @@ def test_only_one_worker_of_the_container_recycles_at_a_time(
     assert world.policy.state == "recycling"
 
 
+def test_the_worker_started_in_a_recycled_ones_place_recycles_its_own_leak_at_once(
+    world: World, neighbour: subprocess.Popen[bytes]
+) -> None:
+    """The replacement that leaks as its predecessor did goes when due: no turn to wait for."""
+    world.recycler()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    # The predecessor decided its recycle just before this worker started, and exited.
+    _holder(world, gone.pid, since=time.time() - 5)
+    _publish(world.directory, neighbour.pid, growth=0, rising=0, started=time.time() - 600)
+    _leak_until(world, lambda: world.policy.state in ("recycling", "waiting"), rate=5 * MiB)
+    assert world.policy.state == "recycling", world.policy.reason
+
+
 def test_a_decision_on_a_sample_a_neighbours_exit_made_stale_is_dropped(world: World) -> None:
     """Due on the sample, but the memory came back since (a neighbour exited): no recycle."""
     world.recycler()
