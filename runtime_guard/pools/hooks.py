@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from runtime_guard import _fork
+from runtime_guard._users import Users
 from runtime_guard.pools.checkouts import (
     MAX_CHECKOUTS,
     Checkout,
@@ -195,20 +196,17 @@ class PoolHooks:
         self._patches: list[Patch] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._warned: set[str] = set()
-        self._users = 0
-        self._lock = threading.Lock()
+        self._users = Users()
 
     @property
     def enabled(self) -> bool:
         """Whether the hooks are in place (or waiting for their libraries)."""
-        return self._users > 0
+        return self._users.any
 
     def enable(self) -> None:
         """Hook every pool library now or once it is imported."""
-        with self._lock:
-            self._users += 1
-            if self._users > 1:
-                return
+        if not self._users.add():
+            return
         for module, install in (
             ("sqlalchemy", self._sqlalchemy),
             ("psycopg_pool", self._psycopg_pool),
@@ -220,12 +218,8 @@ class PoolHooks:
     def disable(self) -> None:
         """Take every hook off once the last user disables them; the libraries are exactly
         as before."""
-        with self._lock:
-            if self._users == 0:
-                return
-            self._users -= 1
-            if self._users > 0:
-                return
+        if not self._users.remove():
+            return
         self.watcher.clear()
         restore(self._patches)
         for target, name, listener in reversed(self._listeners):
@@ -240,7 +234,7 @@ class PoolHooks:
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (another thread may have held it at the fork)."""
-        self._lock = threading.Lock()
+        self._users.after_fork()
 
     def _guarded(self, install: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
         def run(module: ModuleType) -> None:

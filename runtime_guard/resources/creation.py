@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from runtime_guard import _fork
+from runtime_guard._users import Users
 from runtime_guard.tracking import sites as _sites
 from runtime_guard.tracking.patching import Patch, replace, restore
 from runtime_guard.tracking.records import Entry, Record
@@ -47,9 +48,8 @@ class CreationHooks:
     def __init__(self, registry: TrackingRegistry | None = None) -> None:
         self.registry = registry or TrackingRegistry()
         """Where the records are kept (a registry of its own by default)."""
-        self._users = 0
+        self._users = Users()
         self._patches: list[Patch] = []
-        self._lock = threading.Lock()
         self._loops: dict[int, weakref.ref[Any]] = {}
         self._loop_listeners: list[Callable[[Any], None]] = []
         self._failed = False
@@ -57,25 +57,19 @@ class CreationHooks:
     @property
     def enabled(self) -> bool:
         """Whether the hooks are in place."""
-        return self._users > 0
+        return self._users.any
 
     def enable(self) -> None:
         """Put the hooks in place (the asyncio one once asyncio is imported)."""
-        with self._lock:
-            self._users += 1
-            if self._users > 1:
-                return
+        if not self._users.add():
+            return
         self.registry.track(threading.Thread, name=THREADS, release=())
         self.registry.watcher.watch("asyncio.base_events", self._hook_tasks)
 
     def disable(self) -> None:
         """Take the hooks off when the last user disables them."""
-        with self._lock:
-            if self._users == 0:
-                return
-            self._users -= 1
-            if self._users > 0:
-                return
+        if not self._users.remove():
+            return
         self.registry.untrack_all()
         restore(self._patches)
         self._loops.clear()
@@ -158,7 +152,7 @@ class CreationHooks:
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock; the parent's loops do not run here."""
-        self._lock = threading.Lock()
+        self._users.after_fork()
         self._loops.clear()
 
 
