@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import reportdata
 from _chromium import CHROMIUM, open_page
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runtime_guard.reports.html import render_html
@@ -158,6 +158,8 @@ json_values = st.recursive(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
+@example({"leak": {"kind": None}, "wall": 67768036191676796})  # a time no strftime can show
+@example({"samples": [{"wall": -1e300, "usage": 1}], "generated": 1e20})
 def test_any_json_renders_or_is_refused_cleanly(data: Any) -> None:
     """Whatever JSON a file holds, rendering gives a page or a ReportError, never a crash."""
     try:

@@ -81,6 +81,17 @@ def _num(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+# The last second of year 9999: a time past it (or before 1970) is no moment any clock of
+# this process wrote, and the renderers' strftime cannot show it.
+_LAST_WALL = 253_402_300_799.0
+
+
+def _wall(value: Any) -> float | None:
+    """A wall-clock time in seconds, or None when it is not one a report can show."""
+    number = _num(value)
+    return number if number is not None and 0.0 <= number <= _LAST_WALL else None
+
+
 def _list(value: Any, limit: int) -> list[Any]:
     return list(value[:limit]) if isinstance(value, list) else []
 
@@ -253,7 +264,7 @@ def _points(raw: Any) -> list[Point]:
     points: list[Point] = []
     for raw_item in _list(raw, MAX_POINTS * 4):
         item = _dict(raw_item)
-        wall, usage = _num(item.get("wall")), _num(item.get("usage"))
+        wall, usage = _wall(item.get("wall")), _num(item.get("usage"))
         if wall is None or usage is None:
             continue
         points.append(
@@ -276,7 +287,7 @@ def _events(raw: Any) -> list[Event]:
     events = []
     for raw_item in _list(raw, MAX_EVENTS):
         item = _dict(raw_item)
-        wall = _num(item.get("wall"))
+        wall = _wall(item.get("wall"))
         kind = _text(item.get("kind"), 20)
         if wall is None or kind not in MARKER_KINDS:
             continue
@@ -402,7 +413,7 @@ def _leak(data: dict[str, Any]) -> LeakView:
                 method=_text(item.get("method"), 20),
             )
         )
-    view.detected = _num(data.get("detected_at")) or 0.0
+    view.detected = _wall(data.get("detected_at")) or 0.0
     return view
 
 
@@ -604,7 +615,7 @@ def read_view(data: Any, live: bool = False) -> ReportView:
     view = ReportView(
         kind=kind,
         title=_TITLES.get(kind, "runtime_guard report"),
-        generated=_num(_first(data, "generated", "detected_at", "wall", "time")),
+        generated=_wall(_first(data, "generated", "detected_at", "wall", "time")),
         thresholds=thresholds or {"elevated": 0.70, "high": 0.85, "critical": 0.95},
         points=_points(data.get("samples")),
         events=_events(data.get("events")),
