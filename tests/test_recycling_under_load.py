@@ -100,12 +100,6 @@ def test_without_the_guard_the_same_leak_is_oom_killed(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="a young worker leaking 5.7 MiB/s, named by its flat neighbour while that one "
-    "traces a diagnosis, recycles only at CRITICAL: 2-6 % of calls get 503 and now and then "
-    "the kernel kills it first",
-    strict=False,
-)
 def test_a_flat_worker_is_never_recycled_for_its_neighbours_leak(
     container: containers.Container, redis_server: Any, tmp_path: Path
 ) -> None:
