@@ -70,6 +70,16 @@ _log = logging.getLogger("runtime_guard")
 # reused); when RSS grows too its own, measured rate is used.
 _BYTES_PER_BLOCK = 80
 
+
+def _heap_explains(heap_rate: float, rss_rate: float) -> bool:
+    """Whether the small-object heap's growth explains a quarter or more of what RSS gains.
+
+    Then the heap is the figure to judge (its blocks are Python objects the diagnosis can
+    name); under that, large objects or native memory grow, and RSS is.
+    """
+    return heap_rate * _BYTES_PER_BLOCK * 4 >= rss_rate
+
+
 # A floor counts as risen in a window only by more than this share of the minimum rate's
 # per-window step. Below it is creep, not growth: pages of RSS noise, and the guard's own
 # history filling during its first hour (about 140 heap blocks per 10 s window, measured),
@@ -390,10 +400,8 @@ class LeakDetector(Component):
             recent = max(first, len(floors) - (2 * n + 1))
             heap_rate = theil_sen(list(zip(times[recent:], heap[recent:], strict=True)))
             rss_rate = theil_sen(list(zip(times[recent:], rss[recent:], strict=True)))
-            if metric == "heap" and heap_rate * _BYTES_PER_BLOCK * 4 < rss_rate:
-                # The small-object heap explains under a quarter of what RSS gains: large
-                # objects or native memory grow; RSS is the figure to judge, below.
-                continue
+            if metric == "heap" and not _heap_explains(heap_rate, rss_rate):
+                continue  # RSS is the figure to judge, below
             own_rate = heap_rate * _BYTES_PER_BLOCK if metric == "heap" else rss_rate
             if own_rate < min_rate:
                 continue
@@ -805,7 +813,7 @@ class LeakDetector(Component):
         minutes = max((sample.monotonic - start[0]) / 60.0, 1e-9)
         heap_rate = (sample.heap_blocks - start[1]) / minutes
         rss_rate = (sample.rss - start[2]) / minutes
-        metric = "heap" if heap_rate * _BYTES_PER_BLOCK * 4 >= rss_rate > 0 else "rss"
+        metric = "heap" if rss_rate > 0 and _heap_explains(heap_rate, rss_rate) else "rss"
         rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK, 0.0)
         return LeakReport(
             metric=metric,
@@ -1055,7 +1063,7 @@ def _early_verdict(points: Sequence[tuple[float, float, float]]) -> _Verdict:
     rss_rate = theil_sen(list(zip(minutes, [r for _, r, _ in points], strict=True)))
     heap_rate = theil_sen(list(zip(minutes, [h for _, _, h in points], strict=True)))
     duration = points[-1][0] - points[0][0] if points else 0.0
-    if heap_rate > 0 and heap_rate * _BYTES_PER_BLOCK * 4 >= rss_rate:
+    if heap_rate > 0 and _heap_explains(heap_rate, rss_rate):
         rate = max(rss_rate, heap_rate * _BYTES_PER_BLOCK)
         return _Verdict("heap", rate, heap_rate, rss_rate, duration)
     return _Verdict("rss", max(rss_rate, 0.0), heap_rate, rss_rate, duration)
