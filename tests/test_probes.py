@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import pytest
 
 from runtime_guard.config import Config
 from runtime_guard.guard import Guard
-from runtime_guard.probes import MemoryProbe, RssReader, find_cgroup_memory, physical_memory
+from runtime_guard.probes import (
+    STAT_EVERY,
+    MemoryProbe,
+    RssReader,
+    _stat_value,
+    find_cgroup_memory,
+    physical_memory,
+)
 
 ROOTS = Path(__file__).parent / "fixtures" / "roots"
 RAM = 16 * 2**30
@@ -36,6 +44,51 @@ def test_v2_container_limit_and_working_set() -> None:
     assert reading.fraction == pytest.approx(250 / 512)
     assert p.sources["limit"].startswith("cgroup v2")
     assert "working set" in p.sources["usage"]
+
+
+def _writable_v2(tmp_path: Path) -> tuple[MemoryProbe, Path]:
+    shutil.copytree(ROOTS / "cgroup_v2", tmp_path / "root")
+    found = MemoryProbe(str(tmp_path / "root"), rlimit=lambda: None)
+    return found, tmp_path / "root" / "sys" / "fs" / "cgroup"
+
+
+def _set_cgroup(cgroup: Path, current: int, inactive: int) -> None:
+    # Written in place: the probe keeps both files open.
+    with open(cgroup / "memory.current", "r+b") as f:
+        f.write(f"{current}\n".encode().ljust(32))
+    with open(cgroup / "memory.stat", "r+b") as f:
+        f.write(f"anon 1\ninactive_file {inactive}\n".encode().ljust(256))
+
+
+def test_page_cache_that_only_ages_counts_within_a_few_readings(tmp_path: Path) -> None:
+    """inactive_file changing under an unchanged usage is seen within STAT_EVERY readings."""
+    p, cgroup = _writable_v2(tmp_path)
+    _set_cgroup(cgroup, 300 * MiB, 50 * MiB)
+    assert p.read().usage == 250 * MiB
+    _set_cgroup(cgroup, 300 * MiB, 10 * MiB)  # 40 MiB of cache became active: in use
+    seen = [p.read().usage for _ in range(STAT_EVERY)]
+    assert seen[-1] == 290 * MiB
+    assert seen[0] == 250 * MiB  # memory.stat was not read again at once
+
+
+def test_usage_that_moves_reads_memory_stat_again_at_once(tmp_path: Path) -> None:
+    """A file read into page cache moves usage and inactive_file together: no false rise."""
+    p, cgroup = _writable_v2(tmp_path)
+    _set_cgroup(cgroup, 300 * MiB, 50 * MiB)
+    assert p.read().usage == 250 * MiB
+    _set_cgroup(cgroup, 400 * MiB, 150 * MiB)
+    assert p.read().usage == 250 * MiB
+
+
+def test_memory_stat_values_are_found_wherever_they_stand() -> None:
+    """The first line, a middle line, a missing key and a value that is not a number."""
+    stat = b"total_inactive_file 7\ninactive_file 5\nx 1\nbad z\n"
+    assert _stat_value(stat, b"total_inactive_file") == 7
+    assert _stat_value(stat, b"inactive_file") == 5
+    assert _stat_value(stat, b"x") == 1
+    assert _stat_value(b"x 1", b"x") == 1
+    assert _stat_value(stat, b"file") is None
+    assert _stat_value(stat, b"bad") is None
 
 
 def test_v2_nested_takes_the_tightest_ancestor() -> None:
