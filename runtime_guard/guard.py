@@ -347,8 +347,12 @@ class Guard:
 
     def stop_threads(self, timeout: float = 2.0) -> None:
         """Stop the sampler and signal threads only, leaving components as they are; for
-        the end of the process, when undoing patches would be wasted work."""
+        the end of the process, when undoing patches would be wasted work, or before a
+        process forks without Python's fork hooks."""
         self._stop_event.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
         self._dispatcher.stop(timeout)
 
     def after_fork_in_child(self) -> None:

@@ -156,11 +156,14 @@ def test_outside_uwsgi_nothing_happens() -> None:
 
 def test_without_fork_hooks_the_missing_option_is_logged_once(serve: object) -> None:
     """A guard installed in the uWSGI master that forks without Python's fork hooks says which
-    option is missing, once; its workers indeed run no sampler."""
+    option is missing, once; its workers indeed run no sampler, and the master no thread."""
     server = serve("--master", "--processes", "2")  # type: ignore[operator]
     seen = _samples_by_worker(server.base)
     assert server.text().count(FORK_HOOKS) == 1, server.text()
     assert all(len(set(counts)) == 1 for counts in seen.values())  # frozen: no sampler
+    # Nor does the master run a thread of the guard that a fork could catch holding a lock.
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    assert "\nThreads:\t1\n" in status, status
 
 
 @pytest.mark.parametrize(

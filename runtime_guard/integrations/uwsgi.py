@@ -133,8 +133,14 @@ def at_install(guard: Guard) -> None:
     if uwsgi is None:
         return
     try:
-        for problem in missing_options(Setup.read(uwsgi)):
+        setup = Setup.read(uwsgi)
+        for problem in missing_options(setup):
             _log.warning("runtime_guard: uWSGI: %s", problem)
+        if setup.worker_id == 0 and setup.forks_workers and not setup.fork_hooks:
+            # uWSGI forks the workers from this process without Python's fork hooks: a
+            # thread of the guard holding a lock (or the GIL) at that moment would leave a
+            # worker waiting on it forever. The master serves nothing; it runs no thread.
+            guard.stop_threads(1.0)
         enable_recycling(guard)
     except Exception:
         _log.exception("runtime_guard: could not set the guard up for uWSGI")
