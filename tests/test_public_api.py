@@ -148,31 +148,41 @@ def test_sample_and_health_leave_nothing_behind(long_lived: runtime_guard.Guard)
         assert long_lived.health()["status"] in ("ok", "degraded", "critical")
 
 
-_EXTRAS = runtime_guard.feature("public-api-extras", shed_at="high")
-_JOBS = runtime_guard.limiter("public-api-jobs", 4)
-
-
 @runtime_guard.no_overlap(name="public-api-tick")
 def _tick() -> int:
     return 1
 
 
+@pytest.fixture
+def declared() -> tuple[runtime_guard.Feature, runtime_guard.Limiter]:
+    """A feature and a limiter declared as an app declares them, for this test alone (at
+    import they would outlive it, and shed in whichever test ran first in the process)."""
+    return (
+        runtime_guard.feature("public-api-extras", shed_at="high"),
+        runtime_guard.limiter("public-api-jobs", 4),
+    )
+
+
 @pytest.mark.no_leaks(rounds=5, warmup=2)
-def test_enabled_limiter_and_no_overlap_leave_nothing_behind() -> None:
+def test_enabled_limiter_and_no_overlap_leave_nothing_behind(
+    declared: tuple[runtime_guard.Feature, runtime_guard.Limiter],
+) -> None:
     """enabled(), limiter acquire/release (sync and async) and no_overlap calls keep nothing."""
     import asyncio
 
+    extras, jobs = declared
+
     async def async_rounds() -> None:
         for _ in range(500):
-            async with _JOBS:
+            async with jobs:
                 pass
 
     for _ in range(1000):
         assert runtime_guard.enabled("public-api-extras")
-        with _JOBS:
+        with jobs:
             assert _tick() == 1
     asyncio.run(async_rounds())
-    assert _JOBS.holders == 0 and _EXTRAS.enabled
+    assert jobs.holders == 0 and extras.enabled
 
 
 class _TrackedClient:
