@@ -331,12 +331,8 @@ class Guard:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the threads and undo what the guard and its components did (idempotent)."""
-        self._stop_event.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self.stop_threads(timeout)
         self._thread = None
-        self._dispatcher.stop(timeout)
         if self._closed:
             return
         self._closed = True

@@ -70,6 +70,12 @@ class Setup:
     """uWSGI runs Python's fork hooks (``--py-call-uwsgi-fork-hooks``, or the older
     ``--py-call-osafterfork``), so a guard installed before the fork restarts in each worker."""
 
+    @property
+    def forks_without_hooks(self) -> bool:
+        """This is the master, and uWSGI forks the workers from it without Python's fork
+        hooks: a guard installed here restarts in no worker."""
+        return self.worker_id == 0 and self.forks_workers and not self.fork_hooks
+
     @classmethod
     def read(cls, uwsgi: Any) -> Setup:
         """Read the facts from the running ``uwsgi`` module."""
@@ -91,7 +97,7 @@ def missing_options(setup: Setup) -> list[str]:
             "Python threads are off, so the guard's sampler runs only in the moments a "
             "request is being served: start uWSGI with --enable-threads (enable-threads = true)"
         )
-    if setup.worker_id == 0 and setup.forks_workers and not setup.fork_hooks:
+    if setup.forks_without_hooks:
         missing.append(
             "the guard is installed in the uWSGI master, and uWSGI forks the workers without "
             "Python's fork hooks, so no worker runs a sampler: start uWSGI with "
@@ -136,7 +142,7 @@ def at_install(guard: Guard) -> None:
         setup = Setup.read(uwsgi)
         for problem in missing_options(setup):
             _log.warning("runtime_guard: uWSGI: %s", problem)
-        if setup.worker_id == 0 and setup.forks_workers and not setup.fork_hooks:
+        if setup.forks_without_hooks:
             # uWSGI forks the workers from this process without Python's fork hooks: a
             # thread of the guard holding a lock (or the GIL) at that moment would leave a
             # worker waiting on it forever. The master serves nothing; it runs no thread.
