@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import re
 import socket
 import socketserver
@@ -553,6 +554,39 @@ def test_a_server_thread_and_a_thread_pool_do_not_decide_the_verdict() -> None:
         for connection in kept:
             if isinstance(connection, socket.socket):
                 connection.close()
+
+
+def _watch(updates: queue.Queue[str], stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            updates.get(timeout=0.001)
+        except queue.Empty:
+            continue
+
+
+def test_threads_waiting_in_a_loop_leave_verdicts_and_the_named_line_to_the_body() -> None:
+    """Threads started before the check that wait in ``queue.get(timeout=...)`` loops (a
+    leaked watcher per earlier request) make and free a waiter and a deadline each wait:
+    a clean body stays clean, a leaky one fails at its own line, the first site listed."""
+    stop = threading.Event()
+    watchers = [
+        threading.Thread(target=_watch, args=(queue.Queue(), stop), daemon=True) for _ in range(30)
+    ]
+    for watcher in watchers:
+        watcher.start()
+    kept: list[object] = []
+    try:
+        for _ in range(3):
+            clean = _checked(lambda: sum(range(1_000)))
+            assert not clean.leaked, clean.message(verbose=True)
+            leaky = _checked(lambda: kept.append({"n": len(kept)}))
+            assert leaky.leaked, leaky.message(verbose=True)
+            assert leaky.line is not None and leaky.line.filename == __file__
+            assert leaky.sites and leaky.sites[0].function != "_watch"
+    finally:
+        stop.set()
+        for watcher in watchers:
+            watcher.join()
 
 
 def test_an_installed_guard_sampling_fast_does_not_count_and_samples_after() -> None:

@@ -275,7 +275,11 @@ def test_known_leaky_bodies_fail_naming_the_leaking_line_first(
         section = _section(output, test)
         assert _first_location(section) == f"test_leaky.py:{_line(source, marker)}", section
         assert f"leaking line: test_leaky.py:{_line(source, marker)} in {function}" in section
-        assert re.search(r"then 4 rounds( of \d+ calls)?, the last one (a single )?traced", section)
+        # Four rounds planned; a busy machine can make the first round's calls cost enough
+        # more that the check runs one round more (so bounded caches get as many calls).
+        assert re.search(
+            r"then [45] rounds( of \d+ calls)?, the last one (a single )?traced", section
+        )
     small = _section(output, "test_one_int_per_call")
     assert "grew in every round: small objects (pymalloc blocks) +1/call" in small, small
     opened = _section(output, "test_open_file")

@@ -388,6 +388,10 @@ class LeakCheck:
         self._clocks: tuple[int, ...] = ()
         self._elders: list[tuple[int, int | None]] = []
         self._traced = array("b", bytes(rounds))
+        # The traced round bounded by what it kept (:meth:`_count_in_flight`), and the
+        # small blocks and bytes it kept; the round is -1 when none is.
+        self._flight = array("q", [-1, 0, 0])
+        self._flight_calls: scan.InFlight = frozenset()
         self._calls_traced = 0
         self.roots: list[tuple[str, object]] = []
         """Namespaces the body reaches besides module globals, e.g. ``("fixture", kwargs)``:
@@ -512,6 +516,8 @@ class LeakCheck:
             self._traced[index] = self._session.active
             noisy = self._read()
             self._ends[index] = self._row - 1
+            if self._session.active and index == planned - 1:
+                self._count_in_flight(index)
             if repeats and (noisy or self._fell(slots, index)):
                 # Read while another thread kept working, or a count of the body's fell
                 # (something else freed: another test's garbage, another thread's): this
@@ -572,6 +578,24 @@ class LeakCheck:
         line = result.line
         if line is not None and not line.what:
             line.what = "a string interned per call and never freed"
+
+    def _count_in_flight(self, index: int) -> None:
+        """Bound the growth of traced round ``index`` by what it traced and kept, apart from
+        the calls other threads are still in.
+
+        A thread waiting in a loop (a watcher's ``queue.get(timeout=...)``) frees the
+        objects of its last wait and makes the next one's (a waiter lock, the deadline's
+        floats): the number alive at a reading moves with where each thread is, so that a
+        busy machine, where the readings catch threads mid-way, counts them as growth. A
+        round traced from its start cannot have grown by more blocks than its traces kept,
+        and what the running calls of other threads made is theirs. Read right after the
+        round's reading, before the threads move on.
+        """
+        if not self._elders or readings.cpu_clocks(self._elders) == self._clocks:
+            return  # no thread that was there before the body ran since the baseline
+        self._flight_calls = scan.in_flight_calls(tracemalloc.get_traceback_limit())
+        blocks, size = scan.kept_apart_from(self._flight_calls)
+        self._flight[0], self._flight[1], self._flight[2] = index, blocks, size
 
     def _own_growth(self, slots: list[int], rounds: int) -> bool:
         """False when the other threads, left alone, grow every figure that grew.
@@ -741,6 +765,9 @@ class LeakCheck:
             # Traced, the heap's growth is known exactly, small objects included; malloc's
             # figure then also moves with tracemalloc's own tables.
             delta = min(delta, rows[now + _TRACED] - rows[before + _TRACED])
+        flight = self._flight
+        if flight[0] == index and slot in _AMOUNTS:
+            delta = min(delta, flight[1] if slot == _OBJECTS else flight[2])
         return delta
 
     def _grew_every_round(self, slots: list[int], rounds: int) -> bool:
@@ -792,7 +819,12 @@ class LeakCheck:
             roots = [*self.roots, *scan.stack_roots()]
             modules = self._modules or scan.user_modules()
             site = self._clients.first_site()[0] if self._clients is not None else None
-            findings = scan.survey(young, roots, modules, [site[0]] if site else [])
+            # Where the other threads are now, too: one caught between two waits at the
+            # round's reading is in its next wait by now.
+            flight = self._flight_calls
+            if flight:
+                flight |= scan.in_flight_calls(tracemalloc.get_traceback_limit())
+            findings = scan.survey(young, roots, modules, [site[0]] if site else [], flight)
             # Neither list may show up as a referrer in the chain found later.
             young.clear()
             roots.clear()

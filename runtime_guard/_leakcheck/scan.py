@@ -43,6 +43,8 @@ __all__ = [
     "backward_chain",
     "excluded",
     "frame_text",
+    "in_flight_calls",
+    "kept_apart_from",
     "machinery",
     "new_tasks",
     "new_threads",
@@ -54,6 +56,11 @@ __all__ = [
 ]
 
 _ATOMIC = (str, bytes, int, float, complex, bytearray)
+
+_THREADING = threading.__file__
+
+# pymalloc serves requests up to this size; larger ones go to malloc.
+_SMALL_BLOCK = 512
 
 # Young objects a holder may be found holding, at most, and the objects the forward search
 # visits and the time it takes, at most.
@@ -75,6 +82,9 @@ _BACKWARD_SECONDS = 0.04
 _LIBRARY_STARTS = 3
 
 Line = tuple[str, int]
+
+# Calls other threads are in the middle of (:func:`in_flight_calls`).
+InFlight = frozenset[tuple[str, tuple[Line, ...]]]
 
 # Never followed by the forward search: leaves, or paths into everything.
 _LEAVES = (*_ATOMIC, types.ModuleType, type(None), bool)
@@ -248,13 +258,19 @@ class Findings:
     """File and socket objects holding the new descriptors (after :meth:`finish`)."""
     created: dict[int, tuple[Line, ...]] = field(default_factory=dict)
     """Allocation frames of young threads and tasks by ``id()`` (after :meth:`finish`)."""
+    in_flight: InFlight = frozenset()
+    """Calls other threads are in the middle of: what they made is not the body's."""
 
     def finish(self, new_fds: set[int]) -> None:
         """Find the roots, name the leaking line; call once tracing has stopped."""
         young: dict[int, Traced] = {}
         for batch in self.survivors:
             for obj, frames in batch:
-                if id(obj) not in young and not machinery(frames):
+                if (
+                    id(obj) not in young
+                    and not machinery(frames)
+                    and not _made_in_flight(frames, self.in_flight)
+                ):
                     young[id(obj)] = (obj, frames)
         paths, self.paths = self.paths, []
         library, self.library_paths = self.library_paths, []
@@ -559,6 +575,62 @@ def _library_modules(snapshot: tracemalloc.Snapshot) -> list[tuple[str, dict[str
     return [found[filename] for filename in files if filename in found]
 
 
+def in_flight_calls(depth: int) -> InFlight:
+    """The calls the other threads are in the middle of, as an allocation made in one of
+    them would be traced (``depth`` frames at most): the called function's file, then the
+    frames from its caller outwards.
+
+    A thread that waits in a loop (a watcher's ``queue.get(timeout=...)``, a poller) holds
+    objects its waiting call made (the condition's waiter lock, a bound method): alive at
+    any reading, freed when the call returns, and made again by the next. They are the
+    thread's work in flight, never something a call of the body kept. Matched by line, a
+    caller's frame only ever matches the very call it is still in. Only a library's
+    function still running counts (a wait, a read, a select): code of the user's may run
+    for the thread's whole life, and what it makes (a consumer appending what it takes
+    off a queue) may well be a leak. So does the thread's own function, which runs from
+    its start.
+    """
+    me = threading.get_ident()
+    calls: set[tuple[str, tuple[Line, ...]]] = set()
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        stack: list[Line] = []
+        at: types.FrameType | None = frame
+        while at is not None:
+            stack.append((at.f_code.co_filename, at.f_lineno))
+            at = at.f_back
+        # The thread's own function: the outermost frame outside threading's bootstrap.
+        own = len(stack) - 1
+        while own > 0 and stack[own][0] == _THREADING:
+            own -= 1
+        for inner in range(own):
+            if kind(stack[inner][0]) is Kind.USER:
+                continue
+            for length in range(1, depth):
+                callers = tuple(stack[inner + 1 : inner + 1 + length])
+                calls.add((stack[inner][0], callers))
+                if inner + 1 + length >= len(stack):
+                    break
+    return frozenset(calls)
+
+
+def _made_in_flight(frames: Sequence[Line], calls: InFlight) -> bool:
+    return len(frames) > 1 and (frames[0][0], tuple(frames[1:])) in calls
+
+
+def kept_apart_from(calls: InFlight) -> tuple[int, int]:
+    """Small blocks (up to 512 B, pymalloc's) and bytes of the live traces made neither by
+    a call in ``calls`` (:func:`in_flight_calls`) nor by the check or pytest."""
+    blocks = size = 0
+    for trace in _tracemalloc._get_traces():
+        frames = trace[2]
+        if not _made_in_flight(frames, calls) and not machinery(frames):
+            size += trace[1]
+            blocks += trace[1] <= _SMALL_BLOCK
+    return blocks, size
+
+
 def stack_roots() -> list[tuple[str, object]]:
     """Locals of the calling frames that run the user's code (not pytest's, not ours)."""
     roots: list[tuple[str, object]] = []
@@ -772,6 +844,7 @@ def survey(
     roots: Sequence[tuple[str, object]] = (),
     modules: Sequence[tuple[str, dict[str, Any]]] = (),
     prefer: Sequence[str] = (),
+    in_flight: InFlight = frozenset(),
 ) -> Findings:
     """Gather the traces, the survivors among ``young`` and the holders of young objects;
     call while tracemalloc traces.
@@ -780,10 +853,15 @@ def survey(
     namespaces (the test's fixtures, the locals of its frames) where a holder of the growth
     may be found: first the modules of the ``prefer`` files and those whose lines allocated
     the growth, with ``roots``, then the others. Call :meth:`Findings.finish` on the result
-    once tracing has stopped.
+    once tracing has stopped. What the ``in_flight`` calls of other threads made
+    (:func:`in_flight_calls`) is left out.
     """
     raw = _tracemalloc._get_traces()
-    findings = Findings(tracemalloc.Snapshot(raw, tracemalloc.get_traceback_limit()))
+    if in_flight:
+        raw = [trace for trace in raw if not _made_in_flight(trace[2], in_flight)]
+    findings = Findings(
+        tracemalloc.Snapshot(raw, tracemalloc.get_traceback_limit()), in_flight=in_flight
+    )
     findings.survivors.append(_with_held(young))
     ids = set(map(id, young))
     top = {*prefer, *_top_files(findings.snapshot)}
