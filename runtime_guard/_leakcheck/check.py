@@ -516,14 +516,16 @@ class LeakCheck:
             self._traced[index] = self._session.active
             noisy = self._read()
             self._ends[index] = self._row - 1
-            if self._session.active and index == planned - 1:
-                self._count_in_flight(index)
             if repeats and (noisy or self._fell(slots, index)):
                 # Read while another thread kept working, or a count of the body's fell
                 # (something else freed: another test's garbage, another thread's): this
                 # round tells nothing sure of the body. It runs again.
                 repeats -= 1
                 continue
+            if self._session.active and index == planned - 1:
+                # Only once the round stands: reading the other threads' stacks makes their
+                # frame objects, growth a round run again would count.
+                self._count_in_flight(index)
             index = result.rounds_run = index + 1
             if not self._grew_every_round(slots, index):
                 break
