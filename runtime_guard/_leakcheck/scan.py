@@ -587,8 +587,8 @@ def in_flight_calls(depth: int) -> InFlight:
     caller's frame only ever matches the very call it is still in. Only a library's
     function still running counts (a wait, a read, a select): code of the user's may run
     for the thread's whole life, and what it makes (a consumer appending what it takes
-    off a queue) may well be a leak. So does the thread's own function, which runs from
-    its start.
+    off a queue) may well be a leak. Nor does the thread's own function count (a
+    server's ``serve_forever``): it runs from the thread's start.
     """
     me = threading.get_ident()
     calls: set[tuple[str, tuple[Line, ...]]] = set()
