@@ -309,3 +309,21 @@ def test_sweep_keeps_running_processes(tmp_path: Path) -> None:
         (tmp_path / f"gauge_liveall_{pid}.db").write_bytes(b"")
     assert prometheus.sweep_dead(str(tmp_path)) == [gone.pid]
     assert [p.name for p in tmp_path.iterdir()] == [f"gauge_liveall_{os.getpid()}.db"]
+
+
+def test_a_scrape_while_a_worker_creates_its_file_reads_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that has just started has created its file and not yet sized it: the scrape
+    leaves that file out instead of failing on it."""
+    from prometheus_client import generate_latest
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    written = MmapedDict(str(tmp_path / "counter_11.db"))  # type: ignore[no-untyped-call]
+    key = mmap_key("runtime_guard_demo", "runtime_guard_demo_total", [], [], "A count.")
+    written.write_value(key, 3.0, 0.0)  # type: ignore[no-untyped-call]
+    written.close()  # type: ignore[no-untyped-call]
+    (tmp_path / "counter_12.db").write_bytes(b"")  # the starting worker's
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    body = generate_latest(prometheus.scrape_registry()).decode()
+    assert "runtime_guard_demo_total 3.0" in body

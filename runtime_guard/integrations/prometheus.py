@@ -348,15 +348,49 @@ def install_metrics(registry: CollectorRegistry = REGISTRY) -> None:
             _registered.add(id(registry))
 
 
+class _WrittenFiles:
+    """prometheus_client's multiprocess collector, over the files that are written.
+
+    A process that has just started creates its file empty and sizes it a moment later;
+    prometheus_client reads such a file as a ``struct.error``, and a file a sweep removes
+    between the listing and the read as a ``FileNotFoundError``: a scrape that failed
+    whenever a worker was starting or going. Empty files are left out, and a read that
+    met either race lists the files again, once.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Any:
+        import glob
+        import struct
+
+        from prometheus_client import multiprocess
+
+        for attempt in range(2):
+            files = [name for name in glob.glob(os.path.join(self._path, "*.db")) if _written(name)]
+            try:
+                return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+            except (struct.error, FileNotFoundError):
+                if attempt:
+                    raise
+        return []
+
+
+def _written(name: str) -> bool:
+    try:
+        return os.path.getsize(name) >= 8
+    except OSError:
+        return False
+
+
 def scrape_registry() -> CollectorRegistry:
     """The registry a scrape should read: all workers' files in multiprocess mode."""
     if not multiprocess_mode():
         return REGISTRY
-    from prometheus_client import multiprocess
-
     sweep_dead()
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_WrittenFiles(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     return registry
 
 
