@@ -54,9 +54,9 @@ def _made_at(calls: scan.InFlight, filename: str, text: str) -> list[bool]:
 def test_waits_of_other_threads_are_in_flight_and_what_user_code_kept_is_not(
     traced: None,
 ) -> None:
-    """The waiter locks and deadlines of threads waiting in ``queue.get(timeout=...)`` are
-    in flight; strings a consumer thread's own loop kept, and this thread's own
-    allocations, are not."""
+    """The waiter locks and deadlines of threads waiting in ``queue.get(timeout=...)``, and
+    what their calling line made for the call, are in flight; strings a consumer thread's
+    own loop kept, and this thread's own allocations, are not."""
     stop = threading.Event()
     watchers = [
         threading.Thread(target=_watch, args=(queue.Queue(), stop), daemon=True) for _ in range(4)
@@ -79,9 +79,11 @@ def test_waits_of_other_threads_are_in_flight_and_what_user_code_kept_is_not(
             and len(trace[2]) > 1
             and trace[2][1][0] == queue.__file__
         ]
+        calling = _made_at(calls, __file__, "updates.get(timeout")
         kept = _made_at(calls, __file__, "KEPT.append")
         own = _made_at(calls, __file__, "mine = ")
         assert waits and any(waits)
+        assert calling and any(calling)
         assert len(kept) >= 20 and not any(kept)
         assert own and not any(own)
         blocks, size = scan.kept_apart_from(calls)

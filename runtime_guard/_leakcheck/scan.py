@@ -588,7 +588,11 @@ def in_flight_calls(depth: int) -> InFlight:
     function still running counts (a wait, a read, a select): code of the user's may run
     for the thread's whole life, and what it makes (a consumer appending what it takes
     off a queue) may well be a leak. Nor does the thread's own function count (a
-    server's ``serve_forever``): it runs from the thread's start.
+    server's ``serve_forever``): it runs from the thread's start. Of the frame that calls
+    such a function, the calling line alone counts (the bound method and the arguments it
+    made for the call live as long as the call): listed with an empty file name and its
+    traceback from that line outwards, it matches that very line, never the rest of the
+    function, and only with a caller (one frame deep, a line is anybody's).
     """
     me = threading.get_ident()
     calls: set[tuple[str, tuple[Line, ...]]] = set()
@@ -612,11 +616,17 @@ def in_flight_calls(depth: int) -> InFlight:
                 calls.add((stack[inner][0], callers))
                 if inner + 1 + length >= len(stack):
                     break
+            for length in range(2, depth + 1):
+                calls.add(("", tuple(stack[inner + 1 : inner + 1 + length])))
+                if inner + 1 + length >= len(stack):
+                    break
     return frozenset(calls)
 
 
 def _made_in_flight(frames: Sequence[Line], calls: InFlight) -> bool:
-    return len(frames) > 1 and (frames[0][0], tuple(frames[1:])) in calls
+    return len(frames) > 1 and (
+        (frames[0][0], tuple(frames[1:])) in calls or ("", tuple(frames)) in calls
+    )
 
 
 def kept_apart_from(calls: InFlight) -> tuple[int, int]:
