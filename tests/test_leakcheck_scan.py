@@ -25,6 +25,14 @@ def _watch(updates: queue.Queue[str], stop: threading.Event) -> None:
             continue
 
 
+# The watcher's waiting line: the first line of this file that calls queue.get with a timeout.
+_WAIT_LINE = next(
+    number
+    for number, line in enumerate(linecache.getlines(__file__), 1)
+    if line.strip().startswith("updates.get(")
+)
+
+
 def _consume(items: queue.Queue[int]) -> None:
     while True:
         item = items.get()
@@ -80,9 +88,16 @@ def test_waits_of_other_threads_are_in_flight_and_what_user_code_kept_is_not(
             and trace[2][1][0] == queue.__file__
         ]
         calling = _made_at(calls, __file__, "updates.get(timeout")
+        # The frame objects of the watchers' loops, made at their waiting line.
+        loops = [
+            scan._made_in_flight(trace[2], calls)
+            for trace in _tracemalloc._get_traces()
+            if trace[2][0] == (__file__, _WAIT_LINE)
+        ]
         kept = _made_at(calls, __file__, "KEPT.append")
         own = _made_at(calls, __file__, "mine = ")
         assert waits and any(waits)
+        assert len(loops) >= len(watchers) and all(loops)
         assert calling and any(calling)
         assert len(kept) >= 20 and not any(kept)
         assert own and not any(own)

@@ -588,11 +588,14 @@ def in_flight_calls(depth: int) -> InFlight:
     function still running counts (a wait, a read, a select): code of the user's may run
     for the thread's whole life, and what it makes (a consumer appending what it takes
     off a queue) may well be a leak. Nor does the thread's own function count (a
-    server's ``serve_forever``): it runs from the thread's start. Of the frame that calls
-    such a function, the calling line alone counts (the bound method and the arguments it
-    made for the call live as long as the call): listed with an empty file name and its
-    traceback from that line outwards, it matches that very line, never the rest of the
-    function, and only with a caller (one frame deep, a line is anybody's).
+    server's ``serve_forever``): it runs from the thread's start.
+
+    The frame objects of the threads' running functions are theirs too: made when an
+    exception first passed through the function (a watcher's ``queue.Empty``), they live
+    as long as the call, and a thread started shortly before makes its own in any round.
+    Each is listed with an empty file name and the whole traceback it was traced with, so
+    that it matches that allocation exactly (and only with a caller: one frame deep, a
+    line is anybody's).
     """
     me = threading.get_ident()
     calls: set[tuple[str, tuple[Line, ...]]] = set()
@@ -603,6 +606,9 @@ def in_flight_calls(depth: int) -> InFlight:
         at: types.FrameType | None = frame
         while at is not None:
             stack.append((at.f_code.co_filename, at.f_lineno))
+            made = _tracemalloc._get_object_traceback(at) if depth > 1 else None
+            if made is not None and len(made) > 1:
+                calls.add(("", tuple(made)))
             at = at.f_back
         # The thread's own function: the outermost frame outside threading's bootstrap.
         own = len(stack) - 1
@@ -614,10 +620,6 @@ def in_flight_calls(depth: int) -> InFlight:
             for length in range(1, depth):
                 callers = tuple(stack[inner + 1 : inner + 1 + length])
                 calls.add((stack[inner][0], callers))
-                if inner + 1 + length >= len(stack):
-                    break
-            for length in range(2, depth + 1):
-                calls.add(("", tuple(stack[inner + 1 : inner + 1 + length])))
                 if inner + 1 + length >= len(stack):
                     break
     return frozenset(calls)
