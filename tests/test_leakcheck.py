@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import queue
@@ -207,6 +208,35 @@ def test_one_small_object_kept_per_call_is_a_leak_at_the_defaults() -> None:
     assert result.traced_rounds == 1 and result.rounds_run == 5
     assert result.line is not None and result.line.filename == __file__, result.message(True)
     assert result.line.function.endswith("<lambda>") and result.line.type_name == "object"
+
+
+def test_the_diagnosis_runs_without_automatic_collections_and_leaves_them_as_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a failing check surveys what the calls kept, no automatic collection runs (a
+    collection of the whole heap per allocation was a third of its time); afterwards the
+    collector is on again, or still off where the host had switched it off."""
+    from runtime_guard._leakcheck import scan
+
+    seen: list[bool] = []
+    survey = scan.survey
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return survey(*args, **kwargs)
+
+    monkeypatch.setattr(scan, "survey", watched)
+    kept: list[object] = []
+    for host_enabled in (True, False):
+        if not host_enabled:
+            gc.disable()
+        try:
+            result = _checked(lambda: kept.append(object()), rounds=3)
+            assert result.leaked and seen[-1] is False
+            assert gc.isenabled() is host_enabled
+        finally:
+            gc.enable()
+    assert len(seen) == 2
 
 
 def test_a_heap_leak_is_judged_and_diagnosed_in_process() -> None:

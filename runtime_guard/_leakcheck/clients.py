@@ -75,12 +75,12 @@ class ClientWatch:
     def first_site(self) -> tuple[tuple[str, int] | None, str]:
         """The creation line of the most common unreleased client, when it is the user's,
         and the client's type."""
-        from runtime_guard._leakcheck.frames import Kind, kind
+        from runtime_guard._leakcheck.frames import USER, kind
 
         lines: Counter[tuple[tuple[str, int], str]] = Counter()
         for item in self._live():
             filename, lineno, _ = item.site.where
-            if kind(filename) is Kind.USER:
+            if kind(filename) is USER:
                 lines[((filename, lineno), item.type)] += 1
         return lines.most_common(1)[0][0] if lines else (None, "")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from runtime_guard import diagnosis
-from runtime_guard._leakcheck.frames import Kind, kind
+from runtime_guard._leakcheck.frames import USER, kind
 from runtime_guard._leakcheck.scan import frame_text, shown
 from runtime_guard._units import format_size
 from runtime_guard.diagnosis import functions
@@ -96,7 +96,7 @@ def render(result: LeakResult, verbose: bool) -> str:
         for site in result.sites
         if verbose
         or (
-            kind(site.filename) is Kind.USER
+            kind(site.filename) is USER
             and (line is None or site.lineno != line.lineno or site.filename != line.filename)
         )
     ]

@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime_guard import _frames, diagnosis
-from runtime_guard._leakcheck.frames import PYTEST_FILES, Kind, kind, machinery_module
+from runtime_guard._leakcheck.frames import (
+    LIBRARY,
+    MACHINERY,
+    PYTEST_FILES,
+    USER,
+    kind,
+    machinery_module,
+)
 from runtime_guard._units import format_size
 from runtime_guard.diagnosis import functions, referrers
 
@@ -96,7 +103,7 @@ _LIBRARY_DIRS = tuple(sorted(_frames.library_directories(), key=len, reverse=Tru
 
 def excluded(filename: str) -> bool:
     """True for files whose allocations are the check's own or pytest's, not the body's."""
-    return kind(filename) is Kind.MACHINERY
+    return kind(filename) is MACHINERY
 
 
 def machinery(frames: Sequence[Line]) -> bool:
@@ -105,9 +112,9 @@ def machinery(frames: Sequence[Line]) -> bool:
     is ours)."""
     for filename, _ in frames:
         found = kind(filename)
-        if found is Kind.MACHINERY:
+        if found is MACHINERY:
             return True
-        if found is Kind.USER:
+        if found is USER:
             return False
     return False
 
@@ -115,7 +122,7 @@ def machinery(frames: Sequence[Line]) -> bool:
 def user_frame(frames: Sequence[Line]) -> Line | None:
     """The most recent frame in the user's code, or None when every frame is a library's."""
     for frame in frames:
-        if kind(frame[0]) is Kind.USER:
+        if kind(frame[0]) is USER:
             return frame
     return None
 
@@ -385,7 +392,7 @@ def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSi
     for (filename, lineno), (size, count, frames) in ranked:
         # A library's function is named, and a frame's source read, only when shown (-v):
         # reading them from a large library module cost milliseconds a site.
-        user = kind(filename) is Kind.USER
+        user = kind(filename) is USER
         sites.append(
             diagnosis.AllocationSite(
                 filename=filename,
@@ -394,9 +401,7 @@ def _growth_sites(snapshot: tracemalloc.Snapshot) -> list[diagnosis.AllocationSi
                 size_diff=size,
                 count_diff=count,
                 traceback=[
-                    f"{path}:{number}"
-                    for path, number in frames
-                    if kind(path) is not Kind.MACHINERY
+                    f"{path}:{number}" for path, number in frames if kind(path) is not MACHINERY
                 ],
             )
         )
@@ -437,7 +442,7 @@ def _leaking_line(
     if lines:
         return max(lines, key=lambda line: lines[line][0])
     for site in sites:
-        if kind(site.filename) is Kind.USER:
+        if kind(site.filename) is USER:
             return (site.filename, site.lineno)
     return None
 
@@ -459,7 +464,7 @@ def _exceptions(roots: list[_Root]) -> list[str]:
         while traceback is not None:
             frame = traceback.tb_frame
             code = frame.f_code
-            if kind(code.co_filename) is Kind.USER:
+            if kind(code.co_filename) is USER:
                 kept = _big_locals(frame)
                 frames.append(
                     f"{code.co_qualname}() at {shown(code.co_filename)}:{traceback.tb_lineno}"
@@ -562,7 +567,7 @@ def _library_modules(snapshot: tracemalloc.Snapshot) -> list[tuple[str, dict[str
         if not frames or machinery(frames):
             continue
         for filename, _ in frames:
-            if kind(filename) is not Kind.LIBRARY:
+            if kind(filename) is not LIBRARY:
                 break
             sizes[filename] = sizes.get(filename, 0) + trace[1]
     files = sorted(sizes, key=lambda name: -sizes[name])[:_LIBRARY_STARTS]
@@ -615,7 +620,7 @@ def in_flight_calls(depth: int) -> InFlight:
         while own > 0 and stack[own][0] == _THREADING:
             own -= 1
         for inner in range(own):
-            if kind(stack[inner][0]) is Kind.USER:
+            if kind(stack[inner][0]) is USER:
                 continue
             for length in range(1, depth):
                 callers = tuple(stack[inner + 1 : inner + 1 + length])
@@ -649,7 +654,7 @@ def stack_roots() -> list[tuple[str, object]]:
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if kind(code.co_filename) is Kind.USER:
+        if kind(code.co_filename) is USER:
             names = frame.f_locals
             # From 3.13 a function's f_locals is a proxy onto the frame, not a dict: the
             # search follows dicts, so it is given a copy of the names.
@@ -674,7 +679,7 @@ def user_modules() -> list[tuple[str, dict[str, Any]]]:
     for key_name, module in list(modules.items()):
         namespace = functions.namespace_of(module)
         filename = namespace.get("__file__") if namespace is not None else None
-        if isinstance(filename, str) and kind(filename) is Kind.USER:
+        if isinstance(filename, str) and kind(filename) is USER:
             name = namespace.get("__name__")  # type: ignore[union-attr]
             found.append((name if isinstance(name, str) else key_name, namespace))  # type: ignore[arg-type]
     _user_modules[:] = [key, found]
@@ -971,7 +976,7 @@ def _running(frame: types.FrameType | None) -> str:
     """The innermost user frame of a thread's stack, as ``file:line in function``."""
     while frame is not None:
         code = frame.f_code
-        if kind(code.co_filename) is Kind.USER:
+        if kind(code.co_filename) is USER:
             return f"{shown(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
         frame = frame.f_back
     return ""
@@ -989,7 +994,7 @@ def _awaiting(task: Any) -> str:
         if frame is None:
             break
         code = frame.f_code
-        if kind(code.co_filename) is Kind.USER:
+        if kind(code.co_filename) is USER:
             found = f"{shown(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         if coro is None:

@@ -74,9 +74,9 @@ def _made_by_machinery(frames: Sequence[Line]) -> bool:
     """
     for filename, _ in frames:
         kind = _frames.kind(filename)
-        if kind is _frames.FrameKind.GUARD:
+        if kind is _frames.GUARD:
             return True
-        if kind is not _frames.FrameKind.STDLIB:
+        if kind is not _frames.STDLIB:
             return False
     return False
 
@@ -91,9 +91,9 @@ def _site_frame(frames: Sequence[Line]) -> Line:
     fallback = None
     for frame in frames:
         kind = _frames.kind(frame[0])
-        if kind is _frames.FrameKind.USER:
+        if kind is _frames.USER:
             return frame
-        if fallback is None and kind is _frames.FrameKind.LIBRARY:
+        if fallback is None and kind is _frames.LIBRARY:
             fallback = frame
     return fallback or frames[0]
 
