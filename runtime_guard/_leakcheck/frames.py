@@ -51,9 +51,9 @@ USER, LIBRARY, MACHINERY = Kind.USER, Kind.LIBRARY, Kind.MACHINERY
 def kind(filename: str) -> Kind:
     """What ``filename`` is to the leak check (cached per file name)."""
     shared = _frames.kind(filename)
-    if shared is _frames.FrameKind.GUARD or _PYTEST.match(filename) is not None:
+    if shared is _frames.GUARD or _PYTEST.match(filename) is not None:
         return MACHINERY
-    return USER if shared is _frames.FrameKind.USER else LIBRARY
+    return USER if shared is _frames.USER else LIBRARY
 
 
 @functools.cache

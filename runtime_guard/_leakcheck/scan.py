@@ -611,7 +611,7 @@ def in_flight_calls(depth: int) -> InFlight:
         at: types.FrameType | None = frame
         while at is not None:
             stack.append((at.f_code.co_filename, at.f_lineno))
-            made = _tracemalloc._get_object_traceback(at) if depth > 1 else None
+            made = _raw_traceback(at) if depth > 1 else None
             if made is not None and len(made) > 1:
                 calls.add(("", tuple(made)))
             at = at.f_back

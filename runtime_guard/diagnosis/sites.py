@@ -152,7 +152,7 @@ def diff_snapshots(
     patterns = tuple(exclude)
 
     def keep(filename: str) -> bool:
-        if _frames.kind(filename) is _frames.FrameKind.GUARD:
+        if _frames.kind(filename) is _frames.GUARD:
             return False
         return not any(fnmatch(filename, pattern) for pattern in patterns)
 
@@ -187,7 +187,7 @@ def diff_snapshots(
 
     def rank(item: tuple[int, int, Line, tuple[Line, ...]]) -> tuple[bool, int]:
         size, _, (filename, _lineno), _ = item
-        users = _frames.kind(filename) is _frames.FrameKind.USER and size * 10 >= biggest
+        users = _frames.kind(filename) is _frames.USER and size * 10 >= biggest
         return (users, size)
 
     ranked = sorted(

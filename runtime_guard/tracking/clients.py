@@ -32,7 +32,7 @@ _SERVER_CALLS = frozenset(
     {"accept", "create_server", "_make_self_pipe", "bind_socket", "create_sockets"}
 )
 _SOCKET_FRAMES = 8
-_LIBRARY = _frames.FrameKind.LIBRARY
+_LIBRARY = _frames.LIBRARY
 
 
 def _owns_socket(sock: Any) -> bool:

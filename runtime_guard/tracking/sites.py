@@ -26,8 +26,8 @@ _MAX_INTERNED = 10_000
 
 # The frame classifier's cache, read directly on the construction hook's path.
 _kinds = _frames.cache
-_USER = _frames.FrameKind.USER
-_LIBRARY = _frames.FrameKind.LIBRARY
+_USER = _frames.USER
+_LIBRARY = _frames.LIBRARY
 
 
 class Site:
