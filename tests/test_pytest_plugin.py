@@ -837,7 +837,9 @@ def test_leak_check_fixture_call_and_block_forms(pytester: pytest.Pytester) -> N
     ]:
         section = _section(output, test)
         assert _first_location(section) == f"test_fixture.py:{_line(source, marker)}", section
-    assert re.search(r"then 3 rounds", _section(output, "test_block_leaky"))
+    # Three rounds asked for; a busy machine can make the first round's calls cost enough
+    # more that the check runs one round more (so bounded caches get as many calls).
+    assert re.search(r"then [34] rounds", _section(output, "test_block_leaky"))
 
 
 UNRELEASED = """
