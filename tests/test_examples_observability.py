@@ -124,6 +124,7 @@ def guarded_app() -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.mark.slow
 def test_a_real_prometheus_evaluates_every_rule_and_panel(guarded_app: str, tmp_path: Path) -> None:
     """Prometheus scrapes the app, loads the rules and answers every dashboard query
     without error; the panels on figures every process has return data."""

@@ -154,6 +154,7 @@ def wait_for_state(result: AsyncResult, state: str, timeout: float = 30.0) -> No
 # -- the example worker -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shed_task_is_deferred_while_ordinary_tasks_run(start_worker: Any) -> None:
     """Under critical pressure the example's shed task type is deferred; other tasks run."""
     worker = start_worker(
@@ -206,6 +207,7 @@ def test_deferrals_leave_the_task_retry_budget_alone(start_worker: Any) -> None:
     assert worker.send("flaky").get(timeout=60)["retries"] == 5
 
 
+@pytest.mark.slow
 def test_a_task_runs_after_max_deferrals_whatever_the_pressure(start_worker: Any) -> None:
     """After max_deferrals deferrals a shed task runs under pressure: delayed, never dropped."""
     worker = start_worker(
@@ -223,6 +225,7 @@ def test_a_task_runs_after_max_deferrals_whatever_the_pressure(start_worker: Any
     assert "deferred 2 times, max_deferrals=2" in worker.output()
 
 
+@pytest.mark.slow
 def test_deferred_chord_members_complete_the_chord_with_late_acks(
     start_worker: Any, redis_server: Any
 ) -> None:
@@ -302,6 +305,7 @@ def test_no_task_is_lost_when_the_worker_recycles(start_worker: Any) -> None:
     assert [result.get(timeout=60) for result in queued] == list(range(8))
 
 
+@pytest.mark.slow
 def test_prefork_pool_processes_report_their_recycling(start_worker: Any) -> None:
     """With prefork the guard lives in each pool process and says it recycles that process."""
     worker = start_worker()

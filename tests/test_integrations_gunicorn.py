@@ -182,6 +182,7 @@ def _recycle(base: str) -> str:
     return first
 
 
+@pytest.mark.slow
 def test_real_gunicorn_recycles_gracefully(tmp_path: Path) -> None:
     """On restart_requested a real worker finishes its in-flight request, exits, is replaced."""
     proc, log, base = _gunicorn(tmp_path, CONFIG)

@@ -186,6 +186,7 @@ def _dead(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
 def test_any_worker_answers_for_the_container_and_drops_a_killed_one(
     kind: str, tmp_path: Path, stop_after: list[Server]
@@ -220,6 +221,7 @@ def test_any_worker_answers_for_the_container_and_drops_a_killed_one(
     assert victim not in replaced and len(replaced - before) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
 def test_readyz_stays_ready_while_one_of_several_workers_drains(
     kind: str, tmp_path: Path, stop_after: list[Server]
@@ -248,6 +250,7 @@ def test_readyz_stays_ready_while_one_of_several_workers_drains(
     assert len(now - first) == 1
 
 
+@pytest.mark.slow
 def test_readyz_flips_while_the_only_worker_drains(
     tmp_path: Path, stop_after: list[Server]
 ) -> None:
@@ -267,6 +270,7 @@ def test_readyz_flips_while_the_only_worker_drains(
     assert fresh["ready"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
 def test_livez_stays_200_at_critical(kind: str, tmp_path: Path, stop_after: list[Server]) -> None:
     """Every worker over its budget: requests and /health get 503, /readyz 503 (no worker

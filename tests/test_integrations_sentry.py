@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 # sentry-sdk runs in a child process only: sentry_sdk.init() patches logging for the whole
@@ -83,6 +85,7 @@ def _is_guard(event: dict[str, Any]) -> bool:
     return bool(event.get("logger", "").startswith("runtime_guard"))
 
 
+@pytest.mark.slow
 def test_leaks_become_one_issue_per_leaking_line_with_the_report_attached() -> None:
     """Three leak reports at two lines make three ERROR events with two fingerprints; each
     carries the report's figures, sites and holder as context; the app's own error and
@@ -111,6 +114,7 @@ def test_leaks_become_one_issue_per_leaking_line_with_the_report_attached() -> N
     assert any("ELEVATED -> HIGH" in (c.get("message") or "") for c in crumbs)
 
 
+@pytest.mark.slow
 def test_without_the_integration_leaks_are_still_error_events() -> None:
     """With sentry-sdk's defaults alone a leak is an event (ERROR), not a breadcrumb, but
     each report is grouped by its message: the integration is what groups by line."""

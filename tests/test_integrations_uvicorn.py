@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import servers
 
 from runtime_guard.integrations import uvicorn as guard_uvicorn
@@ -67,6 +68,7 @@ def test_find_server_is_none_outside_uvicorn() -> None:
     assert guard_uvicorn.find_server() is None
 
 
+@pytest.mark.slow
 def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
     """On restart_requested a worker finishes in-flight requests and uvicorn starts a new one."""
     proc, log, port = _serve_app(tmp_path, "--workers", "2")
@@ -101,6 +103,7 @@ def test_real_uvicorn_worker_recycles_gracefully(tmp_path: Path) -> None:
     assert f"recycling uvicorn worker pid {recycled}" in text
 
 
+@pytest.mark.slow
 def test_a_connection_whose_request_comes_late_is_answered_not_reset(tmp_path: Path) -> None:
     """A connection accepted before the recycle, its request read only later, gets its answer."""
     proc, log, port = _serve_app(tmp_path)
@@ -174,6 +177,7 @@ GUARD_IN_LOOP_APP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_guard_installed_and_used_inside_uvicorns_event_loop(tmp_path: Path) -> None:
     """A real uvicorn app that calls install(), health(), a limiter and uninstall() from its
     handlers answers every request, keeps the limiter within capacity and logs no error."""
@@ -213,6 +217,7 @@ def test_guard_installed_and_used_inside_uvicorns_event_loop(tmp_path: Path) -> 
     assert "Traceback" not in text and "ERROR" not in text, text
 
 
+@pytest.mark.slow
 def test_a_connection_accepted_just_before_a_recycle_is_answered(tmp_path: Path) -> None:
     """A client whose connection a recycling worker has accepted but whose request it has not
     read yet gets its answer, not a reset: the worker stops accepting before shutting down."""
@@ -256,6 +261,7 @@ def test_a_connection_accepted_just_before_a_recycle_is_answered(tmp_path: Path)
     assert "recycling uvicorn worker pid" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_recycled_uvicorn_worker_leaves_the_multiprocess_metrics(tmp_path: Path) -> None:
     """Under uvicorn --workers 2 with PROMETHEUS_MULTIPROC_DIR, a recycled worker's gauges and
     live files are gone once it has exited, and scrapes show the fresh worker instead."""

@@ -154,6 +154,7 @@ def test_outside_uwsgi_nothing_happens() -> None:
     guard_uwsgi.shutdown()  # not a worker: logs, sends no signal
 
 
+@pytest.mark.slow
 def test_without_fork_hooks_the_missing_option_is_logged_once(serve: object) -> None:
     """A guard installed in the uWSGI master that forks without Python's fork hooks says which
     option is missing, once; its workers indeed run no sampler, and the master no thread."""
@@ -175,6 +176,7 @@ def test_without_fork_hooks_the_missing_option_is_logged_once(serve: object) -> 
     ],
     ids=["fork-hooks", "lazy-apps", "threads"],
 )
+@pytest.mark.slow
 def test_with_the_options_every_worker_samples_and_recycles(
     serve: object, options: tuple[str, ...]
 ) -> None:
