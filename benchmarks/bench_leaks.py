@@ -48,7 +48,7 @@ from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.diagnosis import TracemallocSession, census_diff, diff_snapshots, type_census
 from runtime_guard.guard import Guard
-from runtime_guard.leaks import LeakDetector
+from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.probes import RssReader
 
 MB = 1_000_000

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import servers
 
-from runtime_guard.pools import PoolComponent, PoolRegistry
+from runtime_guard.pools import PoolRegistry
+from runtime_guard.pools.component import PoolComponent
 from runtime_guard.resources import CreationHooks
 
 ROUNDS = 7

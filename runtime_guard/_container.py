@@ -23,8 +23,6 @@ import os
 import stat
 import tempfile
 
-import psutil
-
 __all__ = [
     "CONTAINER_DIR_ENV",
     "OFF",
@@ -121,8 +119,47 @@ def container_dir(setting: str | None = None, *, create: bool = True) -> str | N
     return path
 
 
-def process_started(pid: int) -> float | None:
+def process_started(pid: int, root: str = "/") -> float | None:
     """When process ``pid`` started (seconds since the epoch), or ``None`` if it does not run."""
+    # /proc directly where it exists: psutil computes the same figure from the same two
+    # files, and importing it cost every worker 20 ms at start-up (it is read only here).
+    try:
+        with open(os.path.join(root, f"proc/{pid}/stat"), "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        if os.path.isdir(os.path.join(root, "proc/self")):
+            return None  # /proc is there: the process is not
+    except OSError:
+        pass
+    else:
+        boot = _boot_time(root)
+        if boot is not None and len(fields) > 19:
+            if fields[0] == b"Z":
+                return None
+            return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return _psutil_started(pid)
+
+
+_BOOT: dict[str, float] = {}
+
+
+def _boot_time(root: str) -> float | None:
+    boot = _BOOT.get(root)
+    if boot is None:
+        try:
+            with open(os.path.join(root, "proc/stat"), "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        boot = _BOOT[root] = float(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            return None
+    return boot
+
+
+def _psutil_started(pid: int) -> float | None:
+    import psutil
+
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:

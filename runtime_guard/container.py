@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RECYCLER",
     "SLOW_REFRESH",
-    "ContainerPublisher",
     "ContainerView",
     "container_view",
     "draining",

@@ -34,7 +34,7 @@ from runtime_guard.pressure import Pressure
 if TYPE_CHECKING:
     from runtime_guard.guard import Guard
 
-__all__ = ["EVENTS", "FIELDS_ATTR", "EventLog", "EventSpec", "record"]
+__all__ = ["EVENTS", "FIELDS_ATTR", "EventSpec", "record"]
 
 _log = logging.getLogger("runtime_guard")
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["PERIOD", "Block", "LoopLagComponent", "LoopMonitor", "default_monitor", "watch"]
+__all__ = ["PERIOD", "Block", "LoopMonitor", "default_monitor", "watch"]
 
 _log = logging.getLogger("runtime_guard")
 

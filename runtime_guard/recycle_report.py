@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime_guard.leaks import LeakDetector
+from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.reports.timeline import snapshot
 from runtime_guard.tracking.registry import TrackingRegistry, default_registry
 

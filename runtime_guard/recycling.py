@@ -62,7 +62,6 @@ __all__ = [
     "MIN_GROWTH_SHARE",
     "TREND_SECONDS",
     "Prediction",
-    "RecyclePolicy",
     "choose_victim",
     "predict",
     "sustained_rate",
@@ -657,7 +656,7 @@ class RecyclePolicy(Component):
 
     def _maybe_diagnose(self, guard: Guard, sample: Sample, age: float) -> None:
         """Start the leak diagnosis at once when the ordinary detector would come too late."""
-        from runtime_guard.leaks import LeakDetector
+        from runtime_guard.leaks.detector import LeakDetector
 
         detector = guard.component("leaks")
         if not isinstance(detector, LeakDetector):

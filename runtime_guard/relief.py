@@ -8,7 +8,6 @@ the collection alone.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from runtime_guard.sample import Sample
 
 __all__ = [
-    "ReliefComponent",
     "ReliefResult",
     "malloc_trim_available",
     "relieve",
@@ -99,6 +97,8 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         if not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"):
             return None
+        import ctypes  # here, at the first trim: it cost every worker 2 ms at start-up
+
         function = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError, ValueError):
         return None

@@ -2,7 +2,8 @@
 
 Every signal is sent with the :class:`~runtime_guard.Guard` as sender and keyword payloads.
 A receiver that raises is logged once per receiver and exception type and never reaches
-the code that caused the signal.
+the code that caused the signal. (:func:`emit`, the guard's own way of sending them, is not
+public.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from blinker import NamedSignal, Namespace
 
 __all__ = [
     "checkout_held",
-    "emit",
     "feature_restored",
     "feature_shed",
     "gc_forced",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["StuckComponent", "Work", "WorkRegistry", "check_deadline", "default_registry"]
+__all__ = ["Work", "WorkRegistry", "check_deadline", "default_registry"]
 
 _log = logging.getLogger("runtime_guard")
 

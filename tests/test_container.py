@@ -172,6 +172,42 @@ def test_process_alive_tells_a_reused_pid_apart() -> None:
     assert not _container.process_alive(proc.pid)
 
 
+def test_a_start_time_is_psutils_figure_and_a_zombie_has_none() -> None:
+    """A process's start time, read from /proc, equals psutil's; an unreaped child is dead."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = _container.process_started(proc.pid)
+        assert started == pytest.approx(psutil.Process(proc.pid).create_time(), abs=0.011)
+    finally:
+        proc.kill()
+    for _ in range(200):  # the kill is delivered, not yet reaped
+        if psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.01)
+    assert psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    assert _container.process_started(proc.pid) is None
+    proc.wait()
+    assert _container.process_started(proc.pid) is None
+
+
+def test_a_start_time_is_read_from_the_proc_files_under_a_root(tmp_path: Path) -> None:
+    """Boot time plus the clock ticks of the process's stat line; a state of Z is dead and
+    a pid without a file does not run."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    rest = " ".join(["0"] * 18)  # fields 4 to 21; the start time is field 22
+    for pid, state in ((41, "S"), (42, "Z")):
+        stat = f"{pid} (a (tricky) name) {state} {rest} {5 * ticks} 0 0\n"
+        (tmp_path / "proc" / str(pid)).mkdir()
+        (tmp_path / "proc" / str(pid) / "stat").write_text(stat)
+    assert _container.process_started(41, root=str(tmp_path)) == 1_700_000_005
+    assert _container.process_started(42, root=str(tmp_path)) is None
+    assert _container.process_started(43, root=str(tmp_path)) is None
+
+
 # -- publishing and reading ------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -148,3 +149,33 @@ def test_package_init_files_only_re_export() -> None:
             assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)), (
                 f"{name} defines {node.name}"
             )
+
+
+def test_no_public_all_lists_a_component() -> None:
+    """Components are internal: ``install()`` attaches them, so no public module's
+    ``__all__`` offers one (each stays importable from its own module)."""
+    public = sorted(
+        name for name in MODULES if not any(part.startswith("_") for part in name.split("."))
+    )
+    # In a child: importing every integration patches its framework for the whole process.
+    code = (
+        "import importlib, json, sys\n"
+        "from runtime_guard._component import Component\n"
+        "found = {}\n"
+        "for name in json.loads(sys.argv[1]):\n"
+        "    module = importlib.import_module(name)\n"
+        "    listed = [n for n in getattr(module, '__all__', ())\n"
+        "              if isinstance(getattr(module, n), type)\n"
+        "              and issubclass(getattr(module, n), Component)]\n"
+        "    if listed:\n"
+        "        found[name] = listed\n"
+        "print(json.dumps(found))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, json.dumps(public)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(result.stdout) == {}

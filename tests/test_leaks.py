@@ -23,7 +23,7 @@ from runtime_guard._install import attach_components
 from runtime_guard.config import Config
 from runtime_guard.diagnosis import AllocationSite, TypeGrowth, tracing
 from runtime_guard.guard import Guard
-from runtime_guard.leaks import LeakDetector
+from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.leaks.report import MB, Holder
 from runtime_guard.leaks.routes import RouteGrowth
 from runtime_guard.probes import RssReader

@@ -28,7 +28,7 @@ from runtime_guard.container import ContainerPublisher, draining, read_container
 from runtime_guard.guard import Guard
 from runtime_guard.integrations._recycle import attach_recycler
 from runtime_guard.integrations.wsgi import GuardMiddleware
-from runtime_guard.leaks import LeakDetector
+from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.recycling import (
     LEAST_DRAIN,
     MIN_GROWTH_SHARE,

@@ -183,7 +183,7 @@ def test_component_keeps_at_most_its_report_and_point_caps() -> None:
     guard = make_guard(clock=clock)
     try:
         component = guard.component("tracking")
-        assert isinstance(component, tracking.TrackingComponent)
+        assert isinstance(component, tracking_component.TrackingComponent)
         for _ in range(25):
             held = Pooled()
             guard.sample()  # over max_live: an episode and its report

@@ -13,6 +13,7 @@ from tracked import MADE_AT, Resource, make_resources
 
 from runtime_guard import tracking
 from runtime_guard.tracking import TrackingRegistry, live_objects, track
+from runtime_guard.tracking.component import TrackingComponent
 
 
 def test_live_objects_counts_states_and_sites() -> None:
@@ -124,7 +125,7 @@ def test_a_component_judges_the_registry_it_is_given() -> None:
 
     signals.unreleased_objects.connect(receiver)
     try:
-        guard.add_component(tracking.TrackingComponent(track_clients=False, registry=own))
+        guard.add_component(TrackingComponent(track_clients=False, registry=own))
         name = own.track(Resource, max_live=1)
         kept = make_resources(3)
         guard.sample()

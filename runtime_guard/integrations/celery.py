@@ -87,7 +87,6 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 __all__ = [
     "DEFERRALS_HEADER",
     "RECYCLE_EXIT_CODE",
-    "CeleryState",
     "TaskShed",
     "enable_recycling",
     "install",

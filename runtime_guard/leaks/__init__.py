@@ -5,7 +5,6 @@ the bounded diagnosis of :mod:`runtime_guard.diagnosis`; :mod:`~runtime_guard.le
 is what it concludes.
 """
 
-from runtime_guard.leaks.detector import LeakDetector
 from runtime_guard.leaks.report import LeakReport
 
-__all__ = ["LeakDetector", "LeakReport"]
+__all__ = ["LeakReport"]

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Clock, Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["LeakDetector"]
+__all__ = []
 
 _log = logging.getLogger("runtime_guard")
 

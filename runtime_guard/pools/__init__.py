@@ -14,13 +14,11 @@ from runtime_guard.pools.checkouts import (
     default_registry,
     transaction_state,
 )
-from runtime_guard.pools.component import PoolComponent
 from runtime_guard.pools.hooks import LIBRARIES, PoolHooks
 
 __all__ = [
     "LIBRARIES",
     "Checkout",
-    "PoolComponent",
     "PoolFigures",
     "PoolHooks",
     "PoolRegistry",

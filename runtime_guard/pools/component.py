@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["HOLDERS", "PoolComponent"]
+__all__ = ["HOLDERS"]
 
 _log = logging.getLogger("runtime_guard")
 

@@ -32,7 +32,6 @@ __all__ = [
     "MAX_POINTS",
     "MAX_RESOURCE_REPORTS",
     "MAX_TYPES",
-    "Timeline",
     "sample_point",
     "snapshot",
 ]

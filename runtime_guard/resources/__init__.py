@@ -6,13 +6,12 @@
 ``resources_growing`` with a :class:`ResourceReport`.
 """
 
-from runtime_guard.resources.component import ResourceComponent, ResourceReport
+from runtime_guard.resources.component import ResourceReport
 from runtime_guard.resources.creation import CreationHooks, default_hooks
 from runtime_guard.resources.fds import describe_fds
 
 __all__ = [
     "CreationHooks",
-    "ResourceComponent",
     "ResourceReport",
     "default_hooks",
     "describe_fds",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from runtime_guard.guard import Guard
     from runtime_guard.sample import Sample
 
-__all__ = ["GUARD_THREADS", "KINDS", "OLDEST", "ResourceComponent", "ResourceReport"]
+__all__ = ["GUARD_THREADS", "KINDS", "OLDEST", "ResourceReport"]
 
 _log = logging.getLogger("runtime_guard")
 

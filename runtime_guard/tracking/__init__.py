@@ -9,7 +9,7 @@ instance, :mod:`~runtime_guard.tracking.patching` puts the wrappers on the class
 piles up.
 """
 
-from runtime_guard.tracking.component import TrackingComponent, UnreleasedReport, build_report
+from runtime_guard.tracking.component import UnreleasedReport, build_report
 from runtime_guard.tracking.registry import (
     TrackedInstance,
     TrackingRegistry,
@@ -28,7 +28,6 @@ from runtime_guard.tracking.registry import (
 
 __all__ = [
     "TrackedInstance",
-    "TrackingComponent",
     "TrackingRegistry",
     "UnreleasedReport",
     "build_report",

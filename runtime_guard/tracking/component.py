@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Floors",
-    "TrackingComponent",
     "UnreleasedReport",
     "build_report",
     "judge_growth",
