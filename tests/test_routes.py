@@ -225,6 +225,31 @@ def test_regression_separates_the_leaking_route_from_overlapping_traffic(seed: i
     assert 3000 < ranked[0].bytes_per_request < 8500
 
 
+def _growth(method: str, *rows: tuple[str, int, float]) -> list[routes.RouteGrowth]:
+    return [routes.RouteGrowth(route, n, per, 0.0, method) for route, n, per in rows]
+
+
+def test_a_clear_traced_leader_outranks_a_regression_that_disagrees() -> None:
+    """What the gthread run showed: minutes of steady traffic regress the growth onto a
+    clean route, while the window's traced requests name the leaking one at twice the rest."""
+    traced = _growth("traced", ("/watch", 29, 7300.0), ("/items", 15, 1400.0), ("/", 21, 900.0))
+    regressed = _growth("regression", ("/items", 201, 6100.0), ("/watch", 276, 4100.0))
+    assert routes.choose(traced, regressed)[0].route == "/watch"
+
+
+def test_the_regression_wins_over_a_traced_ranking_without_a_clear_leader() -> None:
+    """A traced lead of less than twice the runner-up is a window's noise: the regression's
+    longer view decides when it has enough requests, and agrees or not, the other cases
+    keep the traced figures."""
+    traced = _growth("traced", ("/", 20, 3000.0), ("/watch", 28, 2600.0))
+    regressed = _growth("regression", ("/watch", 276, 5600.0), ("/", 236, 0.0))
+    assert routes.choose(traced, regressed)[0].route == "/watch"
+    few = _growth("regression", ("/watch", 40, 5600.0), ("/", 30, 0.0))
+    assert routes.choose(traced, few)[0].route == "/"
+    assert routes.choose(traced, [])[0].route == "/"
+    assert routes.choose([], regressed)[0].method == "regression"
+
+
 def test_fit_is_non_negative_least_squares() -> None:
     """The fit recovers non-negative coefficients and clamps a negative one at zero."""
     rows = [

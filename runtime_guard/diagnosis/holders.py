@@ -97,12 +97,16 @@ def _user_module(name: str) -> bool:
     return _frames.kind(file) is _frames.FrameKind.USER
 
 
-def _children(obj: object) -> list[object]:
+def _children(obj: object) -> Sequence[object]:
     """What the search follows from ``obj`` (its type is never a proxy's doing: ``type()``)."""
     cls = type(obj)
     if cls is dict or issubclass(cls, dict):
         # Values first: a cache's values are what it holds.
         return [*dict.values(obj), *dict.keys(obj)]  # type: ignore[arg-type]
+    if cls is list or cls is tuple:
+        # Not copied (the search runs traced: each copy is traced too). Another thread may
+        # append to a list while it is read; CPython's list iteration stays valid.
+        return obj  # type: ignore[return-value]
     if cls in _SEQUENCES:
         items: list[object] = list(obj)  # type: ignore[call-overload]
         return items
@@ -314,10 +318,14 @@ def find_holder(
     traceback holds that frame, so call this while tracemalloc traces. Without a site,
     ``target`` is the object searched for. ``roots`` default to :func:`search_roots`;
     objects whose ``id()`` is in ``avoid`` are neither entered nor found.
-    The search looks at ``max_objects`` objects at most and spends at most ``seconds``
-    (pauses excluded); every ``slice_seconds`` it calls ``pause`` (by default a sleep of a
-    millisecond, which lets other threads take the GIL). ``stats`` receives ``visited``,
-    ``seconds`` and ``longest_slice``.
+    The search looks at ``max_objects`` objects at most and spends at most ``seconds`` of
+    this thread's CPU time; every ``slice_seconds`` (wall time) it calls ``pause`` (by
+    default a sleep of a millisecond, which lets other threads take the GIL). CPU time,
+    not wall time: on a busy machine, or beside request threads that share the GIL, the
+    same search takes longer by the clock, and a wall-time budget gave up on holders it
+    found in a quiet run (3 of 3 under three loaded servers on two cores). The clock still
+    bounds it, at ``_WALL_FACTOR`` times ``seconds`` (pauses excluded). ``stats`` receives
+    ``visited``, ``seconds`` (CPU) and ``longest_slice`` (wall).
     """
     if roots is None:
         roots = search_roots(site[0] if site is not None else None)
@@ -326,10 +334,13 @@ def find_holder(
     traceback = _traceback_reader()
     parents: dict[int, object] = {}
     keep: list[object] = []  # what ``parents`` points at stays alive while searched
-    queue: collections.deque[tuple[object, int]] = collections.deque()
+    # Layer by layer, the depth implicit: the search runs while tracemalloc traces, so
+    # every object it makes is traced too (about a microsecond each with its traceback),
+    # and a (child, depth) pair per queued object cost a third of its time.
+    layer: list[object] = []
     for _, namespace in roots:
         parents[id(namespace)] = None
-        queue.append((namespace, 0))
+        layer.append(namespace)
     for key in avoid:
         parents.setdefault(key, None)  # met before: never entered again
     visited = 0
@@ -337,55 +348,78 @@ def find_holder(
     longest = 0.0
     fallback: Found | None = None
     begun = time.perf_counter()
+    cpu_begun = time.thread_time()
+    waited = 0.0
     try:
-        while queue:
-            obj, depth = queue.popleft()
-            children = _children(obj)
-            visited += len(children)
-            for child in children:
-                key = id(child)
-                if key in parents:
-                    continue
-                parents[key] = obj
-                if target is not None:
-                    hit = child is target
-                else:
-                    tb = traceback(child)
-                    hit = tb is not None and site in tb
-                if hit:
-                    path = _path_to(child, parents)
-                    name = next((n for n, ns in roots if ns is path[0]), "?")
-                    found = Found(name, path, holder_index(path), visited, 0.0)
-                    if _collection_size(path[found.holder]) or target is not None:
-                        held = time.perf_counter() - begun
-                        found.seconds = spent + held
-                        longest = max(longest, held)
-                        return found
-                    # A module-level name bound to one of the objects (a loop variable
-                    # of a script) is no holder: look on for a collection holding them.
-                    fallback = fallback or found
-                    continue
-                # type(), never isinstance(): a proxy (Django's settings, werkzeug's
-                # LocalProxy) would resolve its target, or raise, on ``__class__``.
-                if depth + 1 < MAX_DEPTH and not issubclass(type(child), _ATOMIC):
-                    keep.append(child)
-                    queue.append((child, depth + 1))
-            now = time.perf_counter()
-            if now - begun >= slice_seconds:
-                spent, longest = spent + now - begun, max(longest, now - begun)
-                if spent >= seconds or visited >= max_objects:
+        for depth in range(MAX_DEPTH):
+            deeper = depth + 1 < MAX_DEPTH
+            following: list[object] = []
+            countdown = 16
+            for obj in layer:
+                children = _children(obj)
+                visited += len(children)
+                for child in children:
+                    # type(), never isinstance(): a proxy (Django's settings, werkzeug's
+                    # LocalProxy) would resolve its target, or raise, on ``__class__``.
+                    leaf = issubclass(type(child), _ATOMIC)
+                    if not leaf:
+                        # Leaves are never entered, so they need no id (a traced int each).
+                        key = id(child)
+                        if key in parents:
+                            continue
+                        parents[key] = obj
+                    if target is not None:
+                        hit = child is target
+                    else:
+                        tb = traceback(child)
+                        hit = tb is not None and site in tb
+                    if hit:
+                        parents[id(child)] = obj
+                        path = _path_to(child, parents)
+                        name = next((n for n, ns in roots if ns is path[0]), "?")
+                        found = Found(name, path, holder_index(path), visited, 0.0)
+                        if _collection_size(path[found.holder]) or target is not None:
+                            spent += time.thread_time() - cpu_begun
+                            found.seconds = spent
+                            longest = max(longest, time.perf_counter() - begun)
+                            return found
+                        # A module-level name bound to one of the objects (a loop variable
+                        # of a script) is no holder: look on for a collection holding them.
+                        fallback = fallback or found
+                        continue
+                    if deeper and not leaf:
+                        keep.append(child)
+                        following.append(child)
+                if visited >= max_objects:
                     return fallback
-                pause()
-                begun = time.perf_counter()
-            elif visited >= max_objects:
-                return fallback
+                countdown -= 1  # the clock every 16 objects: each reading is traced too
+                if countdown:
+                    continue
+                countdown = 16
+                now = time.perf_counter()
+                if now - begun >= slice_seconds:
+                    spent += time.thread_time() - cpu_begun
+                    waited, longest = waited + now - begun, max(longest, now - begun)
+                    if spent >= seconds or waited >= _WALL_FACTOR * seconds:
+                        return fallback
+                    pause()
+                    begun = time.perf_counter()
+                    cpu_begun = time.thread_time()
+            layer = following
+            if not layer:
+                break
+        spent += time.thread_time() - cpu_begun
         return fallback
     finally:
         if stats is not None:
             stats.update(visited=visited, seconds=spent, longest_slice=longest)
         parents.clear()
         keep.clear()
-        queue.clear()
+        layer = []
+
+
+_WALL_FACTOR = 8.0
+"""How many times its CPU budget a holder search may take by the clock (pauses excluded)."""
 
 
 def _path_to(obj: object, parents: dict[int, object]) -> list[object]:

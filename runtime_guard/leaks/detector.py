@@ -781,18 +781,9 @@ class LeakDetector(Component):
 
     def _rank_routes(self, traced: dict[str, list[int]] | None) -> list[_routes.RouteGrowth]:
         by_trace = _routes.rank((), (), traced) if traced else []
-        by_counts = self._regression()
-        # tracemalloc's figures are exact where requests do not overlap, but a window holds
-        # a few tens of requests a route; the regression has minutes of them. Where the two
-        # name the same route first, or the regression has too few stretches to judge, the
-        # traced figures stand; where they disagree, the regression's longer view wins.
-        if by_trace and (
-            not by_counts
-            or by_counts[0].route == by_trace[0].route
-            or by_counts[0].requests < _ROUTE_REGRESSION_REQUESTS
-        ):
-            return by_trace
-        return by_counts or by_trace
+        return _routes.choose(
+            by_trace, self._regression(), least_requests=_ROUTE_REGRESSION_REQUESTS
+        )
 
     def _regression(self) -> list[_routes.RouteGrowth]:
         # RSS takes every allocation, small and large, and the samples of the warm-up go:
