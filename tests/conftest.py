@@ -3,7 +3,6 @@ container directory of its own for the tests that ask."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,17 +10,6 @@ import pytest
 import servers  # tests/servers.py: pytest puts this directory on sys.path
 
 from runtime_guard.testing import reset
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` starts two workers per core (at most eight): most fast tests wait on a
-    subprocess, a socket or a guard's sampling clock, so one per core left half the CPU
-    idle (on two cores the local run took 205 s with two workers, 150 s with four).
-    ``-n logical`` keeps one per core (tox runs the other Pythons so)."""
-    cores = os.cpu_count() or 1
-    if config.option.numprocesses == "logical":
-        return cores
-    return max(2, min(8, 2 * cores))
 
 
 @pytest.fixture(autouse=True)

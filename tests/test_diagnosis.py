@@ -941,3 +941,26 @@ def test_young_share_counts_entries_made_since_tracing_started() -> None:
         assert young_share({}) is None
     finally:
         tracemalloc.stop()
+
+
+class _Changing:
+    """A mapping whose first reads fail as a dict's do when another thread resizes it."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def items(self) -> list[tuple[str, int]]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("dictionary changed size during iteration")
+        return [("kept", 1)]
+
+
+def test_a_mapping_changed_while_read_is_read_again_and_never_raises() -> None:
+    """A dict another thread resized mid-read is read again; one that never settles reads
+    as empty rather than switching the leak detector off."""
+    from runtime_guard.diagnosis.referrers import items_of
+
+    assert items_of(_Changing(2)) == [("kept", 1)]
+    assert items_of(_Changing(50)) == []
+    assert items_of({"a": 1}) == [("a", 1)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import runtime_guard
-from runtime_guard.testing import make_guard
+from runtime_guard.testing import ManualClock, make_guard
 from runtime_guard.tracking import untrack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +133,12 @@ def test_readme_warns_of_the_other_runtime_guard() -> None:
 
 @pytest.fixture(scope="module")
 def long_lived() -> Iterator[runtime_guard.Guard]:
-    """A guard sampled in every round: once its history is full a sample must keep nothing."""
-    guard = make_guard(history_size=16, relief=False, track_clients=False)
+    """A guard sampled in every round: once its history is full a sample must keep nothing.
+
+    Its clock stands still: the windows that the components close by the clock (each adds
+    to a bounded record until it is full) would otherwise fill in whichever rounds a busy
+    machine made long enough, and read as growth in every round."""
+    guard = make_guard(clock=ManualClock(), history_size=16, relief=False, track_clients=False)
     yield guard
     guard.stop()
 

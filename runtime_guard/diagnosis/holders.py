@@ -38,7 +38,12 @@ from typing import Any
 from runtime_guard import _frames
 from runtime_guard.diagnosis import roots as _roots
 from runtime_guard.diagnosis.functions import module_globals, namespace_of
-from runtime_guard.diagnosis.referrers import chain_from_path, is_instance_dict, path_expression
+from runtime_guard.diagnosis.referrers import (
+    chain_from_path,
+    is_instance_dict,
+    items_of,
+    path_expression,
+)
 
 __all__ = [
     "Found",
@@ -102,7 +107,11 @@ def _children(obj: object) -> Sequence[object]:
     cls = type(obj)
     if cls is dict or issubclass(cls, dict):
         # Values first: a cache's values are what it holds.
-        return [*dict.values(obj), *dict.keys(obj)]  # type: ignore[arg-type]
+        try:
+            return [*dict.values(obj), *dict.keys(obj)]  # type: ignore[arg-type]
+        except RuntimeError:  # another thread changed it meanwhile (see items_of)
+            pairs = items_of(obj)
+            return [*(value for _, value in pairs), *(key for key, _ in pairs)]
     if cls is list or cls is tuple:
         # Not copied (the search runs traced: each copy is traced too). Another thread may
         # append to a list while it is read; CPython's list iteration stays valid.

@@ -21,6 +21,7 @@ __all__ = [
     "find_instance",
     "format_chain",
     "is_instance_dict",
+    "items_of",
     "path_expression",
     "referrer_chain",
 ]
@@ -221,12 +222,33 @@ def is_instance_dict(holder: object, held: object) -> bool:
         return False
 
 
+_READ_TRIES = 5
+
+
+def items_of(mapping: object) -> list[tuple[object, object]]:
+    """A mapping's items, read again when another thread changed its size meanwhile.
+
+    The diagnosis reads the app's live dicts from the sampler thread. Copying one makes
+    objects, a collection may run then, and a finalizer's Python code lets a request
+    thread in: "dictionary changed size during iteration" switched the leak detector off
+    for good. After a few tries the mapping reads as empty (a link less in a chain).
+    """
+    for _ in range(_READ_TRIES):
+        try:
+            if isinstance(mapping, dict):
+                return list(dict.items(mapping))
+            return list(mapping.items())  # type: ignore[attr-defined]
+        except RuntimeError:
+            continue
+    return []
+
+
 def _edge(holder: object, held: object, path: list[object]) -> str:
     name = _short(held)
     cls = type(holder)  # never isinstance(): a proxy on the path resolves on __class__
     if issubclass(cls, dict):
         owner = _owner_of_dict(holder, path)  # type: ignore[arg-type]
-        pairs: list[tuple[object, object]] = list(dict.items(holder))  # type: ignore[arg-type]
+        pairs = items_of(holder)
         for key, item in pairs:
             if item is held:
                 if owner is not None and type(key) is str:
@@ -249,7 +271,7 @@ def _attribute_name(holder: object, held: object) -> str | None:
     except AttributeError:
         attrs = None
     if isinstance(attrs, (dict, types.MappingProxyType)):
-        for key, item in list(attrs.items()):
+        for key, item in items_of(attrs):
             if item is held:
                 return str(key)
     for cls in type(holder).__mro__:
@@ -294,7 +316,7 @@ def _step(holder: object, held: object) -> str:
     # Types, not isinstance(): a proxy on the path (werkzeug's LocalProxy) answers
     # ``__class__`` with its target's class, or raises outside a request.
     if issubclass(cls, dict):
-        pairs: list[tuple[object, object]] = list(dict.items(holder))  # type: ignore[arg-type]
+        pairs = items_of(holder)
         for key, item in pairs:
             if item is held or key is held:
                 return f"[{key!r}]"
