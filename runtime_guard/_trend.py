@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-__all__ = ["sustained_growth", "theil_sen", "window_minima"]
+__all__ = ["median", "sustained_growth", "theil_sen", "window_minima"]
 
 
 def theil_sen(points: Sequence[tuple[float, float]]) -> float:
@@ -21,17 +21,17 @@ def theil_sen(points: Sequence[tuple[float, float]]) -> float:
         for x2, y2 in points[i + 1 :]
         if x2 != x1
     ]
-    return _median(slopes) if slopes else 0.0
+    return median(slopes) if slopes else 0.0
 
 
-def _median(values: list[float]) -> float:
-    # statistics.median's rule, written out: importing statistics (fractions, decimal) cost
-    # every worker 5 ms at start-up for this one function.
-    values.sort()
-    middle = len(values) // 2
-    if len(values) % 2:
-        return values[middle]
-    return (values[middle - 1] + values[middle]) / 2
+def median(values: Sequence[float]) -> float:
+    """statistics.median's rule, written out: importing statistics (fractions, decimal)
+    cost every worker 5 ms at start-up for this one function."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def window_minima(

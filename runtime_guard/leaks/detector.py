@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime_guard import _frames, _interpreter, diagnosis, relief, signals
 from runtime_guard._component import Component
-from runtime_guard._trend import sustained_growth, theil_sen
+from runtime_guard._trend import median, sustained_growth, theil_sen
 from runtime_guard._units import format_duration, format_size
 from runtime_guard.config import ConfigError
 from runtime_guard.leaks import routes as _routes
@@ -391,7 +391,7 @@ class LeakDetector(Component):
             # creeps a little every window plus one big step (a pool filling) is no leak,
             # though its Theil-Sen slope over a few windows would say so.
             steps = [b - a for a, b in itertools.pairwise(values[-(n + 1) :])]
-            if _median(steps) * scale < per_window:
+            if median(steps) * scale < per_window:
                 continue
             run = _rising_run(values, per_window * _MIN_STEP_SHARE / scale)
             # The rate comes from the recent floors only, so a change of rate shows within
@@ -1138,13 +1138,6 @@ def _note(report: LeakReport, found: Conclusion, window: Window, sample: Sample)
             "the search budget."
         )
     return " ".join(parts)
-
-
-def _median(values: list[float]) -> float:
-    # statistics.median, without importing statistics with every worker's guard.
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _tracing() -> bool:
