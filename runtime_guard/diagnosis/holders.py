@@ -383,7 +383,8 @@ def find_holder(
                         tb = traceback(child)
                         hit = tb is not None and site in tb
                     if hit:
-                        parents[id(child)] = obj
+                        if leaf:  # a leaf has no entry yet: the path is read from parents
+                            parents[id(child)] = obj
                         path = _path_to(child, parents)
                         name = next((n for n, ns in roots if ns is path[0]), "?")
                         found = Found(name, path, holder_index(path), visited, 0.0)
@@ -424,7 +425,6 @@ def find_holder(
             stats.update(visited=visited, seconds=spent, longest_slice=longest)
         parents.clear()
         keep.clear()
-        layer = []
 
 
 _WALL_FACTOR = 8.0
