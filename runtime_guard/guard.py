@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from blinker import NamedSignal
 
-from runtime_guard import relief, signals
+from runtime_guard import _fork, relief, signals
 from runtime_guard._component import Component
 from runtime_guard._dispatch import Dispatcher
 from runtime_guard._gcstats import GcStats
@@ -280,11 +280,14 @@ class Guard:
         next_at = clock()
         while not self._stop_event.is_set():
             try:
-                if self.clock() - self._discovered >= _REDISCOVER_SECONDS:
-                    self._discovered = self.clock()
-                    self._probe.discover()
-                self._gc.ensure_installed()
-                self.sample()
+                # A fork in another thread waits for the round: what the round imports on
+                # first use is never left half-imported and locked in the child.
+                with _fork.held_off():
+                    if self.clock() - self._discovered >= _REDISCOVER_SECONDS:
+                        self._discovered = self.clock()
+                        self._probe.discover()
+                    self._gc.ensure_installed()
+                    self.sample()
                 self._sample_failures = 0
             except Exception as exc:
                 self._sample_failures += 1
