@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import site
-import sysconfig
 
 __all__ = [
     "GUARD",
@@ -58,6 +58,8 @@ GUARD, STDLIB, LIBRARY, USER = FrameKind.GUARD, FrameKind.STDLIB, FrameKind.LIBR
 
 
 def _directories(*keys: str) -> tuple[str, ...]:
+    import sysconfig
+
     paths = sysconfig.get_paths()
     found = {paths.get(key, "") for key in keys}
     found.discard("")
@@ -79,8 +81,15 @@ def _library_directories() -> tuple[str, ...]:
 _GUARD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
 # Beside os.py in the stdlib; found without importing tracemalloc (and pickle) everywhere.
 _TRACEMALLOC_FILE = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "tracemalloc.py")
-_STDLIB_DIRS = _directories("stdlib", "platstdlib")
-_LIBRARY_DIRS = _library_directories()
+
+
+@functools.cache
+def _stdlib_and_library_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Found at the first file classified, not at import: ``sysconfig`` costs a worker's
+    start-up about a millisecond, and a worker that tracks nothing never needs it."""
+    return _directories("stdlib", "platstdlib"), _library_directories()
+
+
 _MACHINERY = ("<frozen importlib", "<frozen zipimport")
 _INTERACTIVE = ("<stdin>", "<console", "<input>", "<ipython-input")
 _SITE_DIR_NAMES = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
@@ -97,11 +106,12 @@ def _classify(filename: str) -> FrameKind:
     path = os.path.abspath(filename)
     if path.startswith(_GUARD_DIR) or path == _TRACEMALLOC_FILE:
         return FrameKind.GUARD
+    stdlib_dirs, library_dirs = _stdlib_and_library_dirs()
     # site-packages may sit under the stdlib directory (lib/python3.11/site-packages), so
     # installed packages are recognised first.
-    if path.startswith(_LIBRARY_DIRS) or any(part in path for part in _SITE_DIR_NAMES):
+    if path.startswith(library_dirs) or any(part in path for part in _SITE_DIR_NAMES):
         return FrameKind.LIBRARY
-    if path.startswith(_STDLIB_DIRS):
+    if path.startswith(stdlib_dirs):
         return FrameKind.STDLIB
     return FrameKind.USER
 
@@ -133,5 +143,6 @@ def library_directories() -> tuple[str, ...]:
     """The directories whose files are not the user's (the stdlib, installed packages, the
     guard), each ending in a separator, longest first: for showing a library file's path
     from its package down."""
-    found = {*_STDLIB_DIRS, *_LIBRARY_DIRS, _GUARD_DIR}
+    stdlib_dirs, library_dirs = _stdlib_and_library_dirs()
+    found = {*stdlib_dirs, *library_dirs, _GUARD_DIR}
     return tuple(sorted(found, key=len, reverse=True))

@@ -47,9 +47,6 @@ from runtime_guard._trend import median, sustained_growth, theil_sen
 from runtime_guard._units import format_duration, format_size
 from runtime_guard.config import ConfigError
 from runtime_guard.leaks import routes as _routes
-from runtime_guard.leaks.report import Holder, LeakReport
-from runtime_guard.leaks.window import MIN_SECONDS, Conclusion, Window, conclude, pause
-from runtime_guard.reports.files import write_report
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,6 +55,8 @@ if TYPE_CHECKING:
     from runtime_guard.diagnosis.holders import Found
     from runtime_guard.diagnosis.tracing import TracemallocSession
     from runtime_guard.guard import Clock, Guard
+    from runtime_guard.leaks.report import Holder, LeakReport
+    from runtime_guard.leaks.window import Conclusion, Window
     from runtime_guard.sample import Sample
 
 __all__ = []
@@ -411,6 +410,8 @@ class LeakDetector(Component):
         return None
 
     def _begin(self, verdict: _Verdict, sample: Sample) -> None:
+        from runtime_guard.leaks.report import LeakReport
+
         report = LeakReport(
             metric=verdict.metric,
             rate_bytes_per_min=0.0,
@@ -467,6 +468,8 @@ class LeakDetector(Component):
         (``retry``: a holder that did not grow, a changed rate) with no budget left waits
         for it: without tracemalloc it could not confirm a holder, and a report without
         the sites the first one had is noise."""
+        from runtime_guard.leaks.window import MIN_SECONDS, Window
+
         config = self._config
         length = config.leak_diagnosis_window
         episode = self._episode
@@ -535,6 +538,8 @@ class LeakDetector(Component):
         return max((cap * uptime - self._traced_seconds) / (1 - cap), 0.0)
 
     def _finish_diagnosis(self, guard: Guard, sample: Sample, settled: bool) -> None:
+        from runtime_guard.leaks.window import conclude
+
         window, self._diag = self._diag, None
         requests, self._diag_requests = self._diag_requests, []
         _routes.TRACING = False
@@ -751,7 +756,8 @@ class LeakDetector(Component):
         if found is None:
             return None, None
         from runtime_guard.diagnosis.sizing import retained_size
-        from runtime_guard.leaks.window import describe_found
+        from runtime_guard.leaks.report import Holder
+        from runtime_guard.leaks.window import describe_found, pause
 
         target = found.path[found.holder]
         kinds = describe_found(found)
@@ -800,6 +806,8 @@ class LeakDetector(Component):
 
     def _since_start(self, sample: Sample) -> LeakReport:
         """A report for a diagnosis asked for with no suspicion: the growth since start."""
+        from runtime_guard.leaks.report import LeakReport
+
         start = self._start_figures or (sample.monotonic, float(sample.heap_blocks), sample.rss)
         minutes = max((sample.monotonic - start[0]) / 60.0, 1e-9)
         heap_rate = (sample.heap_blocks - start[1]) / minutes
@@ -830,6 +838,8 @@ class LeakDetector(Component):
         return traced
 
     def _publish(self, guard: Guard, report: LeakReport, now: float, force: bool) -> None:
+        from runtime_guard.reports.files import write_report
+
         report_dir = self._config.report_dir
         if report_dir and (force or now - self._last_file >= _REPORT_FILE_SECONDS):
             self._last_file = now
