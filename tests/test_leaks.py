@@ -282,6 +282,7 @@ def test_native_leak_is_reported_as_native_with_the_evidence() -> None:
     assert report.traced_bytes_per_min < 0.1 * report.rss_bytes_per_min
 
 
+@pytest.mark.slow  # each runs a real guard for its whole 4.5 s: no signal ends it early
 @pytest.mark.parametrize("name", sorted(_CLEAN))
 def test_clean_scenario_is_not_suspected(name: str) -> None:
     """Caches that plateau, temporaries, a sawtooth and a one-off step raise no suspicion."""
@@ -309,6 +310,7 @@ def _paced(per_second: float) -> Callable[[int], None]:
     return step
 
 
+@pytest.mark.slow  # runs a real guard for its whole 6 s, to see no second signal
 def test_signal_is_sent_once_per_episode() -> None:
     """A leak that goes on at a steady rate is signalled once, not every window."""
     # About 36 MB/min. Paced by the calls, a loaded machine slowed the first windows
