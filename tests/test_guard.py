@@ -16,6 +16,7 @@ import pytest
 
 import runtime_guard
 from runtime_guard import Guard, Pressure, signals
+from runtime_guard._component import Component
 from runtime_guard.config import Config
 from runtime_guard.probes import RssReader
 from runtime_guard.testing import FakeProbe, make_guard
@@ -546,3 +547,43 @@ def test_guard_installed_and_sampled_from_a_thread_pool_worker() -> None:
     assert all(h["status"] in ("ok", "degraded", "critical") for h in healths)
     assert runtime_guard.get_guard() is None
     assert not [t for t in threading.enumerate() if t.name.startswith("runtime-guard")]
+
+
+class _Counting(Component):
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.samples = 0
+
+    def on_sample(self, guard: Guard, sample: Any) -> None:
+        self.samples += 1
+        if self.fail:
+            raise RuntimeError("component bug")
+
+
+def test_components_run_and_are_found_by_name_exactly_while_attached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A component runs on the samples taken while it is attached: one attached later runs
+    from the next sample, one of the same name replaces it, a removed one stops, and one
+    that raises is switched off after its first failure; ``component(name)`` says the same."""
+    guard = make_guard(FakeProbe())
+    first, second, broken = _Counting("a"), _Counting("a"), _Counting("b", fail=True)
+    try:
+        guard.sample()
+        guard.add_component(first)
+        guard.sample()
+        assert (first.samples, guard.component("a")) == (1, first)
+        guard.add_component(second)  # same name: replaces the first
+        guard.add_component(broken)
+        with caplog.at_level(logging.ERROR, logger="runtime_guard"):
+            guard.sample()
+            guard.sample()
+        assert (first.samples, second.samples, broken.samples) == (1, 2, 1)
+        assert guard.component("a") is second and guard.component("b") is None
+        assert "component 'b' failed in on_sample" in caplog.text
+        guard.remove_component(second)
+        guard.sample()
+        assert second.samples == 2 and guard.component("a") is None
+    finally:
+        guard.stop()

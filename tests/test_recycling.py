@@ -115,7 +115,7 @@ def _world(tmp_path: Path, drain: str) -> Iterator[World]:
     )
     default = guard.component("recycling")
     assert default is not None
-    guard._components.remove(default)
+    guard.remove_component(default)
     clock = ManualClock(1000.0)
     policy = RecyclePolicy(guard.config, directory=str(tmp_path / "run"), clock=clock)
     guard.add_component(policy)
