@@ -847,3 +847,50 @@ def test_an_early_diagnosis_is_kept_within_the_time_it_is_given() -> None:
         assert "Diagnosed at once" in report.note
     finally:
         guard.stop()
+
+
+@pytest.mark.parametrize(
+    ("traced_mb", "young", "windows"),
+    [(2.6, 0.05, 0.5), (16.0, 0.05, 3.0), (2.6, 0.9, 3.0)],
+    ids=["leak", "kept_far_faster_than_the_floors_rose", "young_entries"],
+)
+def test_a_holder_is_watched_long_enough_to_see_a_flush_when_what_was_kept_is_transient(
+    traced_mb: float, young: float, windows: float
+) -> None:
+    """A holder is watched half a window before its report when the window's traced rate
+    matches the floors' (a leak: measured 1.2-1.8x on 30 servers); three windows, enough to
+    see a batch flushed, when its entries are young or tracemalloc saw Python keep many
+    times what the floors rose by (a batch filling while RSS crept: measured 7.7x)."""
+    from runtime_guard.diagnosis.holders import Found
+    from runtime_guard.leaks.window import Conclusion, Window
+
+    config = Config.from_options({"leak_window": 10.0}, environ={})
+    detector = LeakDetector(config, clock=lambda: 0.0)
+    batch = [{"id": n} for n in range(90)]
+    found = Found(root="app", path=[{"batch": batch}, batch], holder=1, visited=2, seconds=0.0)
+    site = AllocationSite("app.py", 16, "track", size_diff=180_000, count_diff=64)
+    report = LeakReport(
+        metric="rss",
+        rate_bytes_per_min=2.0 * MB,
+        heap_blocks_per_min=0.0,
+        rss_bytes_per_min=2.0 * MB,
+        duration_seconds=31.0,
+        time_to_limit_seconds=None,
+        usage_bytes=0,
+        limit_bytes=0,
+        detected_at=0.0,
+        top_sites=[site],
+        holder=Holder("app.batch", "list", "dict", entries=90, retained_bytes=540_000),
+        traced_bytes_per_min=traced_mb * MB,
+        origin="python",
+    )
+    window = Window(started=100.0, min_end=102.0, max_end=120.0, reason="growth")
+    conclusion = Conclusion(sites=[site], found=found, young=young)
+    guard = make_guard(FakeProbe())
+    try:
+        sample = dataclasses.replace(guard.sample(), monotonic=105.0)
+    finally:
+        guard.stop()
+    watch = detector._watch(conclusion, report, window, sample)
+    assert watch is not None
+    assert watch.decide_at == pytest.approx(windows * config.leak_window)
