@@ -7,8 +7,8 @@ registers its reset here, and this module registers once with ``os.register_at_f
 The same holds for the import system's per-module locks: a module that the sampler thread
 is importing when another thread forks stays half-imported and locked in the child, whose
 first import of it then hangs for good. The sampler imports what it needs on first use
-(json, hashlib and tempfile for its files, the diagnosis after a suspicion), so a fork
-waits for the sampler's round in progress (:func:`held_off`), up to :data:`FORK_WAIT`.
+(hashlib for the container's key, the diagnosis after a suspicion), so a fork waits for
+the sampler's round in progress (:func:`held_off`), up to :data:`FORK_WAIT`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def _after_in_child() -> None:
     global _round
     _acquired.clear()
     _round = threading.RLock()
+    _run_hooks()
 
 
 def after_fork_in_child(hook: Callable[[], None]) -> Callable[[], None]:
@@ -69,10 +70,7 @@ def _run_hooks() -> None:
             _log.exception("runtime_guard: after-fork hook %r failed", hook)
 
 
-def _child() -> None:
-    _after_in_child()
-    _run_hooks()
-
-
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_child)
+    os.register_at_fork(
+        before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
+    )
